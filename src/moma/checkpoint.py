@@ -1,0 +1,158 @@
+"""Self-describing, pickle-free checkpoints.
+
+A checkpoint is ONE safetensors file: the weights, the normalisation
+statistics as tensors, and in the file's metadata header the resolved run
+config, the label list and provenance as JSON. Nothing is unpickled on load,
+so a checkpoint from an untrusted source cannot run code. Files are written to
+a temporary name and renamed, so a crash never leaves a half-written file.
+
+The same :func:`load_checkpoint` serves evaluation, prediction, export and the
+web service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .config import RunConfig, config_from_dict, config_to_dict
+from .features import Normaliser
+from .model import build_model
+
+FORMAT = "moma-checkpoint/1"
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module  # in eval mode, on the requested device
+    config: RunConfig
+    labels: list[str]  # class index -> label name
+    normaliser: Normaliser
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: epoch, metrics, fold, versions
+    path: str = ""
+
+
+def _flatten(prefix: str, obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move arrays out of a nested structure into ``tensors``; return the JSON-able rest."""
+    if isinstance(obj, np.ndarray):
+        key = f"{prefix}"
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj))
+        return {"__tensor__": key}
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {str(k): _flatten(f"{prefix}.{k}", v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(f"{prefix}.{i}", v, tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor], as_numpy: bool) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            t = tensors[obj["__tensor__"]]
+            return t.numpy() if as_numpy else t
+        return {k: _unflatten(v, tensors, as_numpy) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors, as_numpy) for v in obj]
+    return obj
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: RunConfig, labels: list[str],
+                    normaliser: Normaliser, info: dict[str, Any] | None = None,
+                    training_state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint; ``training_state`` (optimizer, scheduler, RNG, counters) makes it resumable."""
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        tensors[f"model.{name}"] = value.detach().cpu().contiguous()
+    norm_meta = _flatten("normaliser", normaliser.state_dict(), tensors)
+    meta = {
+        "format": FORMAT,
+        "config": json.dumps(config_to_dict(config)),
+        "labels": json.dumps(list(labels)),
+        "normaliser": json.dumps(norm_meta),
+        "info": json.dumps({
+            "moma_version": __version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(info or {}),
+        }),
+    }
+    if training_state is not None:
+        meta["training_state"] = json.dumps(_flatten("state", training_state, tensors))
+    _atomic_save(tensors, meta, path)
+    return path
+
+
+def read_checkpoint_file(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a checkpoint file, with a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise ValueError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a moma checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+    return meta, tensors
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run/fold folder holding ``best.safetensors``."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.safetensors", "model.safetensors", "last.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: no best.safetensors, model.safetensors or last.safetensors inside")
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model, config, labels and normaliser from one checkpoint file."""
+    path = resolve_checkpoint_path(path)
+    meta, tensors = read_checkpoint_file(path)
+    config = config_from_dict(RunConfig, json.loads(meta["config"]))
+    labels = json.loads(meta["labels"])
+    model = build_model(config.model)
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    normaliser = Normaliser.from_state(_unflatten(json.loads(meta["normaliser"]), tensors, as_numpy=True))
+    info = json.loads(meta.get("info", "{}"))
+    return LoadedCheckpoint(model=model, config=config, labels=labels, normaliser=normaliser, info=info,
+                            path=str(path))
+
+
+def load_training_state(path: str | Path) -> dict[str, Any] | None:
+    """The resumable part of a checkpoint (tensors as torch tensors), or None if it has none."""
+    meta, tensors = read_checkpoint_file(path)
+    if "training_state" not in meta:
+        return None
+    return _unflatten(json.loads(meta["training_state"]), tensors, as_numpy=False)

@@ -1,0 +1,215 @@
+"""Command line: a thin layer that parses arguments, calls the library and prints results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from . import __version__
+
+DEFAULT_CACHE = "cache/features"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", action="append", default=[], metavar="YAML",
+                   help="config override file or recipe name (repeatable; later wins). Recipes: "
+                        "paper, cpu, emodb-cpu, demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one option, e.g. --set train.lr=1e-3 (repeatable)")
+
+
+def _load_config(args: argparse.Namespace):
+    from .config import load_run_config
+    from .recipes import resolve_recipe
+
+    return load_run_config([resolve_recipe(c) for c in args.config], args.set)
+
+
+def _command_line() -> str:
+    return "moma " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _print_summary(report: dict) -> None:
+    s = report["summary"]
+    print(f"{report['title']}")
+    print(f"  folds: {s['folds']}   normalisation: {report['normalisation']}")
+    print(f"  accuracy (paper's 'UA'): {s['accuracy']['mean']:.3f} ± {s['accuracy']['std']:.3f}")
+    print(f"  UAR      (paper's 'WA'): {s['uar']['mean']:.3f} ± {s['uar']['std']:.3f}")
+    print(f"  macro-F1:                {s['macro_f1']['mean']:.3f} ± {s['macro_f1']['std']:.3f}")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .corpora import prepare_corpus
+    from .corpora.base import summarise, write_manifest
+
+    utts = prepare_corpus(args.corpus, args.root, label_map=args.label_map, hash_audio=not args.no_hash,
+                          progress=True)
+    write_manifest(utts, args.out)
+    summary = summarise(utts)
+    print(f"wrote {args.out}: {summary['utterances']} utterances, {summary['speakers']} speakers, "
+          f"{len(summary['labels'])} labels, {summary['hours']:.2f} h")
+    print("labels:   " + ", ".join(f"{k} {v}" for k, v in summary["labels"].items()))
+    print("speakers: " + ", ".join(f"{k} {v}" for k, v in summary["per_speaker"].items()))
+    if summary["sessions"]:
+        print("sessions: " + ", ".join(f"{k} {v}" for k, v in summary["sessions"].items()))
+    return 0
+
+
+def _run_cv(args: argparse.Namespace, only_folds=None) -> dict:
+    from .corpora.base import read_manifest
+    from .crossval import run_cross_validation
+
+    cfg = _load_config(args)
+    utts = read_manifest(args.manifest)
+    return run_cross_validation(
+        utts, cfg, args.out, protocol=args.protocol, cache_dir=args.cache, k=args.k,
+        test_session=args.test_session, test_speakers=args.test_speakers, only_folds=only_folds,
+        jobs=args.jobs, resume=not args.restart, progress=not args.quiet, feature_workers=args.feature_workers,
+        command=_command_line())
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    report = _run_cv(args, args.fold)
+    _print_summary(report)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if not args.fold and args.protocol not in ("session-holdout", "predefined"):
+        print("moma train: --fold NAME is required for this protocol (or use `moma cv` for all folds)",
+              file=sys.stderr)
+        return 2
+    report = _run_cv(args, args.fold)
+    _print_summary(report)
+    for fold in report["folds"]:
+        print(f"checkpoint: {Path(args.out) / fold['name'] / 'best.safetensors'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .corpora.base import read_manifest
+    from .inference import evaluate_checkpoint
+
+    utts = read_manifest(args.manifest)
+    if args.speakers:
+        keep = set(args.speakers)
+        utts = [u for u in utts if u.speaker in keep]
+    report = evaluate_checkpoint(args.checkpoint, utts, args.out, cache_dir=args.cache, device=args.device,
+                                 command=_command_line())
+    _print_summary(report)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, corpus=args.corpus, root=args.root, cache_dir=args.cache, jobs=args.jobs,
+                      progress=not args.quiet, command=_command_line(), extra_configs=args.config,
+                      sets=args.set)
+    _print_summary(result["report"])
+    print(f"report:         {result['report_path']}")
+    if result.get("attention_plot"):
+        print(f"attention plot: {result['attention_plot']}")
+    print(f"wall time:      {result['wall_time_s']:.0f} s")
+    return 0
+
+
+def cmd_plot_attention(args: argparse.Namespace) -> int:
+    from .inference import plot_attention_for_file
+
+    out = plot_attention_for_file(args.checkpoint, args.audio, args.out, alignment=args.alignment,
+                                  phones=args.phones)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moma", description="Speech emotion recognition with MOMA")
+    parser.add_argument("--version", action="version", version=f"moma {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="write a manifest for a corpus")
+    p.add_argument("corpus", help="iemocap, emodb, ravdess, tess, cremad, csv, folders, synthetic")
+    p.add_argument("--root", required=True, help="corpus folder (or the CSV file for 'csv')")
+    p.add_argument("--out", required=True, help="manifest path (.jsonl or .csv)")
+    p.add_argument("--label-map", default="default", help="label map name, e.g. 4class")
+    p.add_argument("--no-hash", action="store_true", help="skip content hashing (faster; disables cache reuse)")
+    p.set_defaults(func=cmd_prepare)
+
+    for name, helptext in (("cv", "train and test every fold of a protocol, then aggregate"),
+                           ("train", "train and test one fold")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--manifest", required=True)
+        p.add_argument("--out", required=True, help="run folder")
+        p.add_argument("--protocol", default="loso",
+                       choices=["loso", "loso-session", "session-holdout", "speaker-kfold", "predefined"])
+        p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold")
+        p.add_argument("--test-session", default=None, help="session-holdout: the test session (default: last)")
+        p.add_argument("--test-speakers", nargs="+", default=None, help="predefined: test speakers")
+        p.add_argument("--fold", nargs="+", default=None, help="run only these folds (names or test speakers)")
+        p.add_argument("--jobs", type=int, default=1, help="folds trained in parallel processes")
+        p.add_argument("--feature-workers", type=int, default=1)
+        p.add_argument("--cache", default=DEFAULT_CACHE, help="feature cache folder")
+        p.add_argument("--restart", action="store_true", help="ignore finished folds and checkpoints")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run (the default)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        _add_config_args(p)
+        p.set_defaults(func=cmd_cv if name == "cv" else cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on a manifest")
+    p.add_argument("checkpoint")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--speakers", nargs="+", default=None, help="only these speakers")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cache", default=DEFAULT_CACHE)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train and evaluate on the embedded synthetic corpus (or --corpus emodb)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--corpus", default="synthetic", help="synthetic (embedded, default) or a corpus name")
+    p.add_argument("--root", default=None, help="corpus folder when --corpus is not synthetic")
+    p.add_argument("--cache", default=DEFAULT_CACHE)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("-q", "--quiet", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("plot-attention", help="plot a model's attention over one audio file")
+    p.add_argument("checkpoint")
+    p.add_argument("audio")
+    p.add_argument("--alignment", default=None, help="word/syllable alignment (.wdseg, .silb, .lablaut ...)")
+    p.add_argument("--phones", default=None, help="phone alignment (.phseg, .lablaut)")
+    p.add_argument("--out", default="attention.png")
+    p.set_defaults(func=cmd_plot_attention)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .audio import AudioError
+    from .protocols import SpeakerLeakageError
+
+    try:
+        return int(args.func(args) or 0)
+    except (AudioError, SpeakerLeakageError, FileNotFoundError, ValueError) as exc:
+        # user errors get one clear line, not a traceback
+        print(f"moma {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Typed run configuration.
+
+Every knob lives in a dataclass with its unit in a comment. YAML files (and
+``--set key=value`` on the command line) only override these defaults; the
+resolved configuration is written next to every run and inside every
+checkpoint, so a result can always be traced back to the exact settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+@dataclass
+class FeatureConfig:
+    """Kaldi-compatible log-Mel filterbank settings (the paper: 23 bins, 25 ms / 10 ms)."""
+
+    sample_rate: int = 16000  # Hz; every input is resampled to this rate
+    n_mels: int = 23  # number of Mel bins
+    frame_length_ms: float = 25.0  # ms, analysis window
+    frame_shift_ms: float = 10.0  # ms, hop between frames
+    dither: float = 0.0  # Kaldi dither amplitude; 0 keeps features deterministic
+    preemphasis: float = 0.97  # pre-emphasis coefficient
+    low_freq: float = 20.0  # Hz, lowest Mel edge
+    high_freq: float = 0.0  # Hz, highest Mel edge; <= 0 means offset below Nyquist (Kaldi convention)
+    window_type: str = "povey"  # Kaldi window: povey | hamming | hanning | rectangular | blackman
+    snip_edges: bool = True  # Kaldi snip-edges: only frames that fit wholly inside the signal
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. Defaults are the paper's configuration. The paper reports 8.6 M parameters for 4
+    classes; its stated sizes give 10,601,991 here (the BLSTM alone is 8.50 M): see docs/model.md."""
+
+    arch: str = "moma"  # moma | attention (BLSTM + attention layer 1) | mean (BLSTM + mean pooling)
+    input_dim: int = 23  # feature dimension (= FeatureConfig.n_mels)
+    num_classes: int = 4  # set from the label list at training time
+    hidden_size: int = 512  # LSTM units per direction (BLSTM output is 2x this)
+    num_layers: int = 2  # stacked BLSTM layers
+    context_dim: int = 128  # attention context dimension (W_h, W_m project to this)
+    num_blocks: int = 3  # N attention blocks in the MOMA layer
+    learn_gammas: bool = True  # False fixes the mixture weights gamma_n = 1/N
+    gamma_norm: str = "softmax"  # softmax | none: how raw gamma parameters become mixture weights
+    residual: bool = True  # attention layer 1 adds its output back to Y (the paper's residual)
+    layer1_output: str = "scale"  # scale: y'_t = L*a_t*y_t | weight: y'_t = a_t*y_t | context: y'_t = sum_s a_s y_s (docs/model.md)
+    projection_dim: int = 1024  # size of the MOMA projection before the classifier
+    dropout: float = 0.0  # dropout on BLSTM outputs and before the classifier
+    input_dropout: float = 0.0  # dropout on input features
+    attention_bias: bool = False  # bias in the attention projections W_h, W_m (the paper's equations have none)
+    projection_activation: str = "relu"  # relu | tanh: nonlinearity after the MOMA projection
+
+
+@dataclass
+class DataConfig:
+    """How features become batches."""
+
+    normalisation: str = "global"  # global | speaker | utterance | none (see features.Normaliser)
+    max_frames_per_batch: int = 12000  # frames (10 ms each) per batch, padding included
+    batch_size: int = 32  # upper bound on utterances per batch
+    segment_length_s: float = 0.0  # s; > 0 trains on fixed windows cut from each utterance
+    segment_hop_s: float = 1.0  # s; hop between evaluation windows when segmenting
+    random_crop_s: float = 0.0  # s; > 0 takes one random crop of at most this length per utterance per epoch
+    spec_augment: bool = False  # time and frequency masking on training batches
+    freq_mask_bins: int = 4  # maximum width of one frequency mask, in Mel bins
+    time_mask_frames: int = 20  # maximum width of one time mask, in frames
+    num_time_masks: int = 2  # time masks per utterance
+    noise_std: float = 0.0  # std of Gaussian noise added to normalised training features
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, model selection."""
+
+    seed: int = 0
+    lr: float = 1e-4  # Adam learning rate (the paper's)
+    weight_decay: float = 0.0  # AdamW-style decoupled weight decay
+    max_epochs: int = 60
+    lr_patience: int = 4  # epochs without validation improvement before the LR drops (the paper's)
+    lr_factor: float = 0.1  # LR multiplier on plateau (the paper's)
+    min_lr: float = 1e-7
+    early_stop_patience: int = 10  # epochs without validation improvement before stopping; 0 disables
+    grad_clip: float = 5.0  # max global gradient norm; 0 disables
+    class_weighted: bool = False  # weight cross-entropy by inverse training class frequency
+    label_smoothing: float = 0.0
+    monitor: str = "uar"  # validation metric that drives the schedule and checkpoint choice: uar | loss
+    val_speakers: int = 2  # number of training speakers held out for validation (gender-balanced when possible)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    bf16: bool = False  # bfloat16 autocast for forward/backward
+    log_every: int = 0  # batches between progress log lines; 0 logs once per epoch
+    tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs besides the data itself."""
+
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a (nested) dataclass config."""
+    return asdict(cfg)
+
+
+def config_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys.
+
+    Unknown keys are an error rather than silently ignored: a misspelt option
+    that does nothing is the worst kind of configuration bug.
+    """
+    data = dict(data or {})
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        typ = hints[f.name]
+        if is_dataclass(typ):
+            kwargs[f.name] = config_from_dict(typ, value)
+        else:
+            kwargs[f.name] = _coerce(value, typ, f"{cls.__name__}.{f.name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, name: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
+            return value.lower() in {"true", "1", "yes", "on"}
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        return int(as_float)
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if typ is str:
+        return str(value)
+    return value
+
+
+def merge_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``overrides`` into a copy of ``base``."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_overrides(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set_option(text: str) -> dict[str, Any]:
+    """``"train.lr=1e-3"`` -> ``{"train": {"lr": 1e-3}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cur[part] = {}
+        cur = cur[part]
+    cur[parts[-1]] = value
+    return node
+
+
+def load_run_config(paths: list[str | Path] | None = None, sets: list[str] | None = None,
+                    base: RunConfig | None = None) -> RunConfig:
+    """Defaults (or ``base``) <- each YAML file in order <- each ``key=value`` override."""
+    merged = config_to_dict(base or RunConfig())
+    for path in paths or []:
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file must hold a mapping")
+        merged = merge_overrides(merged, loaded)
+    for item in sets or []:
+        merged = merge_overrides(merged, parse_set_option(item))
+    return config_from_dict(RunConfig, merged)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a resolved config as YAML (human-readable; JSON-compatible values only)."""
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(config_to_dict(cfg))), sort_keys=False),
+                          encoding="utf-8")
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported so callers need not import dataclasses."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,197 @@
+"""Cross-validation: all folds of a protocol, trained, tested and aggregated into one report.
+
+A finished fold (its ``result.json`` exists) is never recomputed, and an
+unfinished one resumes from its last checkpoint, so a killed run picks up
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .checkpoint import load_checkpoint
+from .config import RunConfig, config_to_dict, save_config
+from .corpora.base import Utterance, label_list
+from .evaluate import aggregate_folds, predict_posteriors, score_posteriors, write_report
+from .features import FeatureCache, Normaliser, extract_features
+from .protocols import Fold, make_folds, validate_fold
+from .train import resolve_device, train_model
+
+log = logging.getLogger(__name__)
+
+NORMALISATION_NOTES = {
+    "global": "global mean/variance from training speakers only (test speakers' audio unused)",
+    "utterance": "per-utterance mean/variance (each utterance normalised by its own statistics)",
+    "speaker": ("per-speaker mean/variance; the TEST speaker's statistics come from its own unlabelled "
+                "test audio (transductive: the setting behind many published EmoDB figures)"),
+    "none": "no normalisation",
+}
+
+
+def fit_normaliser(mode: str, features: dict[str, np.ndarray], utterances: dict[str, Utterance],
+                   fit_ids: Sequence[str], test_ids: Sequence[str]) -> Normaliser:
+    """Statistics from ``fit_ids`` (training speakers); speaker mode also adds test speakers' own stats."""
+    norm = Normaliser(mode)
+    norm.fit([features[k] for k in fit_ids], [utterances[k].speaker for k in fit_ids])
+    if mode == "speaker":
+        by_speaker: dict[str, list[np.ndarray]] = {}
+        for k in test_ids:
+            by_speaker.setdefault(utterances[k].speaker, []).append(features[k])
+        for spk, feats in by_speaker.items():
+            norm.fit_speaker(spk, feats)
+    return norm
+
+
+def normalise_all(norm: Normaliser, features: dict[str, np.ndarray], utterances: dict[str, Utterance],
+                  ids: Sequence[str]) -> dict[str, np.ndarray]:
+    return {k: norm.transform(features[k], utterances[k].speaker).astype(np.float32, copy=False) for k in ids}
+
+
+@dataclass
+class FoldJob:
+    cfg: RunConfig
+    fold: Fold
+    features: dict[str, np.ndarray]
+    utterances: dict[str, Utterance]
+    labels: list[str]
+    out_dir: Path
+    resume: bool
+    progress: bool
+    corpus: str
+
+
+def run_fold(job: FoldJob) -> dict[str, Any]:
+    """Train on one fold, test its best checkpoint, write ``result.json``."""
+    out_dir = job.out_dir
+    result_path = out_dir / "result.json"
+    if result_path.is_file():
+        log.info("fold %s already finished: reusing %s", job.fold.name, result_path)
+        return json.loads(result_path.read_text(encoding="utf-8"))
+    fold, utts = job.fold, job.utterances
+    norm = fit_normaliser(job.cfg.data.normalisation, job.features, utts, fold.train + fold.val, fold.test)
+    feats = normalise_all(norm, job.features, utts, fold.train + fold.val + fold.test)
+    label_of = {k: job.labels.index(utts[k].label) for k in feats}
+    info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
+            "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
+    (out_dir).mkdir(parents=True, exist_ok=True)
+    (out_dir / "fold.json").write_text(json.dumps(fold.to_dict(), indent=1), encoding="utf-8")
+    t0 = time.time()
+    trained = train_model(job.cfg, feats, job.labels, label_of, fold.train, fold.val, out_dir, norm,
+                          resume=job.resume, info=info, progress=job.progress)
+    device = resolve_device(job.cfg.train.device)
+    best = load_checkpoint(trained.best_checkpoint, device=device)
+    posteriors = predict_posteriors(best.model, feats, fold.test, best.config, device)
+    result = {
+        **fold.to_dict(),
+        "best_epoch": trained.best_epoch,
+        "epochs_run": trained.epochs_run,
+        "parameters": trained.parameters,
+        "train_time_s": round(time.time() - t0, 1),
+        "normalisation": norm.describe(),
+        "test": score_posteriors(posteriors, utts, job.labels),
+    }
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    os.replace(tmp, result_path)
+    log.info("fold %s: test accuracy %.3f UAR %.3f (best epoch %d)", fold.name, result["test"]["accuracy"],
+             result["test"]["uar"], trained.best_epoch)
+    return result
+
+
+def _run_fold_in_subprocess(job: FoldJob) -> dict[str, Any]:
+    import torch
+
+    # each worker process gets its share of the cores so parallel folds do not oversubscribe
+    torch.set_num_threads(max(1, job.cfg.train.num_threads or 1))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return run_fold(job)
+
+
+def describe_model(cfg: RunConfig) -> str:
+    m = cfg.model
+    text = f"{m.arch}, BLSTM {m.num_layers}x{m.hidden_size} per direction, context {m.context_dim}"
+    if m.arch == "moma":
+        text += f", {m.num_blocks} blocks ({'learned' if m.learn_gammas else 'fixed equal'} gammas)"
+    d = cfg.data
+    extras = []
+    if d.segment_length_s > 0:
+        extras.append(f"segments {d.segment_length_s:g} s / hop {d.segment_hop_s:g} s")
+    if d.random_crop_s > 0:
+        extras.append(f"random crops of {d.random_crop_s:g} s")
+    if d.spec_augment:
+        extras.append("SpecAugment")
+    t = cfg.train
+    extras.append(f"lr {t.lr:g}, max {t.max_epochs} epochs, dropout {m.dropout:g}, seed {t.seed}")
+    return text + "; " + ", ".join(extras)
+
+
+def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, *,
+                         protocol: str, cache_dir: str | Path, k: int = 5, test_session: str | None = None,
+                         test_speakers: Sequence[str] | None = None, only_folds: Sequence[str] | None = None,
+                         jobs: int = 1, resume: bool = True, progress: bool = False, feature_workers: int = 1,
+                         title: str | None = None, command: str | None = None,
+                         corpus: str | None = None) -> dict[str, Any]:
+    """Run every fold of ``protocol`` and write ``report.json`` / ``report.md`` in ``out_dir``."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    utts = {u.id: u for u in utterances}
+    labels = label_list(utterances)
+    corpus = corpus or (utterances[0].corpus if utterances else "") or "corpus"
+    cache = FeatureCache(cache_dir, cfg.features)
+    features = extract_features(list(utterances), cache, workers=feature_workers, progress=progress)
+    folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
+                       test_session=test_session, test_speakers=test_speakers)
+    if only_folds:
+        wanted = set(only_folds)
+        folds = [f for f in folds if f.name in wanted or any(s in wanted for s in f.test_speakers)]
+        if not folds:
+            raise ValueError(f"no fold matches {', '.join(only_folds)}")
+    for fold in folds:
+        validate_fold(fold, utterances)
+    jobs_list = [FoldJob(cfg, fold, features, utts, labels, out_dir / fold.name, resume, progress and jobs == 1,
+                         corpus) for fold in folds]
+    if jobs > 1 and len(jobs_list) > 1:
+        import multiprocessing as mp
+
+        # spawn, not fork: forking a process whose OpenMP pool is running can deadlock
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            results = list(pool.map(_run_fold_in_subprocess, jobs_list))
+    else:
+        results = [run_fold(job) for job in jobs_list]
+    for fold, res in zip(folds, results):
+        res["name"] = fold.name
+    summary = aggregate_folds(results, labels)
+    report = {
+        "title": title or f"{corpus}: {protocol} cross-validation",
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "corpus": corpus,
+        "n_utterances": len(utterances),
+        "n_speakers": len({u.speaker for u in utterances}),
+        "labels": labels,
+        "protocol": protocol,
+        "normalisation": NORMALISATION_NOTES.get(cfg.data.normalisation, cfg.data.normalisation),
+        "model": describe_model(cfg),
+        "device": str(resolve_device(cfg.train.device)),
+        "wall_time_s": time.time() - t0,
+        "config": config_to_dict(cfg),
+        "summary": summary,
+        "folds": results,
+    }
+    write_report(report, out_dir)
+    log.info("%s: UAR %.3f ± %.3f, accuracy %.3f ± %.3f over %d folds", report["title"],
+             summary["uar"]["mean"], summary["uar"]["std"], summary["accuracy"]["mean"],
+             summary["accuracy"]["std"], summary["folds"])
+    return report

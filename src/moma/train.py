@@ -1,0 +1,250 @@
+"""Training one model on one fold: Adam, ReduceLROnPlateau, early stopping, resumable checkpoints.
+
+The loop follows nanoGPT's train.py in spirit: one function, explicit state,
+everything that can change a result in the config. Resuming restores the
+model, optimizer, scheduler, counters, history and the torch RNG, and batch
+order and augmentation are derived from (seed, epoch), so a run killed with
+SIGKILL and resumed ends where an uninterrupted run ends (tested on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_training_state, save_checkpoint
+from .config import RunConfig, replace, save_config
+from .data import FeatureDataset, make_items, make_loader, seconds_to_frames
+from .evaluate import compute_metrics, predict_posteriors
+from .features import Normaliser
+from .model import build_model, count_parameters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int  # 1-based epoch whose weights are in best.safetensors
+    epochs_run: int
+    best_checkpoint: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    parameters: int = 0
+    train_time_s: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def class_weights(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 (classes absent from training get weight 0)."""
+    counts = np.bincount(np.asarray(label_ids, dtype=int), minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    sd = opt.state_dict()
+    return {"state": {str(k): v for k, v in sd["state"].items()}, "param_groups": sd["param_groups"]}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    opt.load_state_dict({"state": {int(k): v for k, v in state["state"].items()},
+                         "param_groups": state["param_groups"]})
+
+
+def _scheduler_state(sched: torch.optim.lr_scheduler.ReduceLROnPlateau) -> dict[str, Any]:
+    # keep only plain values: the state dict also holds a reference-free copy of the optimizer settings
+    return {k: (float(v) if isinstance(v, float) else v) for k, v in sched.state_dict().items()
+            if isinstance(v, (int, float, str, bool, list)) or v is None}
+
+
+def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[str], label_of: dict[str, int],
+                train_ids: Sequence[str], val_ids: Sequence[str], out_dir: str | Path, normaliser: Normaliser,
+                *, resume: bool = False, info: dict[str, Any] | None = None, progress: bool = False) -> TrainResult:
+    """Train on ``train_ids`` and select on ``val_ids`` (training speakers only); features are normalised.
+
+    Writes ``config.yaml``, ``metrics.jsonl``, ``best.safetensors`` (the selected
+    model, self-describing), ``last.safetensors`` (resumable) and TensorBoard
+    events under ``out_dir/tb``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tc, dc = cfg.train, cfg.data
+    if tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)
+    device = resolve_device(tc.device)
+    feat_dim = int(next(iter(features.values())).shape[1])
+    cfg = replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim))
+    save_config(cfg, out_dir / "config.yaml")
+
+    torch.manual_seed(tc.seed)
+    model = build_model(cfg.model).to(device)
+    n_params = count_parameters(model)
+    log.info("model %s: %d parameters on %s", cfg.model.arch, n_params, device)
+
+    frame_shift = cfg.features.frame_shift_ms
+    window = seconds_to_frames(dc.segment_length_s, frame_shift) if dc.segment_length_s > 0 else 0
+    hop = seconds_to_frames(dc.segment_hop_s, frame_shift) if window else 0
+    train_items = make_items(features, train_ids, label_of, window, hop)
+    train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
+                               frames_per_second=1000.0 / frame_shift)
+    loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed)
+
+    params = list(model.parameters())
+    if tc.weight_decay > 0:
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=tc.lr)
+    has_val = len(val_ids) > 0
+    monitor = tc.monitor if has_val else "train_loss"
+    if not has_val:
+        log.warning("no validation speakers: the schedule follows the training loss and the last epoch is kept")
+    mode = "max" if monitor in ("uar", "accuracy") else "min"
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=tc.lr_factor,
+                                                           patience=tc.lr_patience, min_lr=tc.min_lr)
+    weight = class_weights([it.label for it in train_items], len(labels)).to(device) if tc.class_weighted else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
+
+    writer = None
+    if tc.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out_dir / "tb"))
+        except ImportError:  # tensorboard is optional at run time
+            log.warning("tensorboard not installed: no event files written")
+
+    start_epoch, best_value, best_epoch, bad_epochs = 1, None, 0, 0
+    history: list[dict[str, Any]] = []
+    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
+    if resume and last_path.is_file():
+        state = load_training_state(last_path)
+        if state is not None:
+            from safetensors.torch import load_file
+
+            weights = load_file(str(last_path))
+            model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
+            _restore_optimizer(optimizer, state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng_torch"])
+            if device.type == "cuda" and "rng_cuda" in state:
+                torch.cuda.set_rng_state(state["rng_cuda"])
+            start_epoch = int(state["epoch"]) + 1
+            best_value, best_epoch = state["best_value"], int(state["best_epoch"])
+            bad_epochs = int(state["bad_epochs"])
+            history = list(state["history"])
+            log.info("resumed %s at epoch %d", out_dir, start_epoch)
+    # the log is rewritten from the checkpoint's history, so an epoch logged after the
+    # last checkpoint (then killed) is not counted twice
+    with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+        for row in history:
+            fh.write(json.dumps(row) + "\n")
+
+    stopped_early = bool(history and history[-1].get("stop"))
+    t0 = time.time()
+    epoch = start_epoch
+    for epoch in range(start_epoch, tc.max_epochs + 1):
+        if stopped_early:
+            break
+        model.train()
+        train_set.set_epoch(epoch)
+        loader.batch_sampler.set_epoch(epoch)
+        total_loss, total_n, frames = 0.0, 0, 0
+        t_epoch = time.time()
+        batches = loader
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(loader, desc=f"{out_dir.name} epoch {epoch}", leave=False, unit="batch")
+        for step, batch in enumerate(batches):
+            x = batch.features.to(device, non_blocking=True)
+            lengths = batch.lengths.to(device)
+            y = batch.labels.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                out = model(x, lengths)
+            loss = criterion(out.logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(y)
+            total_n += len(y)
+            frames += int(lengths.sum())
+            if tc.log_every and step % tc.log_every == 0:
+                log.info("epoch %d step %d loss %.4f", epoch, step, float(loss))
+        train_loss = total_loss / max(1, total_n)
+        elapsed = time.time() - t_epoch
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
+                               "frames_per_s": frames / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+        if has_val:
+            post = predict_posteriors(model, features, val_ids, cfg, device)
+            y_true = [label_of[k] for k in val_ids]
+            probs = np.stack([post[k] for k in val_ids])
+            val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
+            m = compute_metrics(y_true, probs.argmax(1).tolist(), labels)
+            row.update({"val_loss": val_loss, "val_accuracy": m["accuracy"], "val_uar": m["uar"]})
+            value = {"uar": m["uar"], "accuracy": m["accuracy"], "loss": val_loss}[monitor]
+        else:
+            value = train_loss
+        scheduler.step(value)
+        improved = best_value is None or (value > best_value if mode == "max" else value < best_value)
+        if improved:
+            best_value, best_epoch, bad_epochs = value, epoch, 0
+            save_checkpoint(best_path, model, cfg, labels, normaliser,
+                            info={**(info or {}), "epoch": epoch, "monitor": monitor, "value": value,
+                                  "parameters": n_params})
+        else:
+            bad_epochs += 1
+        stop = tc.early_stop_patience > 0 and bad_epochs >= tc.early_stop_patience
+        row.update({"best_epoch": best_epoch, "stop": stop})
+        history.append(row)
+        state = {
+            "optimizer": _optimizer_state(optimizer),
+            "scheduler": _scheduler_state(scheduler),
+            "rng_torch": torch.get_rng_state(),
+            "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+            "history": history,
+        }
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        save_checkpoint(last_path, model, cfg, labels, normaliser, info={**(info or {}), "epoch": epoch},
+                        training_state=state)
+        with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for key, val in row.items():
+                if isinstance(val, (int, float)) and not isinstance(val, bool) and key != "epoch":
+                    writer.add_scalar(key, val, epoch)
+            writer.flush()
+        log.info("%s epoch %d: train loss %.4f%s lr %.1e (%.0f frames/s)", out_dir.name, epoch, train_loss,
+                 f", val UAR {row['val_uar']:.3f}" if has_val else "", row["lr"], row["frames_per_s"])
+        if stop:
+            log.info("early stop after %d epochs without improvement", bad_epochs)
+            break
+    if writer is not None:
+        writer.close()
+    if not best_path.is_file():
+        raise RuntimeError(f"{out_dir}: training produced no checkpoint (max_epochs={tc.max_epochs})")
+    return TrainResult(best_epoch=best_epoch, epochs_run=len(history), best_checkpoint=best_path,
+                       history=history, parameters=n_params, train_time_s=time.time() - t0)
+
+
+def is_finite_history(history: list[dict[str, Any]]) -> bool:
+    """True if no logged loss is NaN or infinite (a diverged run should be flagged, not reported)."""
+    return all(math.isfinite(r.get("train_loss", 0.0)) for r in history)
