@@ -67,3 +67,23 @@ def test_loader_yields_every_item_once():
     ds = FeatureDataset(feats, make_items(feats, list(feats), {k: 0 for k in feats}), cfg)
     keys = [k for b in make_loader(ds, cfg, shuffle=True, seed=0) for k in b.keys]
     assert sorted(keys) == sorted(feats)
+
+
+def test_frequency_warp_shifts_spectral_peaks_and_identity_is_exact():
+    from moma.data import warp_frequency
+
+    feats = np.zeros((4, 23), np.float32)
+    feats[:, 10] = 1.0
+    assert np.array_equal(warp_frequency(feats, 1.0), feats)
+    assert int(np.argmax(warp_frequency(feats, 1.2)[0])) == 12  # a formant moves up with a shorter tract
+    assert int(np.argmax(warp_frequency(feats, 0.8)[0])) == 8
+
+
+def test_time_stretch_changes_length_and_keeps_endpoints():
+    from moma.data import stretch_time
+
+    feats = np.arange(100, dtype=np.float32)[:, None].repeat(3, 1)
+    fast = stretch_time(feats, 1.25)
+    assert fast.shape == (80, 3)
+    assert fast[0, 0] == 0 and fast[-1, 0] == 99
+    assert stretch_time(feats, 0.8).shape == (125, 3)

@@ -319,3 +319,25 @@ def test_real_emodb_file(emodb_root: Path) -> None:
     f = compute_fbank(x, FeatureConfig())
     assert f.shape == (num_frames(len(x), FeatureConfig()), 23)
     assert np.isfinite(f).all()
+
+
+def test_pitch_features_track_f0_and_voicing():
+    from moma.config import FeatureConfig
+    from moma.features import compute_features, feature_dim
+
+    sr = 16000
+    t = np.arange(int(1.0 * sr)) / sr
+    f0 = 120.0 + 100.0 * t  # a rising glide: 120 -> 220 Hz
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8)).astype(np.float32) * 0.3
+    signal = np.concatenate([voiced, np.zeros(sr // 2, np.float32)])
+    signal[sr:] = np.random.default_rng(0).normal(0, 1e-3, sr // 2)  # unvoiced tail
+    cfg = FeatureConfig(pitch=True)
+    feats = compute_features(signal, cfg)
+    assert feats.shape[1] == feature_dim(cfg) == 25
+    est = np.exp(feats[:, 23])
+    assert 110 < est[10] < 140 and 195 < est[90] < 235  # follows the glide (frames at 0.1 s and 0.9 s)
+    assert feats[20:80, 24].mean() > 0.5 and feats[-20:, 24].max() < 0.3  # voicing strength on vs off
+    assert np.all(np.isfinite(feats))
+    plain = compute_features(signal, FeatureConfig())
+    np.testing.assert_array_equal(plain, feats[:, :23])

@@ -31,6 +31,9 @@ class FeatureConfig:
     high_freq: float = 0.0  # Hz, highest Mel edge; <= 0 means offset below Nyquist (Kaldi convention)
     window_type: str = "povey"  # Kaldi window: povey | hamming | hanning | rectangular | blackman
     snip_edges: bool = True  # Kaldi snip-edges: only frames that fit wholly inside the signal
+    pitch: bool = False  # append 2 prosodic dims per frame: log F0 (Praat autocorrelation) and voicing strength
+    pitch_floor: float = 60.0  # Hz, lowest F0 searched
+    pitch_ceiling: float = 600.0  # Hz, highest F0 searched (emotional speech reaches high F0)
 
 
 @dataclass
@@ -71,6 +74,8 @@ class DataConfig:
     time_mask_frames: int = 20  # maximum width of one time mask, in frames
     num_time_masks: int = 2  # time masks per utterance
     noise_std: float = 0.0  # std of Gaussian noise added to normalised training features
+    vtlp: float = 0.0  # > 0: warp the Mel axis by a random factor in [1 - vtlp, 1 + vtlp] (vocal tract length perturbation)
+    tempo: float = 0.0  # > 0: stretch time by a random factor in [1 - tempo, 1 + tempo] (tempo perturbation)
     num_workers: int = 0  # DataLoader worker processes
 
 
@@ -91,6 +96,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     monitor: str = "uar"  # validation metric that drives the schedule and checkpoint choice: uar | loss
     val_speakers: int = 2  # number of training speakers held out for validation (gender-balanced when possible)
+    ensemble: int = 1  # models per fold trained with seeds seed, seed+1, ...; test posteriors are averaged
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     bf16: bool = False  # bfloat16 autocast for forward/backward

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import RunConfig, config_to_dict, save_config
+from .config import RunConfig, config_to_dict, replace, save_config
 from .corpora.base import Utterance, label_list
 from .evaluate import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from .features import FeatureCache, Normaliser, extract_features
@@ -87,11 +87,24 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
     (out_dir).mkdir(parents=True, exist_ok=True)
     (out_dir / "fold.json").write_text(json.dumps(fold.to_dict(), indent=1), encoding="utf-8")
     t0 = time.time()
-    trained = train_model(job.cfg, feats, job.labels, label_of, fold.train, fold.val, out_dir, norm,
-                          resume=job.resume, info=info, progress=job.progress)
     device = resolve_device(job.cfg.train.device)
-    best = load_checkpoint(trained.best_checkpoint, device=device)
-    posteriors = predict_posteriors(best.model, feats, fold.test, best.config, device)
+    n_models = max(1, job.cfg.train.ensemble)
+    seeds, posteriors, trained = [], None, None
+    for i in range(n_models):
+        # an ensemble trains the same recipe from different seeds; its members' test
+        # posteriors are averaged, and each member's own score is kept for mean +- std over seeds
+        cfg = replace(job.cfg, train=replace(job.cfg.train, seed=job.cfg.train.seed + i))
+        member_dir = out_dir if n_models == 1 else out_dir / f"seed{cfg.train.seed}"
+        member = train_model(cfg, feats, job.labels, label_of, fold.train, fold.val, member_dir, norm,
+                             resume=job.resume, info=info, progress=job.progress)
+        best = load_checkpoint(member.best_checkpoint, device=device)
+        post = predict_posteriors(best.model, feats, fold.test, best.config, device)
+        scored = score_posteriors(post, utts, job.labels)
+        seeds.append({"seed": cfg.train.seed, "best_epoch": member.best_epoch, "epochs_run": member.epochs_run,
+                      **{m: scored[m] for m in ("accuracy", "uar", "macro_f1")}})
+        posteriors = post if posteriors is None else {k: posteriors[k] + post[k] for k in post}
+        trained = trained or member
+    posteriors = {k: v / n_models for k, v in posteriors.items()}
     result = {
         **fold.to_dict(),
         "best_epoch": trained.best_epoch,
@@ -99,6 +112,7 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
         "parameters": trained.parameters,
         "train_time_s": round(time.time() - t0, 1),
         "normalisation": norm.describe(),
+        "seeds": seeds,
         "test": score_posteriors(posteriors, utts, job.labels),
     }
     tmp = result_path.with_suffix(".tmp")
@@ -132,6 +146,8 @@ def describe_model(cfg: RunConfig) -> str:
     if d.spec_augment:
         extras.append("SpecAugment")
     t = cfg.train
+    if t.ensemble > 1:
+        extras.append(f"ensemble of {t.ensemble} seeds (posteriors averaged)")
     extras.append(f"lr {t.lr:g}, max {t.max_epochs} epochs, dropout {m.dropout:g}, seed {t.seed}")
     return text + "; " + ", ".join(extras)
 

@@ -116,11 +116,45 @@ class FeatureDataset(Dataset):
         return np.ascontiguousarray(feats, dtype=np.float32), it.label, it.key, start
 
 
+def warp_frequency(feats: np.ndarray, alpha: float) -> np.ndarray:
+    """Vocal tract length perturbation on the Mel axis: bin j takes the value at j / alpha.
+
+    A longer or shorter vocal tract scales formant frequencies; on a Mel axis
+    that is close to a shift, approximated here by linear resampling of the
+    bins (edges clamped). Speaker variation is what a speaker-independent
+    model must ignore, so perturbing it is the augmentation that matters most.
+    """
+    n_bins = feats.shape[1]
+    src = np.clip(np.arange(n_bins) / alpha, 0, n_bins - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_bins - 1)
+    frac = (src - lo).astype(np.float32)
+    return feats[:, lo] * (1 - frac) + feats[:, hi] * frac  # [T, F]
+
+
+def stretch_time(feats: np.ndarray, rate: float) -> np.ndarray:
+    """Tempo perturbation: resample the frame sequence to ``T / rate`` frames (linear interpolation)."""
+    n_frames = feats.shape[0]
+    new_len = max(1, int(round(n_frames / rate)))
+    if new_len == n_frames or n_frames < 2:
+        return feats
+    src = np.linspace(0, n_frames - 1, new_len)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_frames - 1)
+    frac = (src - lo).astype(np.float32)[:, None]
+    return feats[lo] * (1 - frac) + feats[hi] * frac  # [T', F]
+
+
 def augment(feats: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
-    """SpecAugment-style masking and feature noise on one normalised utterance ([T, F])."""
-    if not cfg.spec_augment and cfg.noise_std <= 0:
+    """Tempo and vocal-tract perturbation, SpecAugment-style masking and feature noise ([T, F] in and out)."""
+    if not cfg.spec_augment and cfg.noise_std <= 0 and cfg.vtlp <= 0 and cfg.tempo <= 0:
         return feats
     out = feats.copy()
+    if cfg.tempo > 0:
+        out = stretch_time(out, float(rng.uniform(1 - cfg.tempo, 1 + cfg.tempo)))
+    if cfg.vtlp > 0:
+        out = warp_frequency(out, float(rng.uniform(1 - cfg.vtlp, 1 + cfg.vtlp)))
+    out = np.ascontiguousarray(out, dtype=np.float32)
     n_frames, n_bins = out.shape
     if cfg.spec_augment:
         if cfg.freq_mask_bins > 0:

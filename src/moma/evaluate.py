@@ -139,6 +139,13 @@ def aggregate_folds(fold_results: Sequence[dict[str, Any]], labels: Sequence[str
         pooled = compute_metrics([index[p["label"]] for p in preds], [index[p["predicted"]] for p in preds], labels)
         summary["pooled"] = {k: pooled[k] for k in ("n", "accuracy", "uar", "macro_f1", "per_class_recall",
                                                     "confusion")}
+    n_seeds = min((len(r.get("seeds", [])) for r in fold_results), default=0)
+    if n_seeds > 1:
+        # each ensemble member's fold-averaged score: mean +- std over seeds of a single model
+        for metric in ("accuracy", "uar", "macro_f1"):
+            per_seed = [float(np.mean([r["seeds"][i][metric] for r in fold_results])) for i in range(n_seeds)]
+            mean, std = mean_std(per_seed)
+            summary[f"single_model_{metric}"] = {"mean": mean, "std": std, "seeds": n_seeds}
     per_speaker: dict[str, Any] = {}
     for r in fold_results:
         per_speaker.update(r["test"]["per_speaker"])
@@ -175,6 +182,10 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"| accuracy (the paper's \"UA\") | {_fmt(summary['accuracy'])} |",
               f"| UAR, mean per-class recall (the paper's \"WA\") | {_fmt(summary['uar'])} |",
               f"| macro-F1 | {_fmt(summary['macro_f1'])} |"]
+    if "single_model_uar" in summary:
+        sm = summary["single_model_uar"]
+        lines += [f"| UAR of a single ensemble member (mean ± std over {sm['seeds']} seeds) | {_fmt(sm)} |",
+                  f"| accuracy of a single ensemble member | {_fmt(summary['single_model_accuracy'])} |"]
     if "pooled" in summary:
         p = summary["pooled"]
         lines += [f"| pooled over all test utterances: accuracy / UAR / macro-F1 | "

@@ -15,7 +15,7 @@ from .audio import load_audio, prepare_signal
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .corpora.base import Utterance
 from .evaluate import aggregate_folds, predict_posteriors, score_posteriors, write_report
-from .features import FeatureCache, Normaliser, compute_fbank, extract_features
+from .features import FeatureCache, Normaliser, compute_features, extract_features
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Predictor:
 
     def features(self, signal: np.ndarray, sampling_rate: int, name: str = "<signal>") -> np.ndarray:
         sig = prepare_signal(signal, sampling_rate, self.config.features.sample_rate, name=name)
-        return normalise_features(self.loaded.normaliser, compute_fbank(sig, self.config.features))
+        return normalise_features(self.loaded.normaliser, compute_features(sig, self.config.features))
 
     @torch.no_grad()
     def predict_features(self, feats: np.ndarray) -> Prediction:
@@ -84,7 +84,7 @@ class Predictor:
     def predict_file(self, path: str | Path) -> Prediction:
         sig = load_audio(path, self.config.features.sample_rate)
         return self.predict_features(normalise_features(self.loaded.normaliser,
-                                                        compute_fbank(sig, self.config.features)))
+                                                        compute_features(sig, self.config.features)))
 
 
 def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance], out_dir: str | Path, *,
@@ -143,10 +143,10 @@ def plot_attention_for_file(checkpoint: str | Path, audio: str | Path, out: str 
     predictor = Predictor.from_checkpoint(checkpoint)
     cfg = predictor.config.features
     sig = load_audio(audio, cfg.sample_rate)
-    raw = compute_fbank(sig, cfg)
+    raw = compute_features(sig, cfg)
     pred = predictor.predict_features(normalise_features(predictor.loaded.normaliser, raw))
     probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]))
-    return plot_attention(out, sig, cfg.sample_rate, raw, pred.attention, cfg.frame_shift_ms,
+    return plot_attention(out, sig, cfg.sample_rate, raw[:, :cfg.n_mels], pred.attention, cfg.frame_shift_ms,
                           title=title or f"{Path(audio).name}: {pred.label} ({probs})",
                           alignment=read_alignment(alignment) if alignment else None,
                           phones=read_alignment(phones) if phones else None,
