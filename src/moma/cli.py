@@ -120,6 +120,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .crossval import rebuild_report
+
+    report = rebuild_report(args.run_dir)
+    _print_summary(report)
+    print(f"report: {Path(args.run_dir) / 'report.md'}")
+    return 0
+
+
 def cmd_plot_attention(args: argparse.Namespace) -> int:
     from .inference import plot_attention_for_file
 
@@ -181,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="rebuild a cv run's report from its finished folds")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plot-attention", help="plot a model's attention over one audio file")
     p.add_argument("checkpoint")

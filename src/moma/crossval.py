@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .checkpoint import load_checkpoint
-from .config import RunConfig, config_to_dict, replace, save_config
+from .config import RunConfig, config_from_dict, config_to_dict, replace, save_config
 from .corpora.base import Utterance, label_list
 from .evaluate import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from .features import FeatureCache, Normaliser, extract_features
@@ -137,19 +137,61 @@ def describe_model(cfg: RunConfig) -> str:
     text = f"{m.arch}, BLSTM {m.num_layers}x{m.hidden_size} per direction, context {m.context_dim}"
     if m.arch == "moma":
         text += f", {m.num_blocks} blocks ({'learned' if m.learn_gammas else 'fixed equal'} gammas)"
-    d = cfg.data
-    extras = []
+    f, d = cfg.features, cfg.data
+    extras = [f"{f.n_mels} log-Mel" + (" + pitch (log F0, voicing)" if f.pitch else "")]
     if d.segment_length_s > 0:
         extras.append(f"segments {d.segment_length_s:g} s / hop {d.segment_hop_s:g} s")
     if d.random_crop_s > 0:
         extras.append(f"random crops of {d.random_crop_s:g} s")
     if d.spec_augment:
         extras.append("SpecAugment")
+    if d.vtlp > 0 or d.tempo > 0:
+        extras.append(f"VTLP ±{d.vtlp:g} / tempo ±{d.tempo:g}")
     t = cfg.train
     if t.ensemble > 1:
         extras.append(f"ensemble of {t.ensemble} seeds (posteriors averaged)")
     extras.append(f"lr {t.lr:g}, max {t.max_epochs} epochs, dropout {m.dropout:g}, seed {t.seed}")
     return text + "; " + ", ".join(extras)
+
+
+def build_report(meta: dict[str, Any], results: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+    """Aggregate fold results into report.json / report.md; says so when folds are missing."""
+    summary = aggregate_folds(results, meta["labels"])
+    report = {k: v for k, v in meta.items() if k != "started"}
+    report.update({"wall_time_s": time.time() - meta["started"] if "started" in meta else meta.get("wall_time_s", 0),
+                   "summary": summary, "folds": list(results)})
+    missing = [n for n in meta.get("fold_names", []) if n not in {r["name"] for r in results}]
+    if missing:
+        report["notes"] = report.get("notes", []) + [
+            f"**Partial run: {len(results)} of {len(meta['fold_names'])} folds finished** "
+            f"(missing: {', '.join(missing)}); means are over the finished folds only."]
+    write_report(report, out_dir)
+    log.info("%s: UAR %.3f ± %.3f, accuracy %.3f ± %.3f over %d folds", report["title"],
+             summary["uar"]["mean"], summary["uar"]["std"], summary["accuracy"]["mean"],
+             summary["accuracy"]["std"], summary["folds"])
+    return report
+
+
+def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
+    """Rewrite a run's report from its ``run.json`` and whatever folds have finished (``moma report``)."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no run.json (not a moma cv run folder)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    results = []
+    for name in meta["fold_names"]:
+        path = run_dir / name / "result.json"
+        if path.is_file():
+            res = json.loads(path.read_text(encoding="utf-8"))
+            res["name"] = name
+            results.append(res)
+    if not results:
+        raise ValueError(f"{run_dir}: no finished fold yet")
+    meta.pop("started", None)
+    if "config" in meta:  # descriptions follow the current wording of describe_model
+        meta["model"] = describe_model(config_from_dict(RunConfig, meta["config"]))
+    return build_report(meta, results, run_dir)
 
 
 def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, *,
@@ -177,6 +219,22 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
             raise ValueError(f"no fold matches {', '.join(only_folds)}")
     for fold in folds:
         validate_fold(fold, utterances)
+    meta = {
+        "title": title or f"{corpus}: {protocol} cross-validation",
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "corpus": corpus,
+        "n_utterances": len(utterances),
+        "n_speakers": len({u.speaker for u in utterances}),
+        "labels": labels,
+        "protocol": protocol,
+        "fold_names": [f.name for f in folds],
+        "normalisation": NORMALISATION_NOTES.get(cfg.data.normalisation, cfg.data.normalisation),
+        "model": describe_model(cfg),
+        "device": str(resolve_device(cfg.train.device)),
+        "started": t0,
+        "config": config_to_dict(cfg),
+    }
+    (out_dir / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     jobs_list = [FoldJob(cfg, fold, features, utts, labels, out_dir / fold.name, resume, progress and jobs == 1,
                          corpus) for fold in folds]
     if jobs > 1 and len(jobs_list) > 1:
@@ -189,25 +247,4 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
         results = [run_fold(job) for job in jobs_list]
     for fold, res in zip(folds, results):
         res["name"] = fold.name
-    summary = aggregate_folds(results, labels)
-    report = {
-        "title": title or f"{corpus}: {protocol} cross-validation",
-        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
-        "corpus": corpus,
-        "n_utterances": len(utterances),
-        "n_speakers": len({u.speaker for u in utterances}),
-        "labels": labels,
-        "protocol": protocol,
-        "normalisation": NORMALISATION_NOTES.get(cfg.data.normalisation, cfg.data.normalisation),
-        "model": describe_model(cfg),
-        "device": str(resolve_device(cfg.train.device)),
-        "wall_time_s": time.time() - t0,
-        "config": config_to_dict(cfg),
-        "summary": summary,
-        "folds": results,
-    }
-    write_report(report, out_dir)
-    log.info("%s: UAR %.3f ± %.3f, accuracy %.3f ± %.3f over %d folds", report["title"],
-             summary["uar"]["mean"], summary["uar"]["std"], summary["accuracy"]["mean"],
-             summary["accuracy"]["std"], summary["folds"])
-    return report
+    return build_report(meta, results, out_dir)

@@ -1,23 +1,62 @@
-"""Using a trained checkpoint: scoring a manifest, predicting files and signals, plotting attention."""
+"""Using a trained model: the :class:`Predictor` API, scoring a manifest, plotting attention.
+
+:class:`Predictor` is the one entry point for prediction from Python, the
+command line (``moma predict``), the HTTP service and the web page. It turns a
+signal or a file into features exactly as training did (the checkpoint's own
+feature configuration and normalisation statistics), runs a backend (PyTorch,
+or onnxruntime on an exported model) and returns a :class:`Prediction` with
+the label, the class probabilities and the attention weights.
+
+Files are predicted in length-bucketed batches: files are read a chunk at a
+time, sorted by length inside the chunk and batched with little padding. The
+model is exact under padding (``tests/test_model.py``), so batching changes
+speed, never results.
+
+A tiny model trained on random features stands in for a real one here; the
+doctests below only check the shapes of what comes back.
+
+>>> import numpy as np
+>>> predictor = Predictor.from_checkpoint(checkpoint_path)   # a .safetensors file or a run folder
+>>> predictor.labels
+['angry', 'happy', 'neutral']
+>>> signal = np.random.default_rng(0).normal(scale=0.1, size=16000).astype(np.float32)
+>>> pred = predictor.predict_signal(signal, 16000)           # 1 s of audio at 16 kHz
+>>> pred.label in predictor.labels, round(sum(pred.probabilities.values()), 4)
+(True, 1.0)
+>>> pred.num_frames, pred.attention["mixture"].shape         # one weight per 10 ms frame
+(98, (98,))
+>>> [p.label in predictor.labels for p in predictor.predict_files([wav_path, wav_path], batch_size=2)]
+[True, True]
+"""
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from .audio import load_audio, prepare_signal
+from .audio import AudioError, load_audio, prepare_signal
 from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .config import RunConfig
 from .corpora.base import Utterance
 from .evaluate import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from .features import FeatureCache, Normaliser, compute_features, extract_features
 
 log = logging.getLogger(__name__)
+
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "pretrained" / "emodb-7class.safetensors"
+BACKENDS = ("torch", "onnx")
+ATTENTION_KEYS = ("layer1", "mixture", "blocks", "gammas")
+DEFAULT_BATCH_SIZE = 16  # files per batch in predict_files
+CHUNK_BATCHES = 8  # predict_files reads this many batches' worth of files, then sorts them by length
+MAX_BATCH_FRAMES = 60000  # frames (10 ms) per padded batch; long files get smaller batches
 
 
 def normalise_features(normaliser: Normaliser, feats: np.ndarray, speaker: str | None = None) -> np.ndarray:
@@ -32,59 +71,359 @@ def normalise_features(normaliser: Normaliser, feats: np.ndarray, speaker: str |
     return normaliser.transform(feats, speaker).astype(np.float32, copy=False)
 
 
+def default_checkpoint() -> Path:
+    """The checkpoint bundled with the package, or FileNotFoundError saying how to get a model."""
+    if not BUNDLED_CHECKPOINT.is_file():
+        raise FileNotFoundError(
+            f"no bundled model at {BUNDLED_CHECKPOINT}; pass --checkpoint PATH (a .safetensors file or a run "
+            "folder from `moma train`/`moma cv`)")
+    return BUNDLED_CHECKPOINT
+
+
+# --------------------------------------------------------------------------- results
+
+
 @dataclass
 class Prediction:
+    """One input's result.
+
+    ``attention`` holds this input's weights with the batch axis removed:
+    ``layer1`` (T,), ``mixture`` (T,), ``blocks`` (N, T), ``gammas`` (N,),
+    where T is ``num_frames`` (one frame every ``frame_shift_ms``); keys an
+    architecture lacks are absent. ``error`` is set (and ``label`` empty)
+    when ``predict_files(..., on_error="record")`` could not use a file.
+    """
+
     label: str
     probabilities: dict[str, float]
-    attention: dict[str, np.ndarray] = field(default_factory=dict)  # per-frame weights for this input
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
     num_frames: int = 0
+    logits: np.ndarray | None = None
+    source: str = ""  # file path, or "" for in-memory signals
+    duration_s: float = 0.0  # seconds of audio at the model's sample rate
+    frame_shift_ms: float = 10.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def to_dict(self, *, attention: bool = False) -> dict[str, Any]:
+        """JSON-able dict; attention weights (lists of floats) only when asked, as they are long."""
+        out: dict[str, Any] = {"source": self.source, "label": self.label,
+                               "probabilities": dict(self.probabilities), "duration_s": self.duration_s,
+                               "num_frames": self.num_frames, "error": self.error}
+        if attention:
+            out["frame_shift_ms"] = self.frame_shift_ms
+            out["attention"] = {k: np.asarray(v, dtype=np.float64).round(6).tolist()
+                                for k, v in self.attention.items()}
+        return out
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class Backend(Protocol):
+    """What a :class:`Predictor` runs: padded features in, logits and attention out (numpy)."""
+
+    name: str
+
+    def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """features (B, T, F) float32, lengths (B,) int64 -> logits (B, C), attention arrays with a batch axis
+        (``gammas`` has none)."""
+        ...
+
+
+class TorchBackend:
+    """A checkpoint's PyTorch model."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+        self.model = model.eval()
+        self.device = torch.device(device)
+
+    @torch.inference_mode()
+    def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
+        lens = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
+        out = self.model(x, lens)
+        attention = {k: v.detach().float().cpu().numpy() for k, v in (out.attention or {}).items() if v is not None}
+        return out.logits.detach().float().cpu().numpy(), attention
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- predictor
 
 
 class Predictor:
-    """Emotion predictions from a checkpoint, for signals and files.
+    """Emotion predictions from a trained model, for signals, files and lists of files.
 
-    >>> predictor = Predictor.from_checkpoint("runs/demo/fold/best.safetensors")  # doctest: +SKIP
-    >>> predictor.predict_file("speech.wav").label  # doctest: +SKIP
-    'angry'
+    Build one with :meth:`from_checkpoint`; it is safe to call from several
+    threads at once (the service does), as it holds no per-call state.
     """
 
-    def __init__(self, loaded: LoadedCheckpoint, device: str = "cpu") -> None:
-        self.loaded = loaded
-        self.device = torch.device(device)
-        self.labels = loaded.labels
-        self.config = loaded.config
+    def __init__(self, backend: Backend, config: RunConfig, labels: Sequence[str], normaliser: Normaliser, *,
+                 info: dict[str, Any] | None = None, source: str = "") -> None:
+        self.backend = backend
+        self.config = config
+        self.labels = list(labels)
+        self.normaliser = normaliser
+        self.info = dict(info or {})
+        self.source = source
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str = "cpu") -> "Predictor":
-        return cls(load_checkpoint(path, device=device), device=device)
+    def from_checkpoint(cls, path: str | Path | None = None, *, device: str = "cpu", backend: str = "torch",
+                        num_threads: int = 0) -> Predictor:
+        """Load a model.
+
+        ``path``: a checkpoint (``.safetensors``), a run folder holding one, or
+        (``backend="onnx"``) a folder written by ``moma export``; ``None``
+        means the bundled model. ``backend="onnx"`` on a checkpoint exports it
+        in memory first. ``num_threads`` > 0 pins onnxruntime's intra-op
+        threads (torch's are process-wide and left to the caller).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        path = Path(path) if path is not None else default_checkpoint()
+        if backend == "onnx":
+            from .export import load_onnx_predictor_parts
+
+            onnx_backend, config, labels, normaliser, info = load_onnx_predictor_parts(path, num_threads=num_threads)
+            return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path))
+        loaded = load_checkpoint(path, device=device)
+        return cls.from_loaded(loaded, device=device)
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedCheckpoint, device: str = "cpu") -> Predictor:
+        """Wrap an already loaded checkpoint (torch backend)."""
+        return cls(TorchBackend(loaded.model, device), loaded.config, loaded.labels, loaded.normaliser,
+                   info=loaded.info, source=loaded.path)
+
+    # ----------------------------------------------------------------- features
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.features.sample_rate)
 
     def features(self, signal: np.ndarray, sampling_rate: int, name: str = "<signal>") -> np.ndarray:
-        sig = prepare_signal(signal, sampling_rate, self.config.features.sample_rate, name=name)
-        return normalise_features(self.loaded.normaliser, compute_features(sig, self.config.features))
+        """Normalised model input (frames, dims) of an in-memory signal at any rate."""
+        sig = prepare_signal(signal, sampling_rate, self.sample_rate, name=name,
+                             min_duration=self.config.features.frame_length_ms / 1000.0)
+        return self.features_of_prepared(sig)
 
-    @torch.no_grad()
+    def features_of_prepared(self, signal: np.ndarray) -> np.ndarray:
+        """Normalised features of a mono float32 signal already at :attr:`sample_rate`."""
+        return normalise_features(self.normaliser, compute_features(signal, self.config.features))
+
+    def file_features(self, path: str | Path) -> tuple[np.ndarray, float]:
+        """Normalised features of one audio file and its duration in seconds; raises AudioError."""
+        sig = load_audio(path, self.sample_rate, min_duration=self.config.features.frame_length_ms / 1000.0)
+        return self.features_of_prepared(sig), sig.shape[0] / self.sample_rate
+
+    # ----------------------------------------------------------------- prediction
+
+    def predict_batch(self, feats: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predict several normalised feature arrays as one padded batch."""
+        if not feats:
+            return []
+        lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
+        dim = feats[0].shape[1]
+        batch = np.zeros((len(feats), int(lengths.max()), dim), dtype=np.float32)
+        for i, f in enumerate(feats):
+            batch[i, :f.shape[0]] = f
+        logits, attention = self.backend.run(batch, lengths)
+        probs = _softmax(logits)
+        shift = float(self.config.features.frame_shift_ms)
+        out = []
+        for i, n in enumerate(lengths.tolist()):
+            att: dict[str, np.ndarray] = {}
+            for key, value in attention.items():
+                if key == "gammas":
+                    att[key] = np.asarray(value, dtype=np.float32)
+                elif value.ndim == 3:  # blocks (B, N, T)
+                    att[key] = value[i, :, :n].astype(np.float32)
+                else:  # (B, T)
+                    att[key] = value[i, :n].astype(np.float32)
+            out.append(Prediction(label=self.labels[int(probs[i].argmax())],
+                                  probabilities={lab: float(p) for lab, p in zip(self.labels, probs[i])},
+                                  attention=att, num_frames=int(n), logits=logits[i].astype(np.float32),
+                                  duration_s=0.0, frame_shift_ms=shift))
+        return out
+
     def predict_features(self, feats: np.ndarray) -> Prediction:
-        x = torch.from_numpy(feats).unsqueeze(0).to(self.device)  # [1, T, F]
-        lengths = torch.tensor([feats.shape[0]], device=self.device)
-        out = self.loaded.model(x, lengths)
-        probs = torch.softmax(out.logits.float(), dim=-1)[0].cpu().numpy()
-        attention = {}
-        for key, value in (out.attention or {}).items():
-            if value is None:
-                continue
-            arr = value.detach().float().cpu().numpy()
-            attention[key] = arr if key == "gammas" else arr[0]
-        return Prediction(label=self.labels[int(probs.argmax())],
-                          probabilities={lab: float(p) for lab, p in zip(self.labels, probs)},
-                          attention=attention, num_frames=int(feats.shape[0]))
+        """Predict one utterance's normalised features (frames, dims)."""
+        return self.predict_batch([feats])[0]
 
     def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
-        return self.predict_features(self.features(signal, sampling_rate))
+        """Predict an in-memory signal, shape (samples,) or (samples, channels), at any sampling rate."""
+        pred = self.predict_features(self.features(signal, sampling_rate))
+        pred.duration_s = np.asarray(signal).shape[0] / float(sampling_rate)
+        return pred
 
     def predict_file(self, path: str | Path) -> Prediction:
-        sig = load_audio(path, self.config.features.sample_rate)
-        return self.predict_features(normalise_features(self.loaded.normaliser,
-                                                        compute_features(sig, self.config.features)))
+        """Predict one audio file (anything libsndfile reads); raises AudioError for a bad file."""
+        feats, duration = self.file_features(path)
+        pred = self.predict_features(feats)
+        pred.source, pred.duration_s = str(path), duration
+        return pred
+
+    def iter_predict_files(self, paths: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                           on_error: str = "raise") -> Iterator[Prediction]:
+        """Predictions for ``paths`` in input order, produced a chunk of files at a time.
+
+        Inside each chunk (``CHUNK_BATCHES`` batches' worth of files) files are
+        sorted by length and batched, so padding stays small while memory holds
+        one chunk's features only. ``on_error="record"`` yields a Prediction
+        with ``error`` set for an unusable file instead of raising.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if on_error not in ("raise", "record"):
+            raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+        chunk: list[str] = []
+        for path in paths:
+            chunk.append(str(path))
+            if len(chunk) >= batch_size * CHUNK_BATCHES:
+                yield from self._predict_chunk(chunk, batch_size, on_error)
+                chunk = []
+        if chunk:
+            yield from self._predict_chunk(chunk, batch_size, on_error)
+
+    def predict_files(self, paths: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                      on_error: str = "raise") -> list[Prediction]:
+        """Predictions for many files (in input order), in length-bucketed batches of up to ``batch_size``."""
+        return list(self.iter_predict_files(paths, batch_size=batch_size, on_error=on_error))
+
+    def _predict_chunk(self, paths: list[str], batch_size: int, on_error: str) -> Iterator[Prediction]:
+        results: list[Prediction | None] = [None] * len(paths)
+        loaded: list[tuple[int, np.ndarray, float]] = []
+        for i, path in enumerate(paths):
+            try:
+                feats, duration = self.file_features(path)
+            except AudioError as exc:
+                if on_error == "raise":
+                    raise
+                log.warning("%s", exc)
+                results[i] = Prediction(label="", probabilities={}, source=path, error=exc.reason)
+                continue
+            loaded.append((i, feats, duration))
+        loaded.sort(key=lambda item: item[1].shape[0])
+        batch: list[tuple[int, np.ndarray, float]] = []
+
+        def flush() -> None:
+            for (i, _, duration), pred in zip(batch, self.predict_batch([f for _, f, _ in batch])):
+                pred.source, pred.duration_s = paths[i], duration
+                results[i] = pred
+            batch.clear()
+
+        for item in loaded:
+            longest = max(item[1].shape[0], batch[-1][1].shape[0] if batch else 0)
+            if batch and (len(batch) >= batch_size or longest * (len(batch) + 1) > MAX_BATCH_FRAMES):
+                flush()
+            batch.append(item)
+        if batch:
+            flush()
+        for pred in results:
+            assert pred is not None  # every index was filled above
+            yield pred
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to know about the model: labels, configuration, provenance (the model card)."""
+        from . import __version__
+        from .config import config_to_dict
+
+        return {"labels": self.labels, "backend": self.backend.name, "sample_rate": self.sample_rate,
+                "frame_shift_ms": float(self.config.features.frame_shift_ms),
+                "architecture": self.config.model.arch, "normalisation": self.normaliser.describe(),
+                "config": config_to_dict(self.config), "card": _model_card(self.info),
+                "moma_version": __version__, "source": Path(self.source).name if self.source else ""}
+
+
+def _model_card(info: dict[str, Any]) -> dict[str, Any]:
+    """The provenance fields of a checkpoint that are safe and useful to show a client."""
+    keep = ("moma_version", "torch_version", "created", "epoch", "corpus", "fold", "test_speakers",
+            "val_speakers", "metrics", "val_uar", "val_loss", "description", "intended_use", "limitations")
+    return {k: info[k] for k in keep if k in info}
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+class UnsupportedAudio(AudioError):
+    """Audio whose container or codec no decoder here understands (HTTP 415, not 422)."""
+
+
+def decode_audio_bytes(data: bytes, sample_rate: int, *, name: str = "<upload>", min_duration: float = 0.025,
+                       max_duration_s: float = 0.0) -> np.ndarray:
+    """Decode uploaded bytes to mono float32 at ``sample_rate``.
+
+    libsndfile first (WAV, FLAC, OGG, MP3 ...); what it does not recognise goes
+    to PyAV (FFmpeg), which reads what browsers record (WebM/Opus, MP4/AAC).
+    Raises :class:`UnsupportedAudio` when neither can decode the bytes and
+    :class:`AudioError` for decodable but unusable audio (too short, too long,
+    NaN). ``max_duration_s`` > 0 bounds the decoded length, so a small,
+    highly compressed upload cannot expand into gigabytes.
+    """
+    if not data:
+        raise AudioError(name, "empty upload")
+    try:
+        with_sf = _soundfile_duration(data)
+    except AudioError:
+        with_sf = None
+    if with_sf is not None:
+        if max_duration_s > 0 and with_sf > max_duration_s:
+            raise AudioError(name, f"too long: {with_sf:.1f} s exceeds the {max_duration_s:g} s limit")
+        return load_audio(data, sample_rate, name=name, min_duration=min_duration)
+    signal = _decode_with_av(data, sample_rate, name, max_duration_s)
+    return prepare_signal(signal, sample_rate, sample_rate, name=name, min_duration=min_duration)
+
+
+def _soundfile_duration(data: bytes) -> float:
+    from .audio import audio_info
+
+    duration, _, _ = audio_info(data)
+    return duration
+
+
+def _decode_with_av(data: bytes, sample_rate: int, name: str, max_duration_s: float) -> np.ndarray:
+    try:
+        import av
+    except ImportError:  # PyAV is optional: without it only libsndfile formats are accepted
+        raise UnsupportedAudio(name, "not a recognised audio format (install PyAV to read WebM/Opus)") from None
+    pieces: list[np.ndarray] = []
+    total = 0
+    limit = int(max_duration_s * sample_rate) if max_duration_s > 0 else 0
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise UnsupportedAudio(name, "no audio stream in the upload")
+            stream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    arr = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                    pieces.append(arr)
+                    total += arr.shape[0]
+                if limit and total > limit:
+                    raise AudioError(name, f"too long: exceeds the {max_duration_s:g} s limit")
+            for out in resampler.resample(None):
+                pieces.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+    except AudioError:
+        raise
+    except Exception as exc:  # PyAV raises many FFmpeg error types (InvalidDataError, ValueError ...)
+        raise UnsupportedAudio(name, f"not a recognised or decodable audio format ({type(exc).__name__})") from None
+    if not pieces:
+        raise AudioError(name, "no samples")
+    return np.concatenate(pieces)
+
+
+# --------------------------------------------------------------------------- manifests and plots
 
 
 def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance], out_dir: str | Path, *,
@@ -133,21 +472,46 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
     return report
 
 
+def plot_prediction(predictor: Predictor, audio: str | Path, out: str | Path, *, pred: Prediction | None = None,
+                    alignment: Any = None, phones: Any = None, title: str | None = None,
+                    caption: str = "") -> Path:
+    """Plot waveform, spectrogram and attention of one file (predicting it unless ``pred`` is given)."""
+    from .plots import plot_attention
+
+    cfg = predictor.config.features
+    sig = load_audio(audio, cfg.sample_rate, min_duration=cfg.frame_length_ms / 1000.0)
+    raw = compute_features(sig, cfg)
+    if pred is None:
+        pred = predictor.predict_features(normalise_features(predictor.normaliser, raw))
+    probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]))
+    return plot_attention(out, sig, cfg.sample_rate, raw[:, :cfg.n_mels], pred.attention, cfg.frame_shift_ms,
+                          title=title or f"{Path(audio).name}: {pred.label} ({probs})",
+                          alignment=alignment, phones=phones, caption=caption)
+
+
 def plot_attention_for_file(checkpoint: str | Path, audio: str | Path, out: str | Path, *,
                             alignment: str | Path | None = None, phones: str | Path | None = None,
                             title: str | None = None, caption: str = "") -> Path:
     """Predict one file and plot waveform, spectrogram and both attention layers."""
     from .corpora.alignment import read_alignment
-    from .plots import plot_attention
 
     predictor = Predictor.from_checkpoint(checkpoint)
-    cfg = predictor.config.features
-    sig = load_audio(audio, cfg.sample_rate)
-    raw = compute_features(sig, cfg)
-    pred = predictor.predict_features(normalise_features(predictor.loaded.normaliser, raw))
-    probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]))
-    return plot_attention(out, sig, cfg.sample_rate, raw[:, :cfg.n_mels], pred.attention, cfg.frame_shift_ms,
-                          title=title or f"{Path(audio).name}: {pred.label} ({probs})",
-                          alignment=read_alignment(alignment) if alignment else None,
-                          phones=read_alignment(phones) if phones else None,
-                          caption=caption or f"moma plot-attention {checkpoint} {audio}")
+    return plot_prediction(predictor, audio, out,
+                           alignment=read_alignment(alignment) if alignment else None,
+                           phones=read_alignment(phones) if phones else None, title=title,
+                           caption=caption or f"moma plot-attention {checkpoint} {audio}")
+
+
+def waveform_envelope(signal: np.ndarray, points: int = 800) -> list[list[float]]:
+    """[min, max] pairs over ``points`` equal slices of a signal: enough to draw its waveform."""
+    n = signal.shape[0]
+    points = max(1, min(points, n))
+    edges = np.linspace(0, n, points + 1).astype(np.int64)
+    return [[round(float(signal[a:b].min()), 4), round(float(signal[a:b].max()), 4)]
+            for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+__all__ = ["BUNDLED_CHECKPOINT", "Backend", "Prediction", "Predictor", "TorchBackend", "UnsupportedAudio",
+           "decode_audio_bytes", "default_checkpoint", "evaluate_checkpoint", "normalise_features",
+           "plot_attention_for_file", "plot_prediction", "waveform_envelope"]
+

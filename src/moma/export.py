@@ -1,0 +1,248 @@
+"""ONNX export and the onnxruntime backend.
+
+``moma export CHECKPOINT --format onnx --out DIR`` writes, in the spirit of
+audonnx:
+
+* ``DIR/model.onnx``: the network, inputs ``features`` (batch, time, dims)
+  float32 and ``lengths`` (batch,) int64, both with dynamic batch and time
+  axes; outputs ``logits`` (batch, classes) and the attention weights the
+  architecture has (``layer1``, ``mixture`` (batch, time), ``blocks``
+  (batch, blocks, time), ``gammas`` (blocks,)).
+* ``DIR/model.json``: everything needed to use it without moma's training
+  code: labels, the feature configuration, the normalisation statistics, the
+  input/output names, the moma version and the SHA-256 of ``model.onnx``.
+  The same JSON is stored in the ONNX file's ``metadata_props`` under
+  ``moma``, so the ``.onnx`` file alone is self-describing too.
+
+Features are not part of the graph: Kaldi filterbanks are computed by
+``kaldi_native_fbank`` in both backends, so both see identical inputs and
+parity is a property of the network alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .checkpoint import LoadedCheckpoint, load_checkpoint, resolve_checkpoint_path
+from .config import RunConfig, config_from_dict, config_to_dict
+from .features import Normaliser
+
+log = logging.getLogger(__name__)
+
+FORMAT = "moma-onnx/1"
+OPSET = 17
+MODEL_FILE = "model.onnx"
+META_FILE = "model.json"
+INPUT_NAMES = ("features", "lengths")
+ATTENTION_ORDER = ("layer1", "mixture", "blocks", "gammas")
+_TIME_AXIS = {"layer1": 1, "mixture": 1, "blocks": 2}  # attention outputs' time axis (gammas has none)
+
+
+class OnnxExportModule(nn.Module):
+    """Tensor-only view of a moma model: (features, lengths) -> (logits, *attention).
+
+    ``model.ExportWrapper`` returns (logits, embedding); the onnx backend also
+    needs the attention weights for plots and the web page, in a fixed order,
+    and tracers cannot return a dict holding None, so the present keys are
+    fixed at construction.
+    """
+
+    def __init__(self, model: nn.Module, attention_keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.attention_keys = attention_keys
+
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(features, lengths)
+        return (out.logits, *(out.attention[k] for k in self.attention_keys))
+
+
+def attention_keys_of(model: nn.Module, input_dim: int) -> tuple[str, ...]:
+    """The attention outputs an architecture produces (those not None), in ATTENTION_ORDER."""
+    with torch.inference_mode():
+        out = model(torch.zeros(1, 4, input_dim), torch.tensor([4]))
+    return tuple(k for k in ATTENTION_ORDER if (out.attention or {}).get(k) is not None)
+
+
+def onnx_bytes(loaded: LoadedCheckpoint, opset: int = OPSET) -> tuple[bytes, tuple[str, ...]]:
+    """Serialise a loaded checkpoint's model to ONNX; returns (model bytes, output names)."""
+    model = loaded.model.cpu().eval()
+    input_dim = loaded.config.model.input_dim
+    keys = attention_keys_of(model, input_dim)
+    wrapper = OnnxExportModule(model, keys).eval()
+    # Two sequences of different lengths, so the trace goes through the padded-batch path
+    # (masking, per-row reversal) rather than a special case of equal lengths.
+    example = (torch.randn(2, 37, input_dim), torch.tensor([37, 21], dtype=torch.int64))
+    output_names = ("logits", *keys)
+    dynamic_axes: dict[str, dict[int, str]] = {"features": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
+                                               "logits": {0: "batch"}}
+    for key in keys:
+        if key in _TIME_AXIS:
+            dynamic_axes[key] = {0: "batch", _TIME_AXIS[key]: "time"}
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter warns that it is deprecated and that LSTMs with a batch
+        # size other than 1 are traced generically; both are expected here. It is used rather
+        # than the dynamo exporter because the model's input checks read tensor values, which
+        # tracing skips (torch.jit.is_tracing) but dynamo would turn into data-dependent guards.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, example, buf, dynamo=False, input_names=list(INPUT_NAMES),
+                          output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
+                          do_constant_folding=True)
+    return _name_outputs(buf.getvalue(), output_names), output_names
+
+
+def _name_outputs(data: bytes, names: tuple[str, ...]) -> bytes:
+    """Give every graph output its intended name.
+
+    An output that depends on parameters alone (``gammas``) is constant-folded
+    into an initialiser and the exporter then names it after that initialiser
+    (e.g. ``"735"``); an Identity node restores the documented name.
+    """
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load_from_string(data)
+    for out, name in zip(proto.graph.output, names):
+        if out.name != name:
+            proto.graph.node.append(helper.make_node("Identity", [out.name], [name], name=f"rename_{name}"))
+            out.name = name
+    return proto.SerializeToString()
+
+
+def _json_normaliser(norm: Normaliser) -> dict[str, Any]:
+    def conv(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return value.astype(np.float64).tolist()
+        if isinstance(value, dict):
+            return {k: conv(v) for k, v in value.items()}
+        return value
+
+    return conv(norm.state_dict())
+
+
+def export_metadata(loaded: LoadedCheckpoint, output_names: tuple[str, ...], model_sha256: str,
+                    opset: int = OPSET) -> dict[str, Any]:
+    """The JSON document that makes an exported model usable on its own."""
+    return {
+        "format": FORMAT,
+        "moma_version": __version__,
+        "opset": opset,
+        "model_sha256": model_sha256,
+        "labels": list(loaded.labels),
+        "inputs": {"features": {"shape": ["batch", "time", loaded.config.model.input_dim], "dtype": "float32",
+                                "description": "normalised features (see 'features' and 'normaliser')"},
+                   "lengths": {"shape": ["batch"], "dtype": "int64", "description": "valid frames per row"}},
+        "outputs": list(output_names),
+        "features": config_to_dict(loaded.config.features),
+        "normaliser": _json_normaliser(loaded.normaliser),
+        "config": config_to_dict(loaded.config),
+        "info": loaded.info,
+        "source_checkpoint": Path(loaded.path).name,
+    }
+
+
+def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, opset: int = OPSET) -> Path:
+    """Write ``out_dir/model.onnx`` and ``out_dir/model.json`` for a checkpoint; returns the ONNX path."""
+    import onnx
+
+    loaded = load_checkpoint(checkpoint, device="cpu")
+    data, output_names = onnx_bytes(loaded, opset)
+    proto = onnx.load_from_string(data)
+    meta = export_metadata(loaded, output_names, "", opset)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "moma", json.dumps({k: v for k, v in meta.items() if k != "model_sha256"})
+    data = proto.SerializeToString()
+    meta["model_sha256"] = hashlib.sha256(data).hexdigest()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(out / MODEL_FILE, data)
+    _atomic_write_bytes(out / META_FILE, (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+    log.info("exported %s -> %s (%d bytes, outputs %s)", checkpoint, out / MODEL_FILE, len(data),
+             ", ".join(output_names))
+    return out / MODEL_FILE
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class OnnxBackend:
+    """onnxruntime inference on an exported model (CPU execution provider)."""
+
+    name = "onnx"
+
+    def __init__(self, model: bytes | str | Path, output_names: tuple[str, ...], num_threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if num_threads > 0:
+            opts.intra_op_num_threads = num_threads
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # onnxruntime's warnings about unused initialisers are noise here
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.output_names = tuple(output_names)
+
+    def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        outs = self.session.run(list(self.output_names), {
+            "features": np.ascontiguousarray(features, dtype=np.float32),
+            "lengths": np.asarray(lengths, dtype=np.int64)})
+        return outs[0], dict(zip(self.output_names[1:], outs[1:]))
+
+
+def read_export(path: str | Path) -> dict[str, Any]:
+    """The metadata of an export folder (or of the folder holding a given ``model.onnx``)."""
+    folder = Path(path)
+    if folder.suffix == ".onnx":
+        folder = folder.parent
+    meta_path = folder / META_FILE
+    if not meta_path.is_file() or not (folder / MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{folder}: not a moma ONNX export (needs {MODEL_FILE} and {META_FILE})")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_onnx_predictor_parts(path: str | Path, *, num_threads: int = 0
+                              ) -> tuple[OnnxBackend, RunConfig, list[str], Normaliser, dict[str, Any]]:
+    """(backend, config, labels, normaliser, info) for a Predictor on onnxruntime.
+
+    ``path`` is an export folder (or its ``model.onnx``), or a checkpoint,
+    which is then exported in memory.
+    """
+    p = Path(path)
+    is_export = (p.is_dir() and (p / MODEL_FILE).is_file()) or p.suffix == ".onnx"
+    if is_export:
+        meta = read_export(p)
+        folder = p.parent if p.suffix == ".onnx" else p
+        data = (folder / MODEL_FILE).read_bytes()
+        if meta.get("model_sha256") and hashlib.sha256(data).hexdigest() != meta["model_sha256"]:
+            raise ValueError(f"{folder / MODEL_FILE}: SHA-256 does not match {META_FILE} (file changed?)")
+        config = config_from_dict(RunConfig, meta["config"])
+        backend = OnnxBackend(data, tuple(meta["outputs"]), num_threads)
+        return backend, config, list(meta["labels"]), Normaliser.from_state(meta["normaliser"]), meta.get("info", {})
+    if p.is_dir():
+        try:
+            resolve_checkpoint_path(p)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: neither a moma ONNX export ({MODEL_FILE} + {META_FILE}) nor a run "
+                                    "folder holding a checkpoint") from None
+    loaded = load_checkpoint(p, device="cpu")
+    data, names = onnx_bytes(loaded)
+    return OnnxBackend(data, names, num_threads), loaded.config, loaded.labels, loaded.normaliser, loaded.info

@@ -1,0 +1,307 @@
+"""Tests for moma.inference: the Predictor API (signals, files, length-bucketed batches), its doctests,
+``moma predict`` (files, folders, globs, bad files, CSV/JSONL output, exit status), upload decoding.
+
+A tiny MOMA (hidden 8) is trained for 2 epochs on filterbanks of synthetic noise whose level depends
+on the class, so the checkpoint is real (trained by moma.train, saved by moma.checkpoint) and fast.
+Other test files reuse ``make_tiny_checkpoint`` and ``write_tone``.
+"""
+
+from __future__ import annotations
+
+import csv
+import doctest
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+LABELS = ["angry", "happy", "neutral"]
+LEVELS = {"angry": 0.5, "happy": 0.1, "neutral": 0.01}  # noise amplitude per class: a learnable cue
+
+
+def make_tiny_checkpoint(out_dir: Path, arch: str = "moma") -> Path:
+    """Train a tiny model on synthetic noise filterbanks and return its best.safetensors."""
+    from moma.config import FeatureConfig, load_run_config
+    from moma.features import Normaliser, compute_features
+    from moma.train import train_model
+
+    rng = np.random.default_rng(0)
+    fcfg = FeatureConfig()
+    feats, label_of = {}, {}
+    for i in range(24):
+        label = LABELS[i % 3]
+        sig = (rng.normal(size=int(rng.integers(4000, 9000))) * LEVELS[label]).astype(np.float32)
+        feats[f"u{i:02d}"] = compute_features(sig, fcfg)
+        label_of[f"u{i:02d}"] = LABELS.index(label)
+    ids = sorted(feats)
+    norm = Normaliser("global").fit([feats[k] for k in ids[:18]])
+    normed = {k: norm.transform(v) for k, v in feats.items()}
+    cfg = load_run_config(sets=[f"model.arch={arch}", "model.hidden_size=8", "model.context_dim=8",
+                                "model.projection_dim=8", "train.lr=0.01", "train.max_epochs=2",
+                                "train.early_stop_patience=0", "train.tensorboard=false", "train.num_threads=1"])
+    result = train_model(cfg, normed, LABELS, label_of, ids[:18], ids[18:], out_dir, norm)
+    return result.best_checkpoint
+
+
+def write_tone(path: Path, seconds: float, sr: int = 16000, level: float = 0.1, seed: int = 0,
+               subtype: str = "PCM_16") -> Path:
+    """A noisy harmonic tone (speech-like enough for filterbanks) written with soundfile."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    sig = level * (0.6 * np.sin(2 * np.pi * 180 * t) + 0.3 * np.sin(2 * np.pi * 360 * t)
+                   + 0.3 * rng.normal(size=t.shape))
+    sf.write(str(path), sig.astype(np.float32), sr, subtype=subtype)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_checkpoint):
+    from moma.inference import Predictor
+
+    return Predictor.from_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture()
+def audio_dir(tmp_path) -> Path:
+    d = tmp_path / "audio"
+    d.mkdir()
+    for i, secs in enumerate([0.4, 1.3, 0.7, 2.1, 0.9]):
+        write_tone(d / f"f{i}.wav", secs, seed=i, sr=16000 if i % 2 else 22050)
+    return d
+
+
+# --------------------------------------------------------------------------- Python API
+
+
+def test_predict_signal_returns_label_probabilities_attention(predictor):
+    sig = np.random.default_rng(1).normal(scale=0.1, size=12000).astype(np.float32)
+    pred = predictor.predict_signal(sig, 16000)
+    assert pred.label in LABELS
+    assert set(pred.probabilities) == set(LABELS)
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    assert pred.label == max(pred.probabilities, key=pred.probabilities.get)
+    # 12000 samples -> 1 + (12000 - 400) // 160 = 73 frames of 10 ms
+    assert pred.num_frames == 73
+    assert pred.attention["mixture"].shape == (73,)
+    assert pred.attention["layer1"].shape == (73,)
+    assert pred.attention["blocks"].shape == (3, 73)
+    assert pred.attention["gammas"].shape == (3,)
+    assert pred.attention["mixture"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert pred.duration_s == pytest.approx(0.75)
+
+
+def test_predict_signal_resamples_and_downmixes(predictor):
+    """A stereo 44.1 kHz signal is the same as its mono 16 kHz version (to resampler accuracy)."""
+    import soxr
+
+    mono = np.random.default_rng(2).normal(scale=0.1, size=44100).astype(np.float32)
+    stereo = np.stack([mono, mono], axis=1)
+    a = predictor.predict_signal(stereo, 44100)
+    b = predictor.predict_signal(soxr.resample(mono, 44100, 16000, quality="HQ"), 16000)
+    assert a.num_frames == b.num_frames
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
+
+
+def test_learned_cue_is_used(predictor):
+    """The tiny model learned the noise level: loud noise and near-silence get different labels."""
+    rng = np.random.default_rng(3)
+    loud = predictor.predict_signal((rng.normal(size=8000) * LEVELS["angry"]).astype(np.float32), 16000)
+    quiet = predictor.predict_signal((rng.normal(size=8000) * LEVELS["neutral"]).astype(np.float32), 16000)
+    assert loud.probabilities["angry"] > quiet.probabilities["angry"]
+
+
+def test_predict_files_matches_one_by_one_and_keeps_order(predictor, audio_dir):
+    paths = sorted(audio_dir.glob("*.wav"))
+    batched = predictor.predict_files(paths, batch_size=2)
+    assert [p.source for p in batched] == [str(p) for p in paths]
+    for path, pred in zip(paths, batched):
+        alone = predictor.predict_file(path)
+        assert pred.num_frames == alone.num_frames
+        np.testing.assert_allclose(pred.logits, alone.logits, atol=1e-5)
+        np.testing.assert_allclose(pred.attention["mixture"], alone.attention["mixture"], atol=1e-5)
+        assert pred.duration_s == pytest.approx(alone.duration_s)
+
+
+def test_predict_files_buckets_by_length(predictor, audio_dir, monkeypatch):
+    """Batches hold files of neighbouring lengths, not files in input order."""
+    seen: list[list[int]] = []
+    original = predictor.predict_batch
+
+    def spy(feats):
+        seen.append([f.shape[0] for f in feats])
+        return original(feats)
+
+    monkeypatch.setattr(predictor, "predict_batch", spy)
+    predictor.predict_files(sorted(audio_dir.glob("*.wav")), batch_size=2)
+    assert [len(b) for b in seen] == [2, 2, 1]
+    flat = [n for b in seen for n in b]
+    assert flat == sorted(flat)
+
+
+def test_predict_files_bad_file_raise_or_record(predictor, audio_dir):
+    bad = audio_dir / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wav")
+    paths = [audio_dir / "f0.wav", bad, audio_dir / "missing.wav"]
+    from moma.audio import AudioError
+
+    with pytest.raises(AudioError):
+        predictor.predict_files(paths)
+    preds = predictor.predict_files(paths, on_error="record")
+    assert preds[0].ok and preds[0].label in LABELS
+    assert not preds[1].ok and ("malformed" in preds[1].error or "recognised" in preds[1].error)
+    assert preds[2].error == "file not found"
+
+
+def test_predict_file_rejects_too_short(predictor, tmp_path):
+    from moma.audio import AudioError
+
+    path = write_tone(tmp_path / "short.wav", 0.01)
+    with pytest.raises(AudioError, match="too short"):
+        predictor.predict_file(path)
+
+
+def test_bundled_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
+    import moma.inference as inf
+
+    monkeypatch.setattr(inf, "BUNDLED_CHECKPOINT", tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError, match="--checkpoint"):
+        inf.Predictor.from_checkpoint(None)
+
+
+def test_doctests(tiny_checkpoint, tmp_path):
+    import moma.inference
+
+    wav = write_tone(tmp_path / "doc.wav", 0.8)
+    result = doctest.testmod(moma.inference, extraglobs={"checkpoint_path": tiny_checkpoint, "wav_path": wav},
+                             optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 6
+    assert result.failed == 0
+
+
+def test_describe_is_json_able(predictor):
+    card = predictor.describe()
+    json.dumps(card)
+    assert card["labels"] == LABELS
+    assert card["sample_rate"] == 16000
+    assert card["architecture"] == "moma"
+
+
+def test_decode_audio_bytes(tmp_path):
+    from moma.audio import AudioError
+    from moma.inference import UnsupportedAudio, decode_audio_bytes
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(8000, dtype=np.float32) + 0.01, 8000, format="FLAC")
+    sig = decode_audio_bytes(buf.getvalue(), 16000)
+    assert sig.shape == (16000,)
+    with pytest.raises(UnsupportedAudio):
+        decode_audio_bytes(b"this is plain text, not audio at all" * 10, 16000)
+    with pytest.raises(AudioError, match="too long"):
+        decode_audio_bytes(buf.getvalue(), 16000, max_duration_s=0.5)
+    with pytest.raises(AudioError, match="empty"):
+        decode_audio_bytes(b"", 16000)
+
+
+def test_decode_webm_opus_with_pyav():
+    """What a browser's MediaRecorder uploads: Opus in WebM, which libsndfile cannot read."""
+    av = pytest.importorskip("av")
+    from moma.inference import decode_audio_bytes
+
+    data = make_webm_opus(1.0)
+    sig = decode_audio_bytes(data, 16000)
+    assert abs(sig.shape[0] - 16000) < 400  # Opus pre-skip/padding may shift a few ms
+    assert np.abs(sig).max() > 0.05
+    del av
+
+
+def make_webm_opus(seconds: float, sr: int = 48000) -> bytes:
+    """Encode a tone as WebM/Opus with PyAV, as Chromium's MediaRecorder would produce."""
+    import av
+
+    t = np.arange(int(seconds * sr)) / sr
+    sig = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="webm") as out:
+        stream = out.add_stream("libopus", rate=sr)
+        stream.layout = "mono"
+        frame_len = 960
+        for start in range(0, sig.shape[0], frame_len):
+            chunk = sig[start:start + frame_len]
+            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="flt", layout="mono")
+            frame.sample_rate = sr
+            frame.pts = start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- moma predict
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the inference subcommands through a parser built from cli_inference alone (cli.py is the lead's)."""
+    code = ("import sys, argparse, logging\n"
+            "from moma.cli_inference import add_inference_commands\n"
+            "p = argparse.ArgumentParser(prog='moma'); sub = p.add_subparsers(dest='command', required=True)\n"
+            "add_inference_commands(sub)\n"
+            "a = p.parse_args(sys.argv[1:]); logging.basicConfig(level=logging.WARNING)\n"
+            "from moma.audio import AudioError\n"
+            "try:\n    sys.exit(a.func(a))\n"
+            "except (AudioError, FileNotFoundError, ValueError) as exc:  # as moma.cli.main does\n"
+            "    print(f'moma {a.command}: error: {exc}', file=sys.stderr); sys.exit(2)\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_cli_predict_folder_glob_csv(tiny_checkpoint, audio_dir, tmp_path):
+    out = tmp_path / "results.csv"
+    (audio_dir / "notes.txt").write_text("not audio")  # folders yield audio extensions only
+    res = run_cli("predict", str(audio_dir), str(audio_dir / "f1.wav"), "--checkpoint", str(tiny_checkpoint),
+                  "--out", str(out), "--batch-size", "2")
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["path"]).name for r in rows] == ["f0.wav", "f1.wav", "f2.wav", "f3.wav", "f4.wav"]
+    for r in rows:
+        assert r["label"] in LABELS and r["error"] == ""
+        assert sum(float(r[f"p_{lab}"]) for lab in LABELS) == pytest.approx(1.0, abs=1e-4)
+    res = run_cli("predict", str(audio_dir / "f[13].wav"), "--checkpoint", str(tiny_checkpoint),
+                  "--out", str(tmp_path / "g.csv"))
+    assert res.returncode == 0, res.stderr
+    assert [Path(r["path"]).name for r in csv.DictReader((tmp_path / "g.csv").open())] == ["f1.wav", "f3.wav"]
+
+
+def test_cli_predict_bad_file_jsonl_and_plots(tiny_checkpoint, audio_dir, tmp_path):
+    (audio_dir / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
+    out = tmp_path / "results.jsonl"
+    res = run_cli("predict", str(audio_dir), str(tmp_path / "nothing-*.wav"), "--checkpoint",
+                  str(tiny_checkpoint), "--out", str(out), "--plot", str(tmp_path / "plots"))
+    assert res.returncode == 1  # some inputs failed, the rest were written
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name["broken.wav"]["error"] and by_name["broken.wav"]["label"] == ""
+    assert by_name["nothing-*.wav"]["error"] == "no file matches"
+    assert all(by_name[f"f{i}.wav"]["label"] in LABELS for i in range(5))
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [f"f{i}.png" for i in range(5)]
+    assert "2 of 7 failed" in res.stderr
+
+
+def test_cli_predict_without_checkpoint_or_bundle(tmp_path, monkeypatch, audio_dir):
+    from moma import inference
+
+    if inference.BUNDLED_CHECKPOINT.is_file():
+        pytest.skip("a bundled model is installed")
+    res = run_cli("predict", str(audio_dir / "f0.wav"))
+    assert res.returncode == 2
+    assert "no bundled model" in res.stderr and "--checkpoint" in res.stderr
