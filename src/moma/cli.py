@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phones", default=None, help="phone alignment (.phseg, .lablaut)")
     p.add_argument("--out", default="attention.png")
     p.set_defaults(func=cmd_plot_attention)
+
+    from .cli_inference import add_inference_commands
+
+    add_inference_commands(sub)  # predict, timeline, export, serve
     return parser
 
 

@@ -179,12 +179,14 @@ def timeline_for_source(predictor: Predictor, source: AudioSource, config: Timel
 def timeline_for_signal(predictor: Predictor, signal: np.ndarray, config: TimelineConfig | None = None) -> Timeline:
     """Timeline of a mono float32 signal already at ``predictor.sample_rate`` (e.g. a decoded upload)."""
     cfg = config or TimelineConfig()
-    return timeline_from_blocks(predictor, _split(signal, int(cfg.block_s * predictor.sample_rate)), cfg)
+    return timeline_from_blocks(predictor, _split(signal, cfg.block_s, predictor.sample_rate), cfg)
 
 
-def _split(signal: np.ndarray, size: int) -> Iterator[tuple[float, np.ndarray]]:
-    for start in range(0, signal.shape[0], max(1, size)):
-        yield float(start), signal[start:start + size]
+def _split(signal: np.ndarray, block_s: float, sample_rate: int) -> Iterator[tuple[float, np.ndarray]]:
+    """``(start s, block)`` pairs of an in-memory signal, as iter_audio_blocks gives for a file."""
+    size = max(1, int(block_s * sample_rate))
+    for start in range(0, signal.shape[0], size):
+        yield start / sample_rate, signal[start:start + size]
 
 
 def write_timeline_csv(timeline: Timeline, out: str | Path | TextIO) -> None:
