@@ -89,3 +89,10 @@ def test_unknown_protocol_and_predefined():
     assert f.test_speakers == ["s00", "s01"]
     with pytest.raises(ValueError, match="not in the manifest"):
         make_folds(utts, "predefined", test_speakers=["nobody"])
+
+
+def test_protocol_all_trains_on_everyone_but_validation():
+    utts = corpus()
+    (f,) = make_folds(utts, "all", val_speakers=2)
+    assert f.test == [] and len(f.val_speakers) == 2
+    assert len(f.train) + len(f.val) == len(utts)

@@ -73,6 +73,10 @@ def _run_cv(args: argparse.Namespace, only_folds=None) -> dict:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
+    if args.protocol == "all":
+        print("moma cv: protocol 'all' has no test speakers; use `moma train --protocol all` for a final model",
+              file=sys.stderr)
+        return 2
     report = _run_cv(args, args.fold)
     _print_summary(report)
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -80,12 +84,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if not args.fold and args.protocol not in ("session-holdout", "predefined"):
+    if not args.fold and args.protocol not in ("session-holdout", "predefined", "all"):
         print("moma train: --fold NAME is required for this protocol (or use `moma cv` for all folds)",
               file=sys.stderr)
         return 2
     report = _run_cv(args, args.fold)
-    _print_summary(report)
+    if report["summary"] is not None:
+        _print_summary(report)
     for fold in report["folds"]:
         print(f"checkpoint: {Path(args.out) / fold['name'] / 'best.safetensors'}")
     return 0
@@ -158,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--manifest", required=True)
         p.add_argument("--out", required=True, help="run folder")
         p.add_argument("--protocol", default="loso",
-                       choices=["loso", "loso-session", "session-holdout", "speaker-kfold", "predefined"])
+                       choices=["loso", "loso-session", "session-holdout", "speaker-kfold", "predefined", "all"],
+                       help="all: no test speakers, train a final model (train only)")
         p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold")
         p.add_argument("--test-session", default=None, help="session-holdout: the test session (default: last)")
         p.add_argument("--test-speakers", nargs="+", default=None, help="predefined: test speakers")

@@ -97,14 +97,18 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
         member_dir = out_dir if n_models == 1 else out_dir / f"seed{cfg.train.seed}"
         member = train_model(cfg, feats, job.labels, label_of, fold.train, fold.val, member_dir, norm,
                              resume=job.resume, info=info, progress=job.progress)
+        seed_row = {"seed": cfg.train.seed, "best_epoch": member.best_epoch, "epochs_run": member.epochs_run}
+        trained = trained or member
+        if not fold.test:  # protocol "all": a model to ship, nothing to score
+            seeds.append(seed_row)
+            continue
         best = load_checkpoint(member.best_checkpoint, device=device)
         post = predict_posteriors(best.model, feats, fold.test, best.config, device)
         scored = score_posteriors(post, utts, job.labels)
-        seeds.append({"seed": cfg.train.seed, "best_epoch": member.best_epoch, "epochs_run": member.epochs_run,
-                      **{m: scored[m] for m in ("accuracy", "uar", "macro_f1")}})
+        seeds.append({**seed_row, **{m: scored[m] for m in ("accuracy", "uar", "macro_f1")}})
         posteriors = post if posteriors is None else {k: posteriors[k] + post[k] for k in post}
-        trained = trained or member
-    posteriors = {k: v / n_models for k, v in posteriors.items()}
+    if posteriors is not None:
+        posteriors = {k: v / n_models for k, v in posteriors.items()}
     result = {
         **fold.to_dict(),
         "best_epoch": trained.best_epoch,
@@ -113,13 +117,14 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
         "train_time_s": round(time.time() - t0, 1),
         "normalisation": norm.describe(),
         "seeds": seeds,
-        "test": score_posteriors(posteriors, utts, job.labels),
+        "test": score_posteriors(posteriors, utts, job.labels) if posteriors is not None else None,
     }
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
     os.replace(tmp, result_path)
-    log.info("fold %s: test accuracy %.3f UAR %.3f (best epoch %d)", fold.name, result["test"]["accuracy"],
-             result["test"]["uar"], trained.best_epoch)
+    if result["test"] is not None:
+        log.info("fold %s: test accuracy %.3f UAR %.3f (best epoch %d)", fold.name, result["test"]["accuracy"],
+                 result["test"]["uar"], trained.best_epoch)
     return result
 
 
@@ -247,4 +252,6 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
         results = [run_fold(job) for job in jobs_list]
     for fold, res in zip(folds, results):
         res["name"] = fold.name
+    if all(res["test"] is None for res in results):
+        return {**meta, "summary": None, "folds": results}  # nothing was tested: no report to write
     return build_report(meta, results, out_dir)

@@ -20,7 +20,7 @@ from .corpora.base import Utterance
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("session-holdout", "loso", "loso-session", "speaker-kfold", "predefined")
+PROTOCOLS = ("session-holdout", "loso", "loso-session", "speaker-kfold", "predefined", "all")
 
 
 class SpeakerLeakageError(ValueError):
@@ -132,6 +132,7 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: 
     * ``loso-session``: leave one session out (IEMOCAP: 5 folds).
     * ``speaker-kfold``: ``k`` folds of speaker groups (RAVDESS: 24 actors).
     * ``predefined``: the given ``test_speakers`` are the test set.
+    * ``all``: no test set; every speaker but the validation speakers trains (a final model to ship).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -168,6 +169,8 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: 
         groups = [sorted(order[i::k]) for i in range(k)]
         for i, group in enumerate(groups):
             folds.append(_fold(f"group-{i + 1}", utterances, set(group), val_speakers, seed + i))
+    elif protocol == "all":
+        folds.append(_fold("all", utterances, set(), val_speakers, seed))
     else:  # predefined
         if not test_speakers:
             raise ValueError("protocol 'predefined' needs test_speakers")

@@ -1,0 +1,74 @@
+"""End to end through the command line: prepare -> cv -> report -> evaluate -> plot-attention."""
+
+import json
+
+import pytest
+
+from moma.cli import main
+from moma.corpora.synthetic import make_synthetic_corpus
+
+TINY = ["--set", "model.hidden_size=8", "--set", "model.context_dim=8", "--set", "model.projection_dim=8",
+        "--set", "train.max_epochs=2", "--set", "train.lr=0.01", "--set", "train.tensorboard=false",
+        "--set", "train.val_speakers=1"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic_corpus(root, num_speakers=4, utterances_per_emotion=2, seed=1, max_duration=1.5)
+    return root
+
+
+def test_prepare_cv_evaluate_plot(corpus, tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    assert main(["prepare", "synthetic", "--root", str(corpus), "--out", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "32 utterances, 4 speakers, 4 labels" in out
+    run = tmp_path / "run"
+    args = ["cv", "--manifest", str(manifest), "--out", str(run), "--protocol", "speaker-kfold", "--k", "2",
+            "--cache", str(tmp_path / "cache"), "-q", *TINY]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "UAR      (paper's 'WA')" in out and "folds: 2" in out
+    report = json.loads((run / "report.json").read_text())
+    assert report["summary"]["folds"] == 2 and report["summary"]["pooled"]["n"] == 32
+    for fold in report["folds"]:
+        assert not set(fold["test_speakers"]) & set(fold["train_speakers"] + fold["val_speakers"])
+    # rerunning the same command reuses the finished folds instead of training again
+    stamp = (run / "group-1" / "result.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (run / "group-1" / "result.json").stat().st_mtime_ns == stamp
+    assert main(["report", str(run)]) == 0
+    ckpt = run / "group-1" / "best.safetensors"
+    assert main(["evaluate", str(ckpt), "--manifest", str(manifest), "--out", str(tmp_path / "eval"),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["summary"]["pooled"]["n"] == 32
+    wav = next((corpus / "wav").glob("*.wav"))
+    assert main(["plot-attention", str(ckpt), str(wav), "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").stat().st_size > 10_000
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,path,speaker,label\nu1,bad.wav,s1,angry\nu2,bad.wav,s2,sad\n")
+    code = main(["cv", "--manifest", str(manifest), "--out", str(tmp_path / "r"), "--cache", str(tmp_path / "c"),
+                 "-q", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "bad.wav" in err and "Traceback" not in err
+    assert main(["prepare", "nosuchcorpus", "--root", str(tmp_path), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "nosuchcorpus" in capsys.readouterr().err
+
+
+def test_train_all_speakers_gives_a_shippable_checkpoint(corpus, tmp_path, capsys):
+    from moma.checkpoint import load_checkpoint
+
+    manifest = tmp_path / "m.jsonl"
+    assert main(["prepare", "synthetic", "--root", str(corpus), "--out", str(manifest)]) == 0
+    assert main(["train", "--manifest", str(manifest), "--out", str(tmp_path / "final"), "--protocol", "all",
+                 "--cache", str(tmp_path / "cache"), "-q", *TINY]) == 0
+    assert "checkpoint:" in capsys.readouterr().out
+    loaded = load_checkpoint(tmp_path / "final" / "all")
+    assert loaded.labels == ["angry", "happy", "neutral", "sad"] and loaded.info["test_speakers"] == []
