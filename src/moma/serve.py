@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
+import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
@@ -251,7 +252,8 @@ def create_app(predictor: Predictor, settings: ServiceSettings | None = None) ->
                                    "num_frames": pred.num_frames}
             if attention:
                 out["attention"] = {"frame_shift_ms": pred.frame_shift_ms,
-                                    **{k: v.round(6).tolist() for k, v in pred.attention.items()}}
+                                    **{k: np.asarray(v, dtype=np.float64).round(6).tolist()
+                                       for k, v in pred.attention.items()}}
             if waveform:
                 out["waveform"] = waveform_envelope(signal)
             return out
