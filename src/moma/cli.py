@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_inference import add_inference_commands
 
     add_inference_commands(sub)  # predict, timeline, export, serve
+    from .cli_experiment import add_experiment_command
+
+    add_experiment_command(sub)  # experiment grids
     return parser
 
 
