@@ -125,7 +125,7 @@ def test_inner_cv_holds_out_each_training_speaker_once(monkeypatch):
             predicted_rows.append(xs.shape[0])
             return self.inner.predict(xs)
 
-    monkeypatch.setattr(baselines, "_make_svm", lambda c, seed: SpySVC(c, seed))
+    monkeypatch.setattr(baselines, "_make_svm", lambda c, seed, dual="auto": SpySVC(c, seed))
     best, scores = select_c(x, y, spk, normalisation="global", c_grid=GRID)
     assert best in GRID
     assert sorted(scores) == sorted(GRID)
@@ -183,7 +183,7 @@ def test_select_c_prefers_the_best_inner_uar_then_the_smallest_c(monkeypatch):
                 return np.array([int(np.argmax(r[:3])) for r in xs])
             return np.zeros(len(xs), dtype=int)
 
-    monkeypatch.setattr(baselines, "_make_svm", lambda c, seed: FakeSVC(c, seed))
+    monkeypatch.setattr(baselines, "_make_svm", lambda c, seed, dual="auto": FakeSVC(c, seed))
     best, scores = select_c(x, y, spk, normalisation="global", c_grid=(1.0, 1e-3, 0.1))
     assert scores[1e-3] == pytest.approx(1 / 3)
     assert scores[0.1] == scores[1.0] == 1.0
@@ -191,6 +191,22 @@ def test_select_c_prefers_the_best_inner_uar_then_the_smallest_c(monkeypatch):
     good_from["value"] = 1.0
     best, scores = select_c(x, y, spk, normalisation="global", c_grid=(1e-3, 0.1, 1.0))
     assert best == 1.0
+
+
+def test_row_space_projection_leaves_the_svm_unchanged():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 200))  # more features than rows, as ComParE on EmoDB
+    y = np.arange(30) % 3
+    x[np.arange(30), y] += 2.0
+    x_new = rng.normal(size=(10, 200))
+    plain = baselines._make_svm(0.1, 0).fit(x, y).decision_function(x_new)
+    x_fit, x_other, dual = baselines.row_space(x, x_new)
+    assert x_fit.shape == (30, 30) and x_other.shape == (10, 30) and dual is True
+    projected = baselines._make_svm(0.1, 0, dual).fit(x_fit, y).decision_function(x_other)
+    np.testing.assert_allclose(projected, plain, atol=1e-8)
+    small = rng.normal(size=(30, 5))
+    same = baselines.row_space(small, x_new[:, :5])
+    assert same[0] is small and same[2] == "auto"
 
 
 def test_speaker_mode_normalises_every_speaker_to_zero_mean():

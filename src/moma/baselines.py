@@ -257,10 +257,10 @@ def _uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
 
 
-def _make_svm(c: float, seed: int):
+def _make_svm(c: float, seed: int, dual: bool | str = "auto"):
     from sklearn.svm import LinearSVC
 
-    return LinearSVC(C=c, class_weight="balanced", dual="auto", max_iter=MAX_ITER, random_state=seed)
+    return LinearSVC(C=c, class_weight="balanced", dual=dual, max_iter=MAX_ITER, random_state=seed)
 
 
 def _fit(clf, x: np.ndarray, y: np.ndarray):
@@ -272,6 +272,27 @@ def _fit(clf, x: np.ndarray, y: np.ndarray):
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         log.warning("LinearSVC(C=%g) did not converge in %d iterations", clf.C, MAX_ITER)
     return clf
+
+
+def row_space(x_train: np.ndarray, x_other: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool | str]:
+    """SVM inputs in an orthonormal basis of ``x_train``'s row space, and the ``dual`` setting to fit them with.
+
+    With more features than training rows (ComParE: 6373 values, EmoDB folds:
+    about 480 rows) LinearSVC's ``dual="auto"`` solves the dual problem, which
+    sees the rows only through their inner products; the projection keeps
+    those (the appended intercept column too), and the optimal weight vector
+    lies in the training rows' span, so decision values on any other row are
+    unchanged. The fit is therefore the same one (same liblinear iterations,
+    decision values equal to ~1e-14 on EmoDB), on ~480 instead of 6373
+    columns: 3-10x faster. ``dual=True`` is returned because ``"auto"`` would
+    switch to the primal solver on the now square matrix. With no more
+    features than rows the inputs are returned unchanged with ``"auto"``.
+    """
+    n, d = x_train.shape
+    if d <= n:
+        return x_train, x_other, "auto"
+    _, _, vt = np.linalg.svd(x_train, full_matrices=False)  # vt: (n, d), orthonormal rows
+    return x_train @ vt.T, x_other @ vt.T, True
 
 
 def select_c(x: np.ndarray, y: np.ndarray, speakers: Sequence[str], *, normalisation: str,
@@ -294,9 +315,10 @@ def select_c(x: np.ndarray, y: np.ndarray, speakers: Sequence[str], *, normalisa
     for held in inner:
         val = spk == held
         xs = standardise(x, spk, ~val, normalisation)
+        x_fit, x_val, dual = row_space(xs[~val], xs[val])
         for c in grid:
-            clf = _fit(_make_svm(c, seed), xs[~val], y[~val])
-            scores[c].append(_uar(y[val], clf.predict(xs[val])))
+            clf = _fit(_make_svm(c, seed, dual), x_fit, y[~val])
+            scores[c].append(_uar(y[val], clf.predict(x_val)))
     mean_scores = {c: float(np.mean(v)) for c, v in scores.items()}
     best = max(grid, key=lambda c: (mean_scores[c], -c))
     return best, mean_scores
@@ -356,8 +378,9 @@ def run_svm_cv(utterances: Sequence[Utterance], features: dict[str, np.ndarray],
         c, inner = select_c(x[is_train], y[is_train], spk[is_train], normalisation=normalisation,
                             c_grid=c_grid, seed=seed)
         xs = standardise(x, spk, is_train, normalisation)
-        clf = _fit(_make_svm(c, seed), xs[is_train], y[is_train])
-        post = _posteriors(clf, xs[~is_train], len(labels))
+        x_fit, x_test, dual = row_space(xs[is_train], xs[~is_train])
+        clf = _fit(_make_svm(c, seed, dual), x_fit, y[is_train])
+        post = _posteriors(clf, x_test, len(labels))
         posteriors = {k: post[i] for i, k in enumerate(test_ids)}
         scored = score_posteriors(posteriors, utts, labels)
         results.append({
@@ -522,8 +545,14 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
         "extraction_time_s": round(extraction_s, 1),
         "extraction": extraction,
         "cv_time_s": round(cv_s, 1),
-        "notes": ["Posteriors in report.json are the softmax of the LinearSVC decision values (not calibrated "
-                  "probabilities); their argmax is the SVM's prediction."],
+        "notes": ["\"Pooled\" scores are computed once on all folds' test predictions together; the mean ± std "
+                  "columns are over the folds (one test speaker each).",
+                  "Posteriors in report.json are the softmax of the LinearSVC decision values (not calibrated "
+                  "probabilities); their argmax is the SVM's prediction.",
+                  "When a fold has more features than training utterances (ComParE_2016), each SVM is fitted on "
+                  "the coordinates of the standardised features in an orthonormal basis of the training rows' span "
+                  "(dual solver, as dual=\"auto\" picks for the original matrix): an exact re-parametrisation that "
+                  "leaves the decision values unchanged (checked to ~1e-14 on EmoDB) and only makes fits faster."],
         "runs": runs,
     }
     out = Path(out_dir)
