@@ -135,13 +135,16 @@ def test_cli_timeline(ckpt, tmp_path):
     assert "2 speech regions" in res.stderr
 
 
+# Peak RSS is read from VmHWM (this process's own address space), not ru_maxrss: Linux carries
+# ru_maxrss across fork+exec, so a child of a large pytest process would report the parent's peak.
 ONE_HOUR_SCRIPT = """
-import resource, sys
+import sys
 from moma.inference import Predictor
 from moma.timeline import TimelineConfig, timeline_for_source
 p = Predictor.from_checkpoint(sys.argv[1])
 tl = timeline_for_source(p, sys.argv[2], TimelineConfig(hop_s=1.0))
-print(len(tl.rows), round(tl.duration_s), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(len(tl.rows), round(tl.duration_s), hwm)
 """
 
 
