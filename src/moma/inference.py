@@ -71,6 +71,26 @@ def normalise_features(normaliser: Normaliser, feats: np.ndarray, speaker: str |
     return normaliser.transform(feats, speaker).astype(np.float32, copy=False)
 
 
+def normalise_for_checkpoint(normaliser: Normaliser, features: dict[str, np.ndarray],
+                             utterances: Sequence[Utterance]) -> dict[str, np.ndarray]:
+    """Normalise labelled test features the way a checkpoint was trained.
+
+    A speaker-normalised checkpoint has no statistics for unseen speakers: they
+    are fitted from each speaker's own (unlabelled) features, transductively,
+    on a copy so the checkpoint's normaliser is left as it was.
+    """
+    if normaliser.mode == "speaker":
+        normaliser = Normaliser.from_state(normaliser.state_dict())
+        by_speaker: dict[str, list[np.ndarray]] = {}
+        for u in utterances:
+            if not normaliser.has_speaker(u.speaker):
+                by_speaker.setdefault(u.speaker, []).append(features[u.id])
+        for spk, feats in by_speaker.items():
+            normaliser.fit_speaker(spk, feats)
+    speaker_of = {u.id: u.speaker for u in utterances}
+    return {k: normaliser.transform(v, speaker_of[k]).astype(np.float32, copy=False) for k, v in features.items()}
+
+
 def default_checkpoint() -> Path:
     """The checkpoint bundled with the package, or FileNotFoundError saying how to get a model."""
     if not BUNDLED_CHECKPOINT.is_file():
@@ -438,15 +458,7 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
     trained_on = set(loaded.info.get("test_speakers", []))
     feats = extract_features(list(utterances), FeatureCache(cache_dir, loaded.config.features))
     utts = {u.id: u for u in utterances}
-    norm = loaded.normaliser
-    if norm.mode == "speaker":
-        by_speaker: dict[str, list[np.ndarray]] = {}
-        for u in utterances:
-            if not norm.has_speaker(u.speaker):
-                by_speaker.setdefault(u.speaker, []).append(feats[u.id])
-        for spk, fl in by_speaker.items():
-            norm.fit_speaker(spk, fl)
-    normed = {k: norm.transform(v, utts[k].speaker).astype(np.float32, copy=False) for k, v in feats.items()}
+    normed = normalise_for_checkpoint(loaded.normaliser, feats, utterances)
     posteriors = predict_posteriors(loaded.model, normed, list(normed), loaded.config, device)
     labels = loaded.labels
     fold = {"name": "evaluation", "test_speakers": sorted({u.speaker for u in utterances}),
@@ -460,7 +472,9 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
         "n_speakers": len({u.speaker for u in utterances}),
         "labels": labels,
         "protocol": "fixed checkpoint on the given manifest",
-        "normalisation": norm.describe(),
+        "normalisation": loaded.normaliser.describe() + (
+            "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
+            if loaded.normaliser.mode == "speaker" else ""),
         "model": loaded.config.model.arch,
         "device": device,
         "wall_time_s": time.time() - t0,

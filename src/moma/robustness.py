@@ -436,7 +436,8 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
     """
     from .checkpoint import LoadedCheckpoint, load_checkpoint
     from .evaluate import predict_posteriors, score_posteriors
-    from .features import Normaliser, compute_features
+    from .features import compute_features
+    from .inference import normalise_for_checkpoint
 
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device=device)
     utterances = list(utterances)
@@ -474,16 +475,7 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
             ctx.speaker = u.speaker
             perturbed = cond(signals[u.id], sr, _rng_for(seed, cond.name, i), ctx)
             feats[u.id] = compute_features(perturbed, fcfg)
-        norm = loaded.normaliser
-        if norm.mode == "speaker":
-            norm = Normaliser.from_state(norm.state_dict())  # a copy: statistics differ per condition
-            by_speaker: dict[str, list[np.ndarray]] = {}
-            for u in utterances:
-                if not norm.has_speaker(u.speaker):
-                    by_speaker.setdefault(u.speaker, []).append(feats[u.id])
-            for spk, fl in by_speaker.items():
-                norm.fit_speaker(spk, fl)
-        normed = {k: norm.transform(v, utts[k].speaker).astype(np.float32, copy=False) for k, v in feats.items()}
+        normed = normalise_for_checkpoint(loaded.normaliser, feats, utterances)
         post = predict_posteriors(loaded.model, normed, ids, loaded.config, device)
         metrics = score_posteriors(post, utts, loaded.labels)
         metrics.pop("predictions", None)

@@ -111,7 +111,6 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
         pending.clear()
 
     def emit(start: int, end: int) -> None:
-        nonlocal buf, buf_start, flags, flag_start
         window = buf[start - buf_start:end - buf_start]
         f0, f1 = start // vad_per_sample, max(start // vad_per_sample + 1, end // vad_per_sample)
         wf = flags[max(0, f0 - flag_start):max(0, f1 - flag_start)]
