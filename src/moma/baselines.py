@@ -43,6 +43,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, file_sha1, load_audio
 from .corpora.base import Utterance, label_list, read_manifest
+from .features import load_cached_array
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,6 @@ def _cache_path(cache_dir: Path, feature_set: str, utt: Utterance) -> Path:
     return cache_dir / f"opensmile-{feature_set}" / utt.sha1[:2] / f"{stem}.npy"
 
 
-def _load_cached(path: Path) -> np.ndarray | None:
-    if not path.is_file():
-        return None
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        log.warning("%s: unreadable cache entry (%s); recomputing", path, exc)
-        return None
 
 
 def _save_atomic(path: Path, values: np.ndarray) -> None:
@@ -151,7 +144,7 @@ def extract_functionals(utterances: Iterable[Utterance], feature_set: str = "eGe
     out: dict[str, np.ndarray] = {}
     misses = []
     for u in utts:
-        cached = _load_cached(paths[u.id])
+        cached = load_cached_array(paths[u.id])
         if cached is None:
             misses.append(u)
         else:
@@ -175,7 +168,7 @@ def extract_functionals(utterances: Iterable[Utterance], feature_set: str = "eGe
                     _compute_entry(task)
                     bar.update(1)
         for u in misses:
-            loaded = _load_cached(paths[u.id])
+            loaded = load_cached_array(paths[u.id])
             if loaded is None:
                 raise OSError(f"{paths[u.id]}: cache entry missing after extraction (utterance {u.id})")
             out[u.id] = loaded

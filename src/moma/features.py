@@ -262,14 +262,7 @@ class FeatureCache:
         _atomic_write(path, lambda fh: np.save(fh, np.asarray(feats, dtype=np.float32), allow_pickle=False))
 
     def _load(self, path: Path) -> np.ndarray | None:
-        if not path.is_file():
-            return None
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            # Only reachable after e.g. a power cut or manual tampering; recompute.
-            log.warning("%s: unreadable cache entry (%s); recomputing", path, exc)
-            return None
+        return load_cached_array(path)
 
     def _write_config(self) -> None:
         config_path = self.dir / "config.json"
@@ -277,6 +270,21 @@ class FeatureCache:
             return
         text = json.dumps(asdict(self.cfg), indent=2, sort_keys=True) + "\n"
         _atomic_write(config_path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def load_cached_array(path: Path) -> np.ndarray | None:
+    """A cached ``.npy`` array, or None when absent or unreadable (the caller recomputes it).
+
+    Unreadable entries are only reachable after e.g. a power cut or manual
+    tampering, since entries are written atomically.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        log.warning("%s: unreadable cache entry (%s); recomputing", path, exc)
+        return None
 
 
 def _with_utterance(exc: Exception, utt: Utterance) -> AudioError:
