@@ -67,6 +67,7 @@ import yaml
 from .config import RunConfig, config_to_dict, load_run_config, replace, save_config
 from .corpora.base import Utterance, label_list
 from .evaluate import PAPER_NAMING_NOTE, compute_metrics, mean_std
+from .plots import save_figure
 from .protocols import PROTOCOLS, Fold, make_folds, validate_fold
 from .stats import bootstrap_ci, paired_bootstrap_diff, paired_test
 
@@ -512,9 +513,7 @@ def plot_uar_by_variant(summary: dict[str, Any], out_path: Path, *, reference: s
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     _caption(fig, command, config)
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def blocks_series(exp: Experiment) -> list[str]:
@@ -566,9 +565,7 @@ def plot_uar_vs_blocks(exp: Experiment, summary: dict[str, Any], out_path: Path,
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     _caption(fig, command, config)
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def _ms(d: dict[str, Any]) -> str:

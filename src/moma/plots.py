@@ -19,6 +19,15 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    """Write a figure (creating its folder) and close it: pyplot keeps every open figure alive otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def _as_numpy(x: Any) -> np.ndarray | None:
     if x is None:
         return None
@@ -87,11 +96,7 @@ def plot_attention(out_path: str | Path, signal: np.ndarray, sample_rate: int, f
     if caption:
         fig.text(0.01, 0.005, caption, fontsize=6, color="0.4")
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def plot_confusion(out_path: str | Path, confusion: Sequence[Sequence[int]], labels: Sequence[str], *,
@@ -113,8 +118,4 @@ def plot_confusion(out_path: str | Path, confusion: Sequence[Sequence[int]], lab
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)

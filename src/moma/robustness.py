@@ -494,7 +494,7 @@ def plot_degradation(results_by_model: Mapping[str, Mapping[str, Mapping[str, An
     """Left: ``metric`` (default UAR) against SNR, one line per model and noise type (white solid, babble
     dashed), with the clean score drawn at the right as "clean". Right: grouped bars per model for the
     conditions that are not noise at an SNR (clean, telephone, gain, reverb...)."""
-    from .plots import _pyplot
+    from .plots import _pyplot, save_figure
 
     plt = _pyplot()
     noise_re = re.compile(r"^(white|babble)-(-?\d+(?:\.\d+)?)dB$")
@@ -548,8 +548,4 @@ def plot_degradation(results_by_model: Mapping[str, Mapping[str, Mapping[str, An
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)

@@ -206,7 +206,7 @@ def write_timeline_csv(timeline: Timeline, out: str | Path | TextIO) -> None:
 
 def plot_timeline(timeline: Timeline, path: str | Path, title: str = "") -> Path:
     """Stacked smoothed probabilities over time, speech regions shaded beneath."""
-    from .plots import _pyplot
+    from .plots import _pyplot, save_figure
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(12, 3.2))
@@ -224,8 +224,4 @@ def plot_timeline(timeline: Timeline, path: str | Path, title: str = "") -> Path
     ax.set_title(title or "emotion over time (speech regions marked at the bottom)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
