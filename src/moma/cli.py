@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -77,6 +78,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     report = _run_cv(args, args.fold)
+    if report["summary"] is None:  # a torchrun rank other than 0: rank 0 prints
+        return 0
     _print_summary(report)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
@@ -90,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = _run_cv(args, args.fold)
     if report["summary"] is not None:
         _print_summary(report)
-    for fold in report["folds"]:
+    for fold in report["folds"]:  # empty on torchrun ranks other than 0
         print(f"checkpoint: {Path(args.out) / fold['name'] / 'best.safetensors'}")
     return 0
 
@@ -220,8 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    level = logging.DEBUG if args.verbose else logging.INFO
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun; ranks other than 0 log warnings only
+    prefix = "" if rank == 0 else f"[rank {rank}] "
+    logging.basicConfig(level=level if rank == 0 else max(level, logging.WARNING),
+                        format=prefix + "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .audio import AudioError
     from .protocols import SpeakerLeakageError
 

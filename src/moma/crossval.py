@@ -23,6 +23,7 @@ import numpy as np
 from .checkpoint import load_checkpoint
 from .config import RunConfig, config_from_dict, config_to_dict, replace, save_config
 from .corpora.base import Utterance, label_list
+from .distributed import DistInfo, barrier, broadcast_object, env_dist_info, init_distributed, shutdown_distributed
 from .evaluate import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from .features import FeatureCache, Normaliser, extract_features
 from .protocols import Fold, make_folds, validate_fold
@@ -71,21 +72,29 @@ class FoldJob:
     corpus: str
 
 
-def run_fold(job: FoldJob) -> dict[str, Any]:
-    """Train on one fold, test its best checkpoint, write ``result.json``."""
+def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] | None:
+    """Train on one fold, test its best checkpoint, write ``result.json``.
+
+    Under torchrun every rank trains; rank 0 alone tests and writes, and the
+    other ranks return None.
+    """
+    dist_info = dist_info or DistInfo()
+    main = dist_info.is_main
     out_dir = job.out_dir
     result_path = out_dir / "result.json"
-    if result_path.is_file():
+    # rank 0's view decides, so all ranks agree on whether this fold trains
+    if broadcast_object(result_path.is_file(), dist_info):
         log.info("fold %s already finished: reusing %s", job.fold.name, result_path)
-        return json.loads(result_path.read_text(encoding="utf-8"))
+        return json.loads(result_path.read_text(encoding="utf-8")) if main else None
     fold, utts = job.fold, job.utterances
     norm = fit_normaliser(job.cfg.data.normalisation, job.features, utts, fold.train + fold.val, fold.test)
     feats = normalise_all(norm, job.features, utts, fold.train + fold.val + fold.test)
     label_of = {k: job.labels.index(utts[k].label) for k in feats}
     info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
             "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
-    (out_dir).mkdir(parents=True, exist_ok=True)
-    (out_dir / "fold.json").write_text(json.dumps(fold.to_dict(), indent=1), encoding="utf-8")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "fold.json").write_text(json.dumps(fold.to_dict(), indent=1), encoding="utf-8")
     t0 = time.time()
     device = resolve_device(job.cfg.train.device)
     n_models = max(1, job.cfg.train.ensemble)
@@ -99,6 +108,8 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
                              resume=job.resume, info=info, progress=job.progress)
         seed_row = {"seed": cfg.train.seed, "best_epoch": member.best_epoch, "epochs_run": member.epochs_run}
         trained = trained or member
+        if not main:
+            continue  # testing and writing are rank 0's
         if not fold.test:  # protocol "all": a model to ship, nothing to score
             seeds.append(seed_row)
             continue
@@ -107,6 +118,9 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
         scored = score_posteriors(post, utts, job.labels)
         seeds.append({**seed_row, **{m: scored[m] for m in ("accuracy", "uar", "macro_f1")}})
         posteriors = post if posteriors is None else {k: posteriors[k] + post[k] for k in post}
+    if not main:
+        barrier(dist_info)  # wait until rank 0 has written result.json
+        return None
     if posteriors is not None:
         posteriors = {k: v / n_models for k, v in posteriors.items()}
     result = {
@@ -125,6 +139,7 @@ def run_fold(job: FoldJob) -> dict[str, Any]:
     if result["test"] is not None:
         log.info("fold %s: test accuracy %.3f UAR %.3f (best epoch %d)", fold.name, result["test"]["accuracy"],
                  result["test"]["uar"], trained.best_epoch)
+    barrier(dist_info)
     return result
 
 
@@ -205,16 +220,49 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
                          jobs: int = 1, resume: bool = True, progress: bool = False, feature_workers: int = 1,
                          title: str | None = None, command: str | None = None,
                          corpus: str | None = None) -> dict[str, Any]:
-    """Run every fold of ``protocol`` and write ``report.json`` / ``report.md`` in ``out_dir``."""
+    """Run every fold of ``protocol`` and write ``report.json`` / ``report.md`` in ``out_dir``.
+
+    Under ``torchrun`` (see :mod:`moma.distributed`) the folds run one after
+    another, each trained by all processes together; rank 0 writes every file
+    and returns the report, the other ranks return ``{"summary": None}``.
+    """
+    dist_info = DistInfo()
+    if env_dist_info().enabled:
+        if jobs > 1:
+            raise ValueError("--jobs > 1 cannot be combined with torchrun: the processes already share each fold")
+        dist_info = init_distributed(resolve_device(cfg.train.device).type)
+    try:
+        return _run_cross_validation(utterances, cfg, out_dir, protocol=protocol, cache_dir=cache_dir, k=k,
+                                     test_session=test_session, test_speakers=test_speakers, only_folds=only_folds,
+                                     jobs=jobs, resume=resume, progress=progress, feature_workers=feature_workers,
+                                     title=title, command=command, corpus=corpus, dist_info=dist_info)
+    finally:
+        if dist_info.enabled:
+            shutdown_distributed()
+
+
+def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, *,
+                          protocol: str, cache_dir: str | Path, k: int, test_session: str | None,
+                          test_speakers: Sequence[str] | None, only_folds: Sequence[str] | None, jobs: int,
+                          resume: bool, progress: bool, feature_workers: int, title: str | None,
+                          command: str | None, corpus: str | None, dist_info: DistInfo) -> dict[str, Any]:
     t0 = time.time()
+    main = dist_info.is_main
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
     utts = {u.id: u for u in utterances}
     labels = label_list(utterances)
     corpus = corpus or (utterances[0].corpus if utterances else "") or "corpus"
     cache = FeatureCache(cache_dir, cfg.features)
-    features = extract_features(list(utterances), cache, workers=feature_workers, progress=progress)
+    # rank 0 fills the cache first; the others then read it (or, on a machine that does not
+    # share the cache folder, compute their own copy)
+    if not main:
+        barrier(dist_info)
+    features = extract_features(list(utterances), cache, workers=feature_workers, progress=progress and main)
+    if main:
+        barrier(dist_info)
     folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
                        test_session=test_session, test_speakers=test_speakers)
     if only_folds:
@@ -239,7 +287,8 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
         "started": t0,
         "config": config_to_dict(cfg),
     }
-    (out_dir / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    if main:
+        (out_dir / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     jobs_list = [FoldJob(cfg, fold, features, utts, labels, out_dir / fold.name, resume, progress and jobs == 1,
                          corpus) for fold in folds]
     if jobs > 1 and len(jobs_list) > 1:
@@ -249,7 +298,9 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             results = list(pool.map(_run_fold_in_subprocess, jobs_list))
     else:
-        results = [run_fold(job) for job in jobs_list]
+        results = [run_fold(job, dist_info) for job in jobs_list]
+    if not main:
+        return {**meta, "summary": None, "folds": []}
     for fold, res in zip(folds, results):
         res["name"] = fold.name
     if all(res["test"] is None for res in results):

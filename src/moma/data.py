@@ -199,12 +199,13 @@ class BucketBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[int], max_frames: int, batch_size: int, *, shuffle: bool = True,
-                 seed: int = 0) -> None:
-        if max_frames <= 0 or batch_size <= 0:
-            raise ValueError("max_frames and batch_size must be positive")
+                 seed: int = 0, min_batch_size: int = 1) -> None:
+        if max_frames <= 0 or batch_size <= 0 or min_batch_size <= 0:
+            raise ValueError("max_frames, batch_size and min_batch_size must be positive")
         self.lengths = list(lengths)
         self.max_frames = max_frames
-        self.batch_size = batch_size
+        self.batch_size = max(batch_size, min_batch_size)
+        self.min_batch_size = min_batch_size  # a batch is cut only once it has this many items
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
@@ -227,13 +228,17 @@ class BucketBatchSampler(Sampler[list[int]]):
         for idx in order.tolist():
             n = self.lengths[idx]
             new_longest = max(longest, n)
-            if current and (new_longest * (len(current) + 1) > self.max_frames or len(current) >= self.batch_size):
+            full = new_longest * (len(current) + 1) > self.max_frames or len(current) >= self.batch_size
+            if current and full and len(current) >= self.min_batch_size:
                 batches.append(current)
                 current, new_longest = [], n
             current.append(idx)
             longest = new_longest
         if current:
-            batches.append(current)
+            if len(current) < self.min_batch_size and batches:
+                batches[-1].extend(current)  # a short tail joins the batch of the next-shorter items
+            else:
+                batches.append(current)
         if self.shuffle:
             perm = rng.permutation(len(batches))
             batches = [batches[i] for i in perm]
@@ -244,6 +249,42 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches())
+
+
+class DistributedBucketBatchSampler(Sampler[list[int]]):
+    """This rank's share of every global length-bucketed batch, for data-parallel training.
+
+    Every rank builds the same global batches (same lengths, seed and epoch) as
+    a single process would, with ``max_frames`` and ``batch_size`` meaning the
+    GLOBAL batch so a recipe means the same thing on 1 or N processes, and
+    takes items ``rank, rank + world_size, ...`` of each. Items within a batch
+    are in length order, so the shares have near-equal lengths. Global
+    batches hold at least ``world_size`` items, so no rank ever gets an empty
+    share and every rank takes the same number of steps (DDP requires both).
+    """
+
+    def __init__(self, lengths: Sequence[int], max_frames: int, batch_size: int, *, rank: int, world_size: int,
+                 shuffle: bool = True, seed: int = 0) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of {world_size}")
+        if len(lengths) < world_size:
+            raise ValueError(f"{len(lengths)} items cannot be shared by {world_size} processes")
+        self.global_sampler = BucketBatchSampler(lengths, max_frames, batch_size, shuffle=shuffle, seed=seed,
+                                                 min_batch_size=world_size)
+        self.rank = rank
+        self.world_size = world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.global_sampler.set_epoch(epoch)
+
+    def batches(self) -> list[list[int]]:
+        return [batch[self.rank::self.world_size] for batch in self.global_sampler.batches()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.global_sampler)
 
 
 def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
@@ -257,10 +298,16 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
 
 
 def make_loader(dataset: FeatureDataset, cfg: DataConfig, *, shuffle: bool, seed: int,
-                max_frames: int | None = None) -> torch.utils.data.DataLoader:
-    """DataLoader with length-bucketed batches."""
-    sampler = BucketBatchSampler(dataset.lengths(), max_frames or cfg.max_frames_per_batch, cfg.batch_size,
-                                 shuffle=shuffle, seed=seed)
+                max_frames: int | None = None, rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+    """DataLoader with length-bucketed batches (this rank's share of each when ``world_size`` > 1)."""
+    sampler: BucketBatchSampler | DistributedBucketBatchSampler
+    if world_size > 1:
+        sampler = DistributedBucketBatchSampler(dataset.lengths(), max_frames or cfg.max_frames_per_batch,
+                                                cfg.batch_size, rank=rank, world_size=world_size,
+                                                shuffle=shuffle, seed=seed)
+    else:
+        sampler = BucketBatchSampler(dataset.lengths(), max_frames or cfg.max_frames_per_batch, cfg.batch_size,
+                                     shuffle=shuffle, seed=seed)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                        num_workers=cfg.num_workers, persistent_workers=False)
 

@@ -24,6 +24,7 @@ from torch import nn
 from .checkpoint import load_training_state, save_checkpoint
 from .config import RunConfig, replace, save_config
 from .data import FeatureDataset, make_items, make_loader, seconds_to_frames
+from .distributed import DistInfo, all_reduce_sum, broadcast_object, gather_objects, init_distributed
 from .evaluate import compute_metrics, predict_posteriors
 from .features import Normaliser
 from .model import build_model, count_parameters
@@ -41,12 +42,15 @@ class TrainResult:
     train_time_s: float = 0.0
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
+    """``auto`` -> CUDA when present; under torchrun each process takes the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dist_info is not None and dist_info.enabled and dev.index is None:
+        dev = torch.device("cuda", dist_info.local_rank)
     return dev
 
 
@@ -81,21 +85,34 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     Writes ``config.yaml``, ``metrics.jsonl``, ``best.safetensors`` (the selected
     model, self-describing), ``last.safetensors`` (resumable) and TensorBoard
     events under ``out_dir/tb``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the
+    same arguments: each trains on its share of every global batch, gradients
+    are averaged by DDP, and rank 0 alone validates and writes files (so
+    ``out_dir`` must be on a filesystem all ranks see for ``resume``).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tc, dc = cfg.train, cfg.data
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
-    device = resolve_device(tc.device)
+    dist_info = init_distributed(resolve_device(tc.device).type)
+    main = dist_info.is_main
+    device = resolve_device(tc.device, dist_info)
     feat_dim = int(next(iter(features.values())).shape[1])
     cfg = replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim))
-    save_config(cfg, out_dir / "config.yaml")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
 
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg.model).to(device)
     n_params = count_parameters(model)
-    log.info("model %s: %d parameters on %s", cfg.model.arch, n_params, device)
+    log.info("model %s: %d parameters on %s%s", cfg.model.arch, n_params, device,
+             f" (rank {dist_info.rank} of {dist_info.world_size})" if dist_info.enabled else "")
+    # what the forward pass runs: the model itself, or its DDP wrapper that averages gradients
+    net: nn.Module = model
+    if dist_info.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     frame_shift = cfg.features.frame_shift_ms
     window = seconds_to_frames(dc.segment_length_s, frame_shift) if dc.segment_length_s > 0 else 0
@@ -103,7 +120,8 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     train_items = make_items(features, train_ids, label_of, window, hop)
     train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
                                frames_per_second=1000.0 / frame_shift)
-    loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed)
+    loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed, rank=dist_info.rank,
+                         world_size=dist_info.world_size)
 
     params = list(model.parameters())
     if tc.weight_decay > 0:
@@ -118,10 +136,13 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=tc.lr_factor,
                                                            patience=tc.lr_patience, min_lr=tc.min_lr)
     weight = class_weights([it.label for it in train_items], len(labels)).to(device) if tc.class_weighted else None
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
+    # per-item losses, summed and divided by the GLOBAL batch's total weight below: this equals
+    # CrossEntropyLoss's weighted mean on one process, and on N processes (whose shares of a
+    # batch differ in size) DDP's gradient average then still equals the single-process gradient
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing, reduction="none")
 
     writer = None
-    if tc.tensorboard:
+    if tc.tensorboard and main:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -141,7 +162,11 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
             _restore_optimizer(optimizer, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng_torch"])
+            rng_states = state.get("rng_torch_ranks") or [state["rng_torch"]]
+            if len(rng_states) != dist_info.world_size:
+                log.warning("resuming a %d-process run on %d processes: dropout draws will differ from an "
+                            "uninterrupted run", len(rng_states), dist_info.world_size)
+            torch.set_rng_state(rng_states[dist_info.rank % len(rng_states)])
             if device.type == "cuda" and "rng_cuda" in state:
                 torch.cuda.set_rng_state(state["rng_cuda"])
             start_epoch = int(state["epoch"]) + 1
@@ -151,9 +176,10 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             log.info("resumed %s at epoch %d", out_dir, start_epoch)
     # the log is rewritten from the checkpoint's history, so an epoch logged after the
     # last checkpoint (then killed) is not counted twice
-    with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
-        for row in history:
-            fh.write(json.dumps(row) + "\n")
+    if main:
+        with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+            for row in history:
+                fh.write(json.dumps(row) + "\n")
 
     stopped_early = bool(history and history[-1].get("stop"))
     t0 = time.time()
@@ -161,13 +187,14 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     for epoch in range(start_epoch, tc.max_epochs + 1):
         if stopped_early:
             break
-        model.train()
+        net.train()
         train_set.set_epoch(epoch)
         loader.batch_sampler.set_epoch(epoch)
-        total_loss, total_n, frames = 0.0, 0, 0
+        # summed over the epoch on this rank: weighted loss, weight, frames
+        totals = torch.zeros(3, dtype=torch.float64)
         t_epoch = time.time()
         batches = loader
-        if progress:
+        if progress and main:
             from tqdm.auto import tqdm
 
             batches = tqdm(loader, desc=f"{out_dir.name} epoch {epoch}", leave=False, unit="batch")
@@ -176,70 +203,85 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             lengths = batch.lengths.to(device)
             y = batch.labels.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                out = model(x, lengths)
-            loss = criterion(out.logits.float(), y)
+                out = net(x, lengths)
+            item_losses = criterion(out.logits.float(), y)  # [B] (weighted when class_weighted)
+            item_weights = weight[y] if weight is not None else torch.ones_like(item_losses)
+            # the global batch's total weight: one tiny all-reduce per step under DDP
+            batch_weight = all_reduce_sum(item_weights.sum().detach().clone(), dist_info)
+            loss = item_losses.sum() * dist_info.world_size / batch_weight.clamp_min(1e-12)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()
-            total_loss += float(loss.detach()) * len(y)
-            total_n += len(y)
-            frames += int(lengths.sum())
-            if tc.log_every and step % tc.log_every == 0:
-                log.info("epoch %d step %d loss %.4f", epoch, step, float(loss))
-        train_loss = total_loss / max(1, total_n)
+            totals += torch.tensor([float(item_losses.detach().sum()), float(item_weights.sum()),
+                                    float(lengths.sum())], dtype=torch.float64)
+            if tc.log_every and step % tc.log_every == 0 and main:
+                log.info("epoch %d step %d loss %.4f", epoch, step, float(loss) / dist_info.world_size)
+        totals = all_reduce_sum(totals.to(device), dist_info).cpu()
+        train_loss = float(totals[0] / totals[1].clamp_min(1e-12))
+        frames = float(totals[2])
         elapsed = time.time() - t_epoch
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
                                "frames_per_s": frames / max(elapsed, 1e-9), "epoch_time_s": elapsed}
         if has_val:
-            post = predict_posteriors(model, features, val_ids, cfg, device)
-            y_true = [label_of[k] for k in val_ids]
-            probs = np.stack([post[k] for k in val_ids])
-            val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
-            m = compute_metrics(y_true, probs.argmax(1).tolist(), labels)
-            row.update({"val_loss": val_loss, "val_accuracy": m["accuracy"], "val_uar": m["uar"]})
-            value = {"uar": m["uar"], "accuracy": m["accuracy"], "loss": val_loss}[monitor]
+            value = None
+            if main:  # rank 0 validates on the whole validation set; the others wait for its figures
+                post = predict_posteriors(model, features, val_ids, cfg, device)
+                y_true = [label_of[k] for k in val_ids]
+                probs = np.stack([post[k] for k in val_ids])
+                val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
+                m = compute_metrics(y_true, probs.argmax(1).tolist(), labels)
+                row.update({"val_loss": val_loss, "val_accuracy": m["accuracy"], "val_uar": m["uar"]})
+                value = {"uar": m["uar"], "accuracy": m["accuracy"], "loss": val_loss}[monitor]
+            row, value = broadcast_object((row, value), dist_info)
         else:
             value = train_loss
         scheduler.step(value)
         improved = best_value is None or (value > best_value if mode == "max" else value < best_value)
         if improved:
             best_value, best_epoch, bad_epochs = value, epoch, 0
-            save_checkpoint(best_path, model, cfg, labels, normaliser,
-                            info={**(info or {}), "epoch": epoch, "monitor": monitor, "value": value,
-                                  "parameters": n_params})
+            if main:
+                save_checkpoint(best_path, model, cfg, labels, normaliser,
+                                info={**(info or {}), "epoch": epoch, "monitor": monitor, "value": value,
+                                      "parameters": n_params, "processes": dist_info.world_size})
         else:
             bad_epochs += 1
         stop = tc.early_stop_patience > 0 and bad_epochs >= tc.early_stop_patience
         row.update({"best_epoch": best_epoch, "stop": stop})
         history.append(row)
-        state = {
-            "optimizer": _optimizer_state(optimizer),
-            "scheduler": _scheduler_state(scheduler),
-            "rng_torch": torch.get_rng_state(),
-            "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-            "history": history,
-        }
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state()
-        save_checkpoint(last_path, model, cfg, labels, normaliser, info={**(info or {}), "epoch": epoch},
-                        training_state=state)
-        with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        # every rank's RNG state (dropout draws differ per rank), saved by rank 0
+        rng_states = gather_objects(torch.get_rng_state(), dist_info)
+        if main:
+            state = {
+                "optimizer": _optimizer_state(optimizer),
+                "scheduler": _scheduler_state(scheduler),
+                "rng_torch": rng_states[0],
+                "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "history": history,
+            }
+            if dist_info.enabled:
+                state["rng_torch_ranks"] = [r.clone() for r in rng_states]  # safetensors refuses shared storage
+            if device.type == "cuda":
+                state["rng_cuda"] = torch.cuda.get_rng_state()
+            save_checkpoint(last_path, model, cfg, labels, normaliser, info={**(info or {}), "epoch": epoch},
+                            training_state=state)
+            with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
         if writer is not None:
             for key, val in row.items():
                 if isinstance(val, (int, float)) and not isinstance(val, bool) and key != "epoch":
                     writer.add_scalar(key, val, epoch)
             writer.flush()
-        log.info("%s epoch %d: train loss %.4f%s lr %.1e (%.0f frames/s)", out_dir.name, epoch, train_loss,
-                 f", val UAR {row['val_uar']:.3f}" if has_val else "", row["lr"], row["frames_per_s"])
+        if main:
+            log.info("%s epoch %d: train loss %.4f%s lr %.1e (%.0f frames/s)", out_dir.name, epoch, train_loss,
+                     f", val UAR {row['val_uar']:.3f}" if has_val else "", row["lr"], row["frames_per_s"])
         if stop:
             log.info("early stop after %d epochs without improvement", bad_epochs)
             break
     if writer is not None:
         writer.close()
-    if not best_path.is_file():
+    if main and not best_path.is_file():
         raise RuntimeError(f"{out_dir}: training produced no checkpoint (max_epochs={tc.max_epochs})")
     return TrainResult(best_epoch=best_epoch, epochs_run=len(history), best_checkpoint=best_path,
                        history=history, parameters=n_params, train_time_s=time.time() - t0)
