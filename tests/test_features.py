@@ -14,8 +14,8 @@ from moma import features as feats_mod
 from moma.audio import AudioError, file_sha1, load_audio
 from moma.config import FeatureConfig
 from moma.corpora.base import Utterance
-from moma.features import (FeatureCache, Normaliser, compute_fbank, extract_features, feature_config_hash,
-                           num_frames)
+from moma.features import (FeatureCache, NormalisedFeatures, Normaliser, PackedFeatures, compute_fbank,
+                           extract_features, feature_config_hash, fill_cache, num_frames, pack_features)
 
 SR = 16000
 
@@ -197,6 +197,56 @@ def test_extract_features_parallel_equals_serial(tmp_path: Path) -> None:
     again = extract_features(utts, FeatureCache(tmp_path / "c2", FeatureConfig()), workers=2)
     for key in serial:
         np.testing.assert_array_equal(again[key], serial[key])
+
+
+def test_fill_cache_resumes_computing_only_missing_entries(tmp_path: Path, monkeypatch) -> None:
+    wavs = [write_wav(tmp_path / f"u{i}.wav", noise(0.3, seed=30 + i)) for i in range(4)]
+    utts = [utt(w, f"u{i}") for i, w in enumerate(wavs)]
+    cache = FeatureCache(tmp_path / "c", FeatureConfig())
+    fill_cache(utts, cache)
+    cache.entry_path(utts[2]).unlink()  # as if the run had been killed before this entry
+    computed = []
+    original = FeatureCache.compute
+    monkeypatch.setattr(FeatureCache, "compute", lambda self, u: computed.append(u.id) or original(self, u))
+    resolved = fill_cache(utts, cache)
+    assert computed == ["u2"] and all(u.sha1 for u in resolved)
+
+
+def test_packed_features_equal_the_cache_and_are_reused(tmp_path: Path) -> None:
+    import pickle
+
+    wavs = [write_wav(tmp_path / f"u{i}.wav", noise(0.3 + 0.1 * i, seed=40 + i)) for i in range(5)]
+    utts = [utt(w, f"u{i}") for i, w in enumerate(wavs)]
+    cache = FeatureCache(tmp_path / "c", FeatureConfig())
+    in_memory = extract_features(utts, cache)
+    packed = pack_features(utts, cache, workers=2)
+    assert isinstance(packed, PackedFeatures) and list(packed) == [u.id for u in utts]
+    for key, value in in_memory.items():
+        np.testing.assert_array_equal(packed[key], value)
+    assert isinstance(packed["u3"], np.memmap)  # rows are read from the mapped file, not held in memory
+    stamp = packed.path.stat().st_mtime_ns
+    assert pack_features(utts, cache).path.stat().st_mtime_ns == stamp  # the same corpus maps the same pack
+    other = pack_features(utts[:3], cache)
+    assert other.path != packed.path and len(other) == 3
+    # a worker process receives the path, not the data
+    blob = pickle.dumps(packed)
+    assert len(blob) < 1000
+    np.testing.assert_array_equal(pickle.loads(blob)["u4"], in_memory["u4"])
+
+
+@pytest.mark.parametrize("mode", ["global", "speaker", "utterance", "none"])
+def test_normalised_on_access_equals_normalising_up_front(mode: str) -> None:
+    rng = np.random.default_rng(0)
+    raw = {f"u{i}": (rng.normal(size=(20 + i, 23)) * (i + 1) + i).astype(np.float32) for i in range(6)}
+    speakers = {k: f"s{i % 2}" for i, k in enumerate(raw)}
+    norm = Normaliser(mode).fit(list(raw.values()), list(speakers.values()))
+    lazy = NormalisedFeatures(raw, norm, speakers, ["u1", "u4"])
+    assert list(lazy) == ["u1", "u4"] and len(lazy) == 2
+    for key in lazy:
+        np.testing.assert_array_equal(lazy[key], norm.transform(raw[key], speakers[key]))
+        assert lazy[key].dtype == np.float32 and lazy[key].flags.writeable
+    with pytest.raises(KeyError):
+        lazy["u0"]  # noqa: B018 - not among the keys it serves
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .config import RunConfig, config_from_dict, config_to_dict, replace, save_c
 from .corpora.base import Utterance, label_list
 from .distributed import DistInfo, barrier, broadcast_object, env_dist_info, init_distributed, shutdown_distributed
 from .evaluate import aggregate_folds, predict_posteriors, score_posteriors, write_report
-from .features import FeatureCache, Normaliser, extract_features
+from .features import FeatureCache, NormalisedFeatures, Normaliser, pack_features
 from .protocols import Fold, make_folds, validate_fold
 from .train import resolve_device, train_model
 
@@ -54,16 +54,17 @@ def fit_normaliser(mode: str, features: dict[str, np.ndarray], utterances: dict[
     return norm
 
 
-def normalise_all(norm: Normaliser, features: dict[str, np.ndarray], utterances: dict[str, Utterance],
-                  ids: Sequence[str]) -> dict[str, np.ndarray]:
-    return {k: norm.transform(features[k], utterances[k].speaker).astype(np.float32, copy=False) for k in ids}
+def normalise_all(norm: Normaliser, features: Mapping[str, np.ndarray], utterances: dict[str, Utterance],
+                  ids: Sequence[str]) -> NormalisedFeatures:
+    """The features of ``ids`` normalised on access (no second copy of the corpus is stored)."""
+    return NormalisedFeatures(features, norm, {k: utterances[k].speaker for k in ids}, ids)
 
 
 @dataclass
 class FoldJob:
     cfg: RunConfig
     fold: Fold
-    features: dict[str, np.ndarray]
+    features: Mapping[str, np.ndarray]  # PackedFeatures: pickles as a path, so worker processes share pages
     utterances: dict[str, Utterance]
     labels: list[str]
     out_dir: Path
@@ -260,7 +261,8 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     # share the cache folder, compute their own copy)
     if not main:
         barrier(dist_info)
-    features = extract_features(list(utterances), cache, workers=feature_workers, progress=progress and main)
+    # one memory-mapped file for the corpus: training memory no longer grows with corpus size
+    features = pack_features(list(utterances), cache, workers=feature_workers, progress=progress and main)
     if main:
         barrier(dist_info)
     folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
@@ -272,16 +272,17 @@ class FeatureCache:
         _atomic_write(config_path, lambda fh: fh.write(text.encode("utf-8")))
 
 
-def load_cached_array(path: Path) -> np.ndarray | None:
+def load_cached_array(path: Path, *, mmap: bool = False) -> np.ndarray | None:
     """A cached ``.npy`` array, or None when absent or unreadable (the caller recomputes it).
 
     Unreadable entries are only reachable after e.g. a power cut or manual
-    tampering, since entries are written atomically.
+    tampering, since entries are written atomically. ``mmap`` maps the file
+    instead of reading it (the shape is then known without reading the data).
     """
     if not path.is_file():
         return None
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (OSError, ValueError, EOFError) as exc:
         log.warning("%s: unreadable cache entry (%s); recomputing", path, exc)
         return None
@@ -299,30 +300,28 @@ def _fill_entry(cache: FeatureCache, utt: Utterance) -> str:
     return utt.id
 
 
-def extract_features(utterances: Iterable[Utterance], cache: FeatureCache, *, workers: int = 1,
-                     progress: bool = False) -> dict[str, np.ndarray]:
-    """Features of every utterance, ``{utterance id: (frames, n_mels) float32}``.
+def _resolve_hashes(utterances: Iterable[Utterance], cache: FeatureCache) -> list[Utterance]:
+    # Fill in content hashes up front: they name the cache entries, and workers
+    # then never hash a file twice.
+    return [u if u.sha1 else dataclasses.replace(u, sha1=cache.sha1_of(u)) for u in utterances]
 
-    Cache hits are loaded; misses are computed (in ``workers`` processes when
-    ``workers > 1``, each writing its own entries) and then loaded. An
+
+def fill_cache(utterances: Iterable[Utterance], cache: FeatureCache, *, workers: int = 1,
+               progress: bool = False) -> list[Utterance]:
+    """Compute and store every missing cache entry, keeping no features in memory.
+
+    Returns the utterances with their content hashes filled in. Resumable by
+    construction: entries are written atomically one by one, so a killed run
+    rerun computes only what is still missing. ``workers`` > 1 computes in that
+    many processes (hours of audio per core-second are in ``moma bench``). An
     unusable file raises :class:`~moma.audio.AudioError` naming the utterance
     id and path.
     """
-    utts = list(utterances)
-    # Fill in content hashes up front: they name the cache entries, and
-    # workers then never hash a file twice.
-    resolved = [u if u.sha1 else dataclasses.replace(u, sha1=cache.sha1_of(u)) for u in utts]
-    paths = {u.id: cache.path_for(u.sha1, u.start, u.end) for u in resolved}
-    out: dict[str, np.ndarray] = {}
-    misses: list[Utterance] = []
-    with tqdm(total=len(resolved), desc="features", unit="utt", disable=not progress) as bar:
-        for u in resolved:
-            cached = cache._load(paths[u.id])
-            if cached is None:
-                misses.append(u)
-            else:
-                out[u.id] = cached
-                bar.update(1)
+    resolved = _resolve_hashes(utterances, cache)
+    misses = [u for u in resolved if not cache.path_for(u.sha1, u.start, u.end).is_file()]
+    if misses:
+        log.info("features: %d of %d utterances to compute (%s)", len(misses), len(resolved), cache)
+    with tqdm(total=len(misses), desc="features", unit="utt", disable=not progress or not misses) as bar:
         if workers > 1 and len(misses) > 1:
             with ProcessPoolExecutor(max_workers=min(workers, len(misses))) as pool:
                 futures = [pool.submit(_fill_entry, cache, u) for u in misses]
@@ -340,18 +339,116 @@ def extract_features(utterances: Iterable[Utterance], cache: FeatureCache, *, wo
                     for fut in futures:
                         fut.cancel()
                     raise
-            for u in misses:
-                loaded = cache._load(paths[u.id])
-                if loaded is None:  # written moments ago; only a vanished disk gets here
-                    raise OSError(f"{paths[u.id]}: cache entry missing after extraction (utterance {u.id})")
-                out[u.id] = loaded
         else:
             for u in misses:
-                feats = cache.compute(u)
-                cache.put(paths[u.id], feats)
-                out[u.id] = feats
+                _fill_entry(cache, u)
                 bar.update(1)
-    return {u.id: out[u.id] for u in utts}
+    return resolved
+
+
+def _load_entry(cache: FeatureCache, u: Utterance, *, mmap: bool = False) -> np.ndarray:
+    path = cache.path_for(u.sha1, u.start, u.end)
+    loaded = load_cached_array(path, mmap=mmap)
+    if loaded is None:  # written moments ago, or unreadable: compute it again
+        loaded = cache.compute(u)
+        cache.put(path, loaded)
+    return loaded
+
+
+def extract_features(utterances: Iterable[Utterance], cache: FeatureCache, *, workers: int = 1,
+                     progress: bool = False) -> dict[str, np.ndarray]:
+    """Features of every utterance in memory, ``{utterance id: (frames, n_mels) float32}``.
+
+    Cache hits are loaded; misses are computed first (see :func:`fill_cache`).
+    For corpora larger than memory use :func:`pack_features`.
+    """
+    resolved = fill_cache(utterances, cache, workers=workers, progress=progress)
+    return {u.id: _load_entry(cache, u) for u in resolved}
+
+
+class PackedFeatures(Mapping):
+    """The features of a whole corpus in ONE memory-mapped ``.npy`` file, read as ``{id: [frames, F]}``.
+
+    Rows of all utterances are stacked (``[total_frames, F]`` float32) with an
+    index of ``id -> (first row, end row)``. Values are views into the mapped
+    file, so a corpus larger than memory trains with the page cache holding
+    what is in use, processes training folds in parallel share the pages, and
+    pickling (to a worker process) sends the path, not the data. One file
+    rather than one mapping per utterance: a process may hold only ~65k
+    mappings (``vm.max_map_count``), fewer than large corpora have utterances.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        index = json.loads(self.path.with_suffix(".json").read_text(encoding="utf-8"))
+        self.index: dict[str, tuple[int, int]] = {k: (int(a), int(b)) for k, (a, b) in index["rows"].items()}
+        self.data = np.load(self.path, mmap_mode="r", allow_pickle=False)  # [total_frames, F]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        start, end = self.index[key]
+        return self.data[start:end]  # [frames, F], a view of the mapped file
+
+    def __iter__(self):
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def __reduce__(self):
+        return (PackedFeatures, (str(self.path),))
+
+
+def _pack_key(utterances: Sequence[Utterance], cache: FeatureCache) -> str:
+    h = hashlib.sha1(cache.config_hash.encode())
+    for u in utterances:
+        h.update(f"{u.id}\t{u.sha1}\t{u.start}\t{u.end}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def pack_features(utterances: Iterable[Utterance], cache: FeatureCache, *, workers: int = 1,
+                  progress: bool = False) -> PackedFeatures:
+    """Features of a corpus as one memory-mapped file (see :class:`PackedFeatures`).
+
+    Missing cache entries are computed first (:func:`fill_cache`); the pack is
+    then written entry by entry, so peak memory stays at one utterance, and is
+    kept in the cache folder keyed by the utterances (ids, content hashes,
+    regions) and the feature config: a second run maps it at once.
+    """
+    resolved = fill_cache(utterances, cache, workers=workers, progress=progress)
+    if not resolved:
+        raise ValueError("no utterances to pack")
+    path = cache.dir / "packed" / f"{_pack_key(resolved, cache)}.npy"
+    if path.is_file() and path.with_suffix(".json").is_file():
+        try:
+            return PackedFeatures(path)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("%s: unreadable pack (%s); rebuilding", path, exc)
+    shapes = [_load_entry(cache, u, mmap=True).shape for u in resolved]  # headers only
+    dims = {shape[1] for shape in shapes}
+    if len(dims) != 1:
+        raise ValueError(f"cache entries of different feature sizes {sorted(dims)} in {cache.dir}")
+    total = sum(shape[0] for shape in shapes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, dims.pop()))
+    rows: dict[str, list[int]] = {}
+    row = 0
+    for u, shape in zip(tqdm(resolved, desc="packing", unit="utt", disable=not progress), shapes):
+        out[row:row + shape[0]] = _load_entry(cache, u, mmap=True)
+        rows[u.id] = [row, row + shape[0]]
+        row += shape[0]
+    out.flush()
+    del out
+    index_tmp = tmp.with_suffix(".json")
+    index_tmp.write_text(json.dumps({"feature_config": cache.config_hash, "rows": rows}), encoding="utf-8")
+    os.replace(index_tmp, path.with_suffix(".json"))  # the index first: a pack without one is never opened
+    os.replace(tmp, path)
+    log.info("packed %d utterances (%.1f MB) into %s", len(rows), total * 4 * shapes[0][1] / 1e6, path)
+    return PackedFeatures(path)
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -533,3 +630,33 @@ class Normaliser:
             line += (f"; {_plural(len(extra), 'unseen speaker')} ({', '.join(extra)}) normalised with statistics from "
                      "their own unlabelled audio (transductive)")
         return line
+
+
+class NormalisedFeatures(Mapping):
+    """``{id: normalised [frames, F] float32}`` computed on access from raw features and a :class:`Normaliser`.
+
+    Normalising on access (a subtraction and a division per frame) instead of
+    storing a normalised copy keeps one copy of the corpus, or none in memory
+    when the raw features are :class:`PackedFeatures`.
+    """
+
+    def __init__(self, raw: Mapping[str, np.ndarray], normaliser: Normaliser, speakers: Mapping[str, str],
+                 keys: Sequence[str]) -> None:
+        self.raw = raw
+        self.normaliser = normaliser
+        self.speakers = speakers  # utterance id -> speaker (per-speaker statistics)
+        self.keys_ = list(keys)
+        self._keys = set(self.keys_)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._keys:
+            raise KeyError(key)
+        out = self.normaliser.transform(self.raw[key], self.speakers.get(key))
+        # modes that change nothing hand back the mapped, read-only rows: give callers their own
+        return out if out.flags.writeable else np.array(out, dtype=np.float32)
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
