@@ -72,3 +72,16 @@ def test_train_all_speakers_gives_a_shippable_checkpoint(corpus, tmp_path, capsy
     assert "checkpoint:" in capsys.readouterr().out
     loaded = load_checkpoint(tmp_path / "final" / "all")
     assert loaded.labels == ["angry", "happy", "neutral", "sad"] and loaded.info["test_speakers"] == []
+
+
+def test_features_command_fills_the_cache_once_and_reports_throughput(corpus, tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    assert main(["prepare", "synthetic", "--root", str(corpus), "--out", str(manifest)]) == 0
+    capsys.readouterr()
+    args = ["features", "--manifest", str(manifest), "--cache", str(tmp_path / "cache"), "--workers", "2", "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "32 utterances" in out and "32 computed" in out and "per core-second" in out and "pack:" in out
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 32 + 1  # the entries and the pack
+    assert main(args) == 0  # a rerun (or a resumed run) computes only what is missing
+    assert "0 computed" in capsys.readouterr().out

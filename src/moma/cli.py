@@ -59,6 +59,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from .corpora.base import read_manifest
+    from .features import FeatureCache, prepare_features
+
+    cfg = _load_config(args)
+    utts = read_manifest(args.manifest)
+    stats = prepare_features(utts, FeatureCache(args.cache, cfg.features), workers=args.workers,
+                             progress=not args.quiet, pack=not args.no_pack)
+    print(f"{stats['utterances']} utterances ({stats['hours_total']:.2f} h): {stats['computed']} computed "
+          f"({stats['hours_computed']:.2f} h) in {stats['seconds']:.1f} s with {args.workers} worker(s)")
+    if stats["hours_per_core_second"]:
+        print(f"throughput: {stats['hours_per_core_second'] * 3600:.0f} s of audio per core-second "
+              f"({stats['hours_per_core_second']:.4f} h per core-second)")
+    if stats["pack"]:
+        print(f"pack: {stats['pack']}")
+    return 0
+
+
 def _run_cv(args: argparse.Namespace, only_folds=None) -> dict:
     from .corpora.base import read_manifest
     from .crossval import run_cross_validation
@@ -158,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-map", default="default", help="label map name, e.g. 4class")
     p.add_argument("--no-hash", action="store_true", help="skip content hashing (faster; disables cache reuse)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("features", help="featurise a manifest ahead of training (parallel, resumable)")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--cache", default=DEFAULT_CACHE, help="feature cache folder")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--no-pack", action="store_true", help="fill the cache only; skip the memory-mapped pack")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_features)
 
     for name, helptext in (("cv", "train and test every fold of a protocol, then aggregate"),
                            ("train", "train and test one fold")):

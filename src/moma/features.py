@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -364,6 +365,32 @@ def extract_features(utterances: Iterable[Utterance], cache: FeatureCache, *, wo
     """
     resolved = fill_cache(utterances, cache, workers=workers, progress=progress)
     return {u.id: _load_entry(cache, u) for u in resolved}
+
+
+def prepare_features(utterances: Iterable[Utterance], cache: FeatureCache, *, workers: int = 1,
+                     progress: bool = False, pack: bool = True) -> dict[str, Any]:
+    """Featurise a corpus ahead of training (resumable, parallel) and report the throughput.
+
+    Returns counts, the hours of audio computed (hits excluded), wall time and
+    hours of audio per core-second (``workers`` cores), and the pack path.
+    """
+    resolved = _resolve_hashes(utterances, cache)
+    missing = [u for u in resolved if not cache.path_for(u.sha1, u.start, u.end).is_file()]
+    t0 = time.perf_counter()
+    fill_cache(resolved, cache, workers=workers, progress=progress)
+    seconds = time.perf_counter() - t0
+    hours = sum((u.end - u.start) if u.end > 0 else u.duration for u in missing) / 3600.0
+    packed = pack_features(resolved, cache) if pack and resolved else None
+    return {
+        "utterances": len(resolved),
+        "computed": len(missing),
+        "hours_computed": hours,
+        "hours_total": sum((u.end - u.start) if u.end > 0 else u.duration for u in resolved) / 3600.0,
+        "seconds": seconds,
+        "workers": workers,
+        "hours_per_core_second": hours / (seconds * workers) if missing and seconds > 0 else None,
+        "pack": str(packed.path) if packed is not None else None,
+    }
 
 
 class PackedFeatures(Mapping):
