@@ -64,8 +64,10 @@ class DataConfig:
     """How features become batches."""
 
     normalisation: str = "global"  # global | speaker | utterance | none (see features.Normaliser)
-    max_frames_per_batch: int = 12000  # frames (10 ms each) per batch, padding included
-    batch_size: int = 32  # upper bound on utterances per batch
+    # frames (10 ms each) per batch, padding included; under torchrun both limits are for the GLOBAL batch,
+    # shared by the processes, so a recipe means the same on 1 or N processes
+    max_frames_per_batch: int = 12000
+    batch_size: int = 32  # upper bound on utterances per (global) batch
     segment_length_s: float = 0.0  # s; > 0 trains on fixed windows cut from each utterance
     segment_hop_s: float = 1.0  # s; hop between evaluation windows when segmenting
     random_crop_s: float = 0.0  # s; > 0 takes one random crop of at most this length per utterance per epoch
