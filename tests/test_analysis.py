@@ -142,3 +142,15 @@ def test_pooled_representations(feats):
     np.testing.assert_allclose(mean["encoder"], mean["embedding"], atol=1e-6)
     att = an.pooled_representations(tiny("attention"), feats, ids)
     assert set(att) == {"encoder", "embedding"} and att["embedding"].shape == (7, 8)
+
+
+def test_probe_stages_needs_two_speakers_and_drops_singletons(feats):
+    ids = sorted(feats)
+    model = tiny("moma")
+    one = an.probe_stages(model, feats, ids, ["a"] * 7)
+    assert "skipped" in one and "needs >= 2 speakers" in one["skipped"]
+    res = an.probe_stages(model, feats, ids, ["a", "a", "a", "b", "b", "b", "c"], folds=3)
+    assert res["dropped_speakers"] == ["c"] and res["speakers"] == ["a", "b"] and res["n"] == 6
+    assert set(res["stages"]) == {"encoder", "layer1", "pooled", "embedding"} and res["final"] == "pooled"
+    assert all(r["folds"] == 3 and r["n"] == 6 for r in res["stages"].values())
+    assert an.probe_stages(tiny("attention"), feats, ids, ["a", "b"] * 3 + ["a"])["final"] == "embedding"

@@ -9,7 +9,7 @@ import yaml
 from moma.cli_experiment import add_experiment_command
 from moma.corpora.base import write_manifest
 from moma.corpora.synthetic import make_synthetic_corpus
-from moma.experiment import load_experiment, run_experiment
+from moma.experiment import load_experiment, paper_claims, run_experiment
 
 TINY = ["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8", "train.max_epochs=1",
         "train.lr=0.01", "train.tensorboard=false", "train.val_speakers=1"]
@@ -62,7 +62,7 @@ def test_grid_writes_results_report_and_figures(grid):
     assert "Only 2 seed(s)" in report
     for fig in ("uar_by_variant.png", "uar_vs_blocks.png"):
         assert (out / fig).stat().st_size > 5000
-        assert f"![" in report and f"({fig})" in report
+        assert "![" in report and f"({fig})" in report
     assert report.count("Made by `moma experiment exp.yaml --out run`") == 2
     assert (out / "experiment.yaml").is_file() and (out / "configs" / "mean.yaml").is_file()
     assert yaml.safe_load((out / "configs" / "mean.yaml").read_text())["model"]["arch"] == "mean"
@@ -128,3 +128,260 @@ def test_shipped_example_and_cli_registration(tmp_path):
     add_experiment_command(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["experiment", "x.yaml", "--out", "d", "--jobs", "2"])
     assert args.config == "x.yaml" and args.out == "d" and args.jobs == 2 and callable(args.func)
+
+
+# --------------------------------------------------------------------------- analysis section and paper claims
+
+ANALYSIS = {"seeds": [0], "attention": True, "probe": {"speakers": "heldout", "folds": 2},
+            "robustness": {"conditions": ["clean", "white-0dB", "babble-5dB"], "max_utterances_per_fold": 4,
+                           "babble_pool": 6}}
+ANALYSIS_VARIANTS = {"mean": {"set": ["model.arch=mean"]}, "attention": {"set": ["model.arch=attention"]},
+                     "moma-1": {"set": ["model.num_blocks=1"]}, "moma-2": {"set": ["model.num_blocks=2"]}}
+
+
+@pytest.fixture(scope="module")
+def analysed(grid):
+    """The same corpus, 4 variants x 1 seed x 2 folds, with every analysis switched on."""
+    root, _, manifest, _, _ = grid
+    config = write_yaml(root / "analysed.yaml", manifest, seeds=[0], reference="moma-2", variants=ANALYSIS_VARIANTS,
+                        analysis=ANALYSIS)
+    out = root / "analysed"
+    results = run_experiment(config, out, cache_dir=root / "cache", command="moma experiment analysed.yaml")
+    return root, config, manifest, out, results
+
+
+def analysis_stamps(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted((out / "cells").rglob("analysis.json"))}
+
+
+def test_analysis_results_report_and_figures(analysed):
+    root, config, _, out, results = analysed
+    an = json.loads((out / "results.json").read_text())["analysis"]
+    assert an["cells_analysed"] == 8 and an["computed_now"] == 8 * 3 and not an["missing"]
+    assert len(analysis_stamps(out)) == 8
+    v = an["variants"]
+    # attention: layer 1 for attention-based variants, blocks and mixture for MOMA, none for mean pooling
+    assert "attention" not in v["mean"]
+    assert v["attention"]["attention"]["blocks"] == [] and v["attention"]["attention"]["layer1"]["n"] == 2
+    m2 = v["moma-2"]["attention"]
+    assert len(m2["blocks"]) == 2 and len(m2["gammas"]) == 2 and m2["mixture"]["n"] == 2
+    for cell in m2["cells"].values():
+        assert 0 <= cell["mixture"] <= 1 and len(cell["blocks"]) == 2 and -1 <= cell["block_correlation"] <= 1
+    # probe on the fold's test + validation speakers: 3 of the 4
+    assert v["moma-2"]["probe"]["final_stage"] == "pooled" and v["mean"]["probe"]["final_stage"] == "embedding"
+    assert v["moma-2"]["probe"]["n_speakers"]["mean"] == 3
+    assert set(v["moma-2"]["probe"]["stages"]) >= {"encoder", "layer1", "pooled", "final", "chance"}
+    assert "layer1" not in v["mean"]["probe"]["stages"]
+    # robustness: every condition, per cell and aggregated, on the same 4 utterances for every variant
+    for name in ANALYSIS_VARIANTS:
+        rob = v[name]["robustness"]
+        assert list(rob["conditions"]) == ["clean", "white-0dB", "babble-5dB"] and rob["drop"]["n"] == 2
+    subsets = {json.dumps(json.loads(p.read_text())["robustness"]["settings"]["utterances"])
+               for p in (out / "cells").rglob("analysis.json")}
+    assert len(subsets) == 2  # one subset per fold, shared by the variants
+    for p in (out / "cells").rglob("analysis.json"):
+        a = json.loads(p.read_text())
+        fold = json.loads((p.parent / "fold.json").read_text())
+        assert not {u.split("_")[0] for u in a["robustness"]["settings"]["babble_pool"]} & set(fold["test_speakers"])
+    # speaker spread and gender gap for every variant, over all 4 test speakers
+    for name in ANALYSIS_VARIANTS:
+        assert v[name]["speaker_bias"]["n_speakers"] == 4
+    report = (out / "report.md").read_text()
+    for text in ("## Analysis", "### Attention entropy", "### Speaker probe", "### Per-speaker UAR spread",
+                 "### Robustness", "## Paper claims", "(a) Table 1 ranking", "(b) Smoothing", "(c) Removing bias",
+                 "(d) Number of blocks", "Rule:", "test and validation speakers"):
+        assert text in report, text
+    for fig in ("analysis_entropy.png", "analysis_probe.png", "analysis_robustness.png"):
+        assert (out / fig).stat().st_size > 5000 and f"({fig})" in report
+    assert report.count("Made by `moma experiment analysed.yaml`") == 5  # 2 grid figures + 3 analysis figures
+    claims = {c["claim"]: c for c in results["claims"]}
+    assert set(claims) == {"ranking", "smoothing", "bias", "blocks"}
+    for c in claims.values():
+        assert c["verdict"] in ("supported", "not supported", "inconclusive", "not measured") and c["evidence"]
+    assert claims["smoothing"]["verdict"] != "not measured" and claims["bias"]["verdict"] != "not measured"
+    assert set(claims["bias"]["parts"]) == {"probe", "spread", "robustness"}
+    assert "not measured" not in claims["bias"]["parts"].values()
+
+
+def test_analysis_cache_rerun_computes_nothing_and_new_conditions_only(analysed):
+    root, config, manifest, out, _ = analysed
+    before = analysis_stamps(out)
+    again = run_experiment(config, out, cache_dir=root / "cache")
+    assert again["cells_run_now"] == 0 and again["analysis"]["computed_now"] == 0
+    assert analysis_stamps(out) == before
+    # one more condition: only robustness is computed, and only that condition; attention and probe stay
+    more = dict(ANALYSIS, robustness=dict(ANALYSIS["robustness"],
+                                          conditions=ANALYSIS["robustness"]["conditions"] + ["telephone"]))
+    extended = write_yaml(root / "analysed.yaml", manifest, seeds=[0], reference="moma-2",
+                          variants=ANALYSIS_VARIANTS, analysis=more)
+    cell = out / "cells" / "moma-2" / "seed0" / "group-1" / "analysis.json"
+    old = json.loads(cell.read_text())
+    res = run_experiment(extended, out, cache_dir=root / "cache")
+    assert res["analysis"]["computed_now"] == 8
+    new = json.loads(cell.read_text())
+    assert new["attention"] == old["attention"] and new["probe"] == old["probe"]
+    assert new["robustness"]["conditions"]["clean"] == old["robustness"]["conditions"]["clean"]
+    assert "telephone" in new["robustness"]["conditions"]
+    assert "telephone" in res["analysis"]["variants"]["moma-2"]["robustness"]["conditions"]
+    write_yaml(root / "analysed.yaml", manifest, seeds=[0], reference="moma-2", variants=ANALYSIS_VARIANTS,
+               analysis=ANALYSIS)  # leave the file as the fixture wrote it
+
+
+def test_without_analysis_the_claims_needing_it_are_not_measured(grid):
+    _, _, _, out, results = grid
+    claims = {c["claim"]: c["verdict"] for c in results["claims"]}
+    assert claims["smoothing"] == claims["bias"] == "not measured"
+    assert claims["ranking"] in ("not measured", "supported", "not supported", "inconclusive")
+    report = (out / "report.md").read_text()
+    assert "## Paper claims" in report and "## Analysis" not in report
+
+
+def test_bad_analysis_sections_are_refused(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    cases = [({"atention": True}, r"analysis: unknown key\(s\) atention"),
+             ({"seeds": [7]}, r"analysis.seeds \[7\] are not among"),
+             ({"robustness": {"conditions": ["pink-5dB"]}}, "unknown condition 'pink-5dB'"),
+             ({"probe": {"speakers": "everyone"}}, "analysis.probe.speakers must be one of"),
+             ({"robustness": {"max_utterances_per_fold": 0}}, "max_utterances_per_fold")]
+    for i, (section, message) in enumerate(cases):
+        with pytest.raises(ValueError, match=message):
+            load_experiment(write_yaml(tmp_path / f"{i}.yaml", manifest, analysis=section))
+    spec = load_experiment(write_yaml(tmp_path / "ok.yaml", manifest, analysis={"robustness": True})).analysis
+    assert spec.attention and spec.probe and spec.robustness and len(spec.conditions) == 13 and spec.seeds == [0]
+
+
+@pytest.mark.parametrize("name,classes", [("emodb-table1", None), ("emodb-table1-4class", "4class")])
+def test_shipped_experiments_have_the_analysis_section(name, classes):
+    shipped = Path(__import__("moma").__file__).with_name("configs") / "experiments" / f"{name}.yaml"
+    exp = load_experiment(shipped)
+    a = exp.analysis
+    assert a is not None and a.attention and a.probe and a.robustness and a.seeds == [0]
+    assert set(a.conditions) == {"clean", "white-20dB", "white-10dB", "white-5dB", "white-0dB", "babble-20dB",
+                                 "babble-10dB", "babble-5dB", "babble-0dB", "telephone", "gain+10dB", "gain-10dB",
+                                 "reverb-0.5s"}
+    assert {n: v.config.model.arch for n, v in exp.variants.items()}["mean"] == "mean"
+    if classes:
+        from moma.corpora import resolve_label_map
+
+        assert "4class" in exp.corpus["manifest"] and exp.reference == "moma-3" and len(exp.variants) == 8
+        assert sorted(set(resolve_label_map("emodb", classes).values())) == ["angry", "happy", "neutral", "sad"]
+
+
+# --------------------------------------------------------------------------- verdict rules on hand-made numbers
+FOLDS = [f"f{i}" for i in range(10)]
+
+
+def variant(arch: str, uars, blocks: int = 3, vs=None, label: str | None = None) -> dict:
+    return {"label": label or arch, "arch": arch, "num_blocks": blocks, "vs_reference": vs,
+            "cells": [{"seed": 0, "fold": f, "uar": u} for f, u in zip(FOLDS, uars)],
+            "uar": {"mean": sum(uars) / len(uars), "std": 0.0, "seeds": 1}}
+
+
+def vs(diff: float, p: float, low: float, high: float) -> dict:
+    return {"n": 10, "mean_diff": diff, "permutation_p": p, "wilcoxon_p": p, "wins": 0, "losses": 0,
+            "pooled_uar_diff_ci": {"estimate": diff, "low": low, "high": high}}
+
+
+def results_of(variants: dict, analysis: dict | None = None, series=None) -> dict:
+    summary = {"variants": variants}
+    if series is not None:
+        summary["blocks_series"] = series
+    return {"experiment": {"reference": "moma-3", "alpha": 0.05}, "summary": summary, "analysis": analysis}
+
+
+def claims_of(results: dict) -> dict[str, dict]:
+    return {c["claim"]: c for c in paper_claims(results)}
+
+
+BASE = [0.5 + 0.01 * i for i in range(10)]
+
+
+@pytest.mark.parametrize("mean_vs,att_vs,expected", [
+    (vs(0.05, 0.01, 0.01, 0.09), vs(0.04, 0.002, 0.005, 0.08), "supported"),
+    (vs(0.05, 0.01, 0.01, 0.09), vs(-0.02, 0.4, -0.06, 0.03), "not supported"),
+    (vs(0.05, 0.01, 0.01, 0.09), vs(0.03, 0.30, -0.02, 0.07), "inconclusive"),
+    (None, None, "not measured"),
+])
+def test_ranking_rule(mean_vs, att_vs, expected):
+    c = claims_of(results_of({"mean": variant("mean", BASE, vs=mean_vs), "attention":
+                              variant("attention", BASE, vs=att_vs), "moma-3": variant("moma", BASE)}))["ranking"]
+    assert c["verdict"] == expected
+    if expected != "not measured":
+        assert any("ΔUAR" in e for e in c["evidence"])
+    assert claims_of(results_of({"moma-3": variant("moma", BASE)}))["ranking"]["verdict"] == "not measured"
+
+
+def attention_cells(n: int, mixture: float, layer1: float, blocks, corr: float) -> dict:
+    return {f"seed0/f{i}": {"layer1": layer1 + 0.001 * i, "mixture": mixture + 0.001 * i,
+                            "blocks": [b + 0.001 * i for b in blocks], "block_correlation": corr}
+            for i in range(n)}
+
+
+def with_attention(cells: dict) -> dict:
+    agg = {"mean": 0.5, "std": 0.0, "n": len(cells)}
+    return {"variants": {"moma-3": {"attention": {"cells": cells, "layer1": agg, "mixture": agg,
+                                                  "blocks": [agg, agg, agg]}}}}
+
+
+@pytest.mark.parametrize("cells,expected", [
+    (attention_cells(8, 0.9, 0.7, [0.6, 0.8, 0.75], 0.4), "supported"),
+    (attention_cells(8, 0.9, 0.7, [0.6, 0.8, 0.75], 0.995), "not supported"),  # blocks are copies
+    (attention_cells(8, 0.78, 0.7, [0.6, 0.8, 0.75], 0.4), "not supported"),  # a single block is smoother
+    (attention_cells(3, 0.9, 0.7, [0.6, 0.8, 0.75], 0.4), "inconclusive"),  # 3 cells: p >= 0.25
+])
+def test_smoothing_rule(cells, expected):
+    variants = {"moma-3": variant("moma", BASE)}
+    c = claims_of(results_of(variants, with_attention(cells)))["smoothing"]
+    assert c["verdict"] == expected and any("mixture − smoothest block" in e for e in c["evidence"])
+    assert claims_of(results_of(variants))["smoothing"]["verdict"] == "not measured"
+
+
+def bias_entry(probe: float, std: float, gap: float, drop: float | None) -> dict:
+    entry = {"probe": {"cells": {f"seed0/f{i}": {"final": probe + 0.001 * i} for i in range(8)}},
+             "speaker_bias": {"std": std, "gender_gap": gap}}
+    if drop is not None:
+        entry["robustness"] = {"cells": {f"seed0/f{i}": {"drop": drop + 0.001 * i} for i in range(8)}}
+    return entry
+
+
+@pytest.mark.parametrize("moma,expected,parts", [
+    (bias_entry(0.40, 0.05, 0.01, 0.05), "supported", {"probe": "supported", "spread": "supported",
+                                                       "robustness": "supported"}),
+    (bias_entry(0.40, 0.05, 0.01, 0.20), "not supported", {"robustness": "not supported"}),  # degrades more
+    (bias_entry(0.70, 0.05, 0.01, 0.05), "not supported", {"probe": "not supported"}),  # more speaker info
+    (bias_entry(0.40, 0.05, 0.01, None), "inconclusive", {"robustness": "not measured"}),
+    (bias_entry(0.40, 0.12, 0.01, 0.05), "inconclusive", {"spread": "inconclusive"}),  # larger spread only
+])
+def test_bias_rule(moma, expected, parts):
+    variants = {"mean": variant("mean", BASE), "attention": variant("attention", BASE),
+                "moma-3": variant("moma", BASE)}
+    base = bias_entry(0.60, 0.10, 0.05, 0.08)
+    analysis = {"variants": {"mean": base, "attention": base, "moma-3": moma}}
+    c = claims_of(results_of(variants, analysis))["bias"]
+    assert c["verdict"] == expected
+    assert parts.items() <= c["parts"].items()
+    assert claims_of(results_of(variants))["bias"]["verdict"] == "not measured"
+
+
+def blocks_results(uar3_offset: float, uar5_offset: float, counts=(1, 2, 3, 5)) -> dict:
+    offsets = {1: 0.0, 2: 0.05, 3: uar3_offset, 5: uar5_offset}
+    variants = {}
+    for k in counts:
+        jitter = [0.002 * ((i * 7 + k) % 5) for i in range(10)] if k in (3, 5) else [0.0] * 10
+        variants[f"moma-{k}"] = variant("moma", [b + offsets[k] + j for b, j in zip(BASE, jitter)], blocks=k)
+    return results_of(variants, series=list(variants))
+
+
+@pytest.mark.parametrize("results,expected", [
+    (blocks_results(0.10, 0.10), "supported"),  # 3 >> 1, 5 ~ 3
+    (blocks_results(0.10, 0.30), "not supported"),  # 5 blocks significantly better than 3
+    (blocks_results(-0.01, 0.0), "not supported"),  # 3 blocks not above 1
+    (blocks_results(-0.003, 0.0, counts=(1, 3)), "inconclusive"),  # mean +0.001, mixed signs
+    (blocks_results(0.10, 0.10, counts=(3,)), "not measured"),
+])
+def test_block_count_rule(results, expected):
+    c = claims_of(results)["blocks"]
+    assert c["verdict"] == expected
+    if expected != "not measured":
+        assert any(e.startswith("1 block(s): fold×seed UAR") for e in c["evidence"])

@@ -284,3 +284,32 @@ def test_evaluate_robustness_speaker_normalisation(tiny_setup):
     assert res["clean"]["n"] == res["white-0dB"]["n"] == len(utts)
     # unseen speakers got statistics per condition, on a copy: the checkpoint's normaliser is untouched
     assert not loaded.normaliser.has_speaker("s1") and loaded.normaliser.has_speaker("s0")
+
+
+def test_select_utterances_is_balanced_seeded_and_order_free():
+    from moma.corpora.base import Utterance
+
+    utts = [Utterance(id=f"u{i:02d}", path="x.wav", speaker=f"s{i % 4}", label="abc"[i % 3 if i < 24 else 0])
+            for i in range(30)]  # label a is over-represented
+    pick = rb.select_utterances(utts, 9, seed=0)
+    assert [u.label for u in pick].count("a") == 3 and len({u.id for u in pick}) == 9
+    assert [u.id for u in rb.select_utterances(list(reversed(utts)), 9, seed=0)] == [u.id for u in pick]
+    assert [u.id for u in rb.select_utterances(utts, 9, seed=1)] != [u.id for u in pick]
+    by_speaker = rb.select_utterances(utts, 8, seed=0, key="speaker")
+    assert sorted(u.speaker for u in by_speaker) == ["s0", "s0", "s1", "s1", "s2", "s2", "s3", "s3"]
+    assert len(rb.select_utterances(utts, None)) == 30 and len(rb.select_utterances(utts, 100)) == 30
+    with pytest.raises(ValueError):
+        rb.select_utterances(utts, 0)
+
+
+def test_evaluate_robustness_cache_reuses_conditions(tiny_setup, tmp_path):
+    ckpt, utts = tiny_setup
+    first = rb.evaluate_robustness(ckpt, utts, ["clean", "white-5dB"], seed=0, cache_dir=tmp_path)
+    files = sorted(tmp_path.glob("*.json"))
+    assert len(files) == 2
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = rb.evaluate_robustness(ckpt, utts, ["white-5dB", "clean", "telephone"], seed=0, cache_dir=tmp_path)
+    assert again["clean"] == first["clean"] and again["white-5dB"] == first["white-5dB"]
+    assert [f.stat().st_mtime_ns for f in files] == stamps and len(list(tmp_path.glob("*.json"))) == 3
+    other_seed = rb.evaluate_robustness(ckpt, utts, ["white-5dB"], seed=1, cache_dir=tmp_path)
+    assert other_seed["white-5dB"]["n"] == len(utts) and len(list(tmp_path.glob("*.json"))) == 4

@@ -14,9 +14,13 @@ Every function reads only valid frames: padded frames of a batch never enter a s
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -24,13 +28,31 @@ import torch
 from .model import MOMA, apply_layer1, masked_mean
 
 __all__ = [
+    "FINAL_STAGE",
+    "analyse_checkpoint",
     "attention_entropy",
     "block_correlation",
     "collect_attention_stats",
     "pooled_representations",
+    "probe_stages",
+    "render_attention_report",
+    "run_attention_analysis",
     "speaker_bias",
     "speaker_probe",
 ]
+
+log = logging.getLogger(__name__)
+
+# The representation after each architecture's last pooling layer, the one the "removing bias" claim is about:
+# MOMA's mixture-pooled layer-1 output (after the MOMA layer, before the projection) and the baselines' pooled
+# BLSTM output. All are 2H-dimensional, so the probes compare like with like.
+FINAL_STAGE = {"moma": "pooled", "attention": "embedding", "mean": "embedding"}
+STAGE_DESCRIPTIONS = {
+    "encoder": "after the encoder: mean of the BLSTM output Y over valid frames",
+    "layer1": "after attention layer 1: mean of its residual output Y2 (MOMA only)",
+    "pooled": "after the MOMA layer: mixture-attention pooled Y2, before the projection (MOMA only)",
+    "embedding": "what the classifier reads (MOMA: the projection output; baselines: the pooled BLSTM output)",
+}
 
 
 def _np(x: Any) -> np.ndarray:
@@ -304,3 +326,206 @@ def speaker_bias(per_speaker: Mapping[str, Mapping[str, Any]], genders: Mapping[
         "n_male": len(male),
         "gender_gap": f_mean - m_mean if female and male else math.nan,
     }
+
+
+# --------------------------------------------------------------------------- one checkpoint, end to end
+
+
+def probe_stages(model: torch.nn.Module, features: Mapping[str, np.ndarray], ids: Sequence[str],
+                 speakers: Sequence[str], *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """:func:`speaker_probe` on every stage of :func:`pooled_representations`.
+
+    Speakers with fewer than 2 of the given utterances cannot be cross-validated and are left out (listed in
+    ``dropped_speakers``). Returns ``{"stages": {stage: probe result}, "final": stage name, ...}``, or
+    ``{"skipped": reason}`` when fewer than 2 speakers remain: a probe on one speaker measures nothing.
+    """
+    counts: dict[str, int] = {}
+    for spk in speakers:
+        counts[spk] = counts.get(spk, 0) + 1
+    dropped = sorted(s for s, n in counts.items() if n < 2)
+    keep = [i for i, spk in enumerate(speakers) if counts[spk] >= 2]
+    kept_speakers = sorted({speakers[i] for i in keep})
+    if len(kept_speakers) < 2:
+        return {"skipped": f"a speaker probe needs >= 2 speakers with >= 2 utterances each; got "
+                           f"{len(kept_speakers)} ({', '.join(kept_speakers) or 'none'})"}
+    sel_ids = [ids[i] for i in keep]
+    sel_spk = [speakers[i] for i in keep]
+    reps = pooled_representations(model, features, sel_ids)
+    arch = getattr(getattr(model, "cfg", None), "arch", "moma" if isinstance(model, MOMA) else "mean")
+    stages = {name: speaker_probe(rep, sel_spk, folds=folds, seed=seed) for name, rep in reps.items()}
+    return {"stages": stages, "final": FINAL_STAGE.get(arch, "embedding"), "speakers": kept_speakers,
+            "dropped_speakers": dropped, "n": len(sel_ids)}
+
+
+def analyse_checkpoint(loaded: Any, features: Mapping[str, np.ndarray], utterances: Sequence[Any], *,
+                       attention: bool = True, probe: bool = True, probe_utterances: Optional[Sequence[Any]] = None,
+                       probe_folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Attention statistics and speaker probes of a :class:`~moma.checkpoint.LoadedCheckpoint`.
+
+    ``features``: raw (unnormalised) features with the checkpoint's feature config, for every utterance used.
+    They are normalised as the checkpoint was trained (:func:`moma.inference.normalise_for_checkpoint`).
+    Attention statistics run on ``utterances``; the probe on ``probe_utterances`` (default the same).
+    """
+    from .inference import normalise_for_checkpoint
+
+    probe_utts = list(probe_utterances) if probe_utterances is not None else list(utterances)
+    every = {u.id: u for u in list(utterances) + probe_utts}
+    missing = [k for k in every if k not in features]
+    if missing:
+        raise ValueError(f"no features for {len(missing)} utterance(s), e.g. {missing[0]}")
+    normed = normalise_for_checkpoint(loaded.normaliser, {k: features[k] for k in every}, list(every.values()))
+    out: dict[str, Any] = {"arch": loaded.config.model.arch, "num_blocks": loaded.config.model.num_blocks}
+    if attention:
+        out["attention"] = collect_attention_stats(loaded.model, normed, [u.id for u in utterances])
+    if probe:
+        ids = [u.id for u in probe_utts]
+        out["probe"] = probe_stages(loaded.model, normed, ids, [u.speaker for u in probe_utts],
+                                    folds=probe_folds, seed=seed)
+    return out
+
+
+def _checkpoint_names(paths: Sequence[Path]) -> list[str]:
+    from .robustness import _model_names
+
+    return _model_names(paths)
+
+
+def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: Sequence[Any],
+                           out_dir: Union[str, Path], *, cache_dir: Union[str, Path] = "cache/features",
+                           probe_folds: int = 5, seed: int = 0, command: str = "", device: str = "cpu",
+                           feature_workers: int = 1) -> dict[str, Any]:
+    """``moma analyse-attention``: attention statistics and speaker probes of each checkpoint on the same
+    utterances; writes results.json and report.md into ``out_dir``. Returns the content of results.json.
+
+    Probe data: all the given utterances. The report states which of their speakers each checkpoint was
+    trained on: a probe on training speakers measures what the model kept about speakers it learnt from, one
+    on held-out speakers what it keeps about new voices.
+    """
+    from .checkpoint import load_checkpoint, resolve_checkpoint_path
+    from .features import FeatureCache, extract_features, feature_config_hash
+
+    if not checkpoints:
+        raise ValueError("no checkpoint given")
+    paths = []
+    for c in checkpoints:
+        p = resolve_checkpoint_path(c)
+        if not p.is_file():
+            raise FileNotFoundError(f"{c}: checkpoint not found")
+        paths.append(p)
+    utterances = sorted(utterances, key=lambda u: u.id)
+    if not utterances:
+        raise ValueError("no utterances to analyse (empty manifest or speaker selection)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    features_by_hash: dict[str, dict[str, np.ndarray]] = {}
+    models: dict[str, Any] = {}
+    speakers = sorted({u.speaker for u in utterances})
+    for name, path in zip(_checkpoint_names(paths), paths):
+        loaded = load_checkpoint(path, device=device)
+        unknown = sorted({u.label for u in utterances} - set(loaded.labels))
+        if unknown:
+            raise ValueError(f"{path}: labels {', '.join(unknown)} are not among the model's labels "
+                             f"({', '.join(loaded.labels)})")
+        h = feature_config_hash(loaded.config.features)
+        if h not in features_by_hash:
+            features_by_hash[h] = extract_features(utterances, FeatureCache(cache_dir, loaded.config.features),
+                                                   workers=feature_workers)
+        res = analyse_checkpoint(loaded, features_by_hash[h], utterances, probe_folds=probe_folds, seed=seed)
+        info = loaded.info
+        held_out = set(info.get("test_speakers", [])) | set(info.get("val_speakers", []))
+        res.update({"checkpoint": str(path),
+                    "probe_speakers_held_out": sorted(set(speakers) & held_out) if info.get("test_speakers")
+                    is not None else None,
+                    "checkpoint_test_speakers": info.get("test_speakers"),
+                    "checkpoint_val_speakers": info.get("val_speakers")})
+        models[name] = res
+        log.info("analysed %s", name)
+    results = {"command": command, "n_utterances": len(utterances), "speakers": speakers,
+               "utterance_ids": [u.id for u in utterances], "probe_folds": probe_folds, "seed": seed,
+               "models": models}
+    tmp = out_dir / f"results.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    os.replace(tmp, out_dir / "results.json")
+    (out_dir / "report.md").write_text(render_attention_report(results), encoding="utf-8")
+    return results
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _ms(d: Optional[Mapping[str, Any]]) -> str:
+    if not d or not d.get("n"):
+        return "–"
+    return f"{_f(d['mean'])} ± {_f(d['std'])}"
+
+
+def attention_rows(stats: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(layer, entropy in nats, normalised entropy) rows of :func:`collect_attention_stats`'s output."""
+    rows = []
+    if "layer1_entropy" in stats:
+        rows.append(("layer 1", _ms(stats["layer1_entropy"]), _ms(stats["layer1_entropy_norm"])))
+    for n, (e, en) in enumerate(zip(stats.get("block_entropy", []), stats.get("block_entropy_norm", []))):
+        rows.append((f"MOMA block {n + 1}", _ms(e), _ms(en)))
+    if "mixture_entropy" in stats:
+        rows.append(("MOMA mixture", _ms(stats["mixture_entropy"]), _ms(stats["mixture_entropy_norm"])))
+    return rows
+
+
+ENTROPY_NOTE = ("Entropy H = −Σ p_t log p_t over an utterance's valid frames, in nats, mean ± std over utterances. "
+                "Normalised: H / log L (L = the utterance's frame count), so 0 is one-hot and 1 is uniform "
+                "whatever the length; raw entropies grow with log L and are comparable only at equal lengths. "
+                "Block correlation: mean pairwise Pearson correlation between the blocks' attention over valid "
+                "frames (1 = identical blocks). Gammas: the learnt mixture weights.")
+PROBE_NOTE = ("Speaker probe: a logistic regression (standardised inputs) predicting the speaker from each "
+              "utterance-level representation, stratified k-fold cross-validation over utterances (every speaker "
+              "is in each fold's training and test part: this measures speaker information, it is not "
+              "speaker-independent evaluation). Lower accuracy = less linearly decodable speaker information; "
+              "chance = the largest speaker's share.")
+
+
+def render_attention_report(results: Mapping[str, Any]) -> str:
+    """Markdown for :func:`run_attention_analysis`."""
+    lines = ["# Attention and speaker-information analysis", "", "Made by:", "", "```",
+             results.get("command") or "(library call)", "```", "",
+             f"- Data: {results['n_utterances']} utterances of {len(results['speakers'])} speaker(s): "
+             f"{', '.join(results['speakers'])}. The attention statistics and the speaker probe both run on all "
+             "of them.", ""]
+    for name, m in results["models"].items():
+        lines += [f"## {name}", "", f"Checkpoint `{m['checkpoint']}`: {m['arch']}"
+                  + (f", {m['num_blocks']} blocks" if m["arch"] == "moma" else ""), ""]
+        held = m.get("probe_speakers_held_out")
+        if held is not None:
+            trained = sorted(set(results["speakers"]) - set(held))
+            lines += [f"Speakers of the data held out from this checkpoint's training (its test and validation "
+                      f"speakers): {', '.join(held) or 'none'}; seen in training: {', '.join(trained) or 'none'}.",
+                      ""]
+        att = m.get("attention") or {}
+        rows = attention_rows(att)
+        if rows:
+            lines += ["| attention | entropy (nats) | normalised entropy H / log L |", "|---|---|---|"]
+            lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+            if "block_correlation" in att:
+                lines += ["", f"Block correlation: {_ms(att['block_correlation'])}."]
+            if att.get("gammas"):
+                lines += ["", "Gammas: " + ", ".join(f"{g['mean']:.3f}" for g in att["gammas"]) + "."]
+        else:
+            lines += ["This architecture has no attention (mean pooling)."]
+        probe = m.get("probe") or {}
+        lines += [""]
+        if "skipped" in probe:
+            lines += [f"Speaker probe not run: {probe['skipped']}.", ""]
+        elif probe:
+            lines += [f"Speaker probe ({probe['n']} utterances, {len(probe['speakers'])} speakers"
+                      + (f"; left out for having < 2 utterances: {', '.join(probe['dropped_speakers'])}"
+                         if probe["dropped_speakers"] else "") + "):", "",
+                      "| stage | probe accuracy (mean ± std over folds) | chance | folds |", "|---|---|---|---|"]
+            for stage, r in probe["stages"].items():
+                mark = " (final)" if stage == probe["final"] else ""
+                lines.append(f"| {stage}{mark}: {STAGE_DESCRIPTIONS.get(stage, '')} | {_f(r['accuracy_mean'])} ± "
+                             f"{_f(r['accuracy_std'])} | {_f(r['chance'])} | {r['folds']} |")
+            lines += [""]
+    lines += ["## Definitions", "", ENTROPY_NOTE, "", PROBE_NOTE, ""]
+    return "\n".join(lines)

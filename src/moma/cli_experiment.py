@@ -1,6 +1,8 @@
-"""``moma experiment CONFIG.yaml``: a grid of model variants x seeds x folds (see :mod:`moma.experiment`).
+"""``moma experiment CONFIG.yaml``: a grid of model variants x seeds x folds (see :mod:`moma.experiment`),
+and the analysis commands that go with it: ``moma robustness`` (:func:`moma.robustness.run_robustness`) and
+``moma analyse-attention`` (:func:`moma.analysis.run_attention_analysis`).
 
-``moma.cli`` registers it with::
+``moma.cli`` registers all three with::
 
     from .cli_experiment import add_experiment_command
     add_experiment_command(sub)
@@ -38,6 +40,128 @@ def add_experiment_command(subparsers: Any) -> None:
                    help="train nothing: aggregate the finished cells into the report")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_experiment)
+    add_analysis_commands(subparsers)
+
+
+def add_analysis_commands(subparsers: Any) -> None:
+    """Register ``robustness`` and ``analyse-attention`` (called by :func:`add_experiment_command`)."""
+    p = subparsers.add_parser(
+        "robustness", help="score checkpoints on clean and degraded audio (noise, babble, telephone, gain, reverb)",
+        description="Evaluate each checkpoint on the manifest's utterances (or --speakers) under every condition; "
+                    "writes results.json, report.md (UAR / accuracy per condition per model) and degradation.png.")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files or fold folders")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--speakers", nargs="+", default=None, help="only these speakers (default: all; use the "
+                                                               "checkpoints' test speakers for unseen voices)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--conditions", nargs="+", default=None, metavar="NAME",
+                   help="conditions (default: the 13 standard ones: clean, white-/babble-{20,10,5,0}dB, telephone, "
+                        "gain+10dB, gain-10dB, reverb-0.5s); any white-<snr>dB, babble-<snr>dB, "
+                        "gain<+|-><db>dB, reverb-<rt60>s")
+    p.add_argument("--max-utterances", type=int, default=None, metavar="N",
+                   help="a label-balanced seeded subset of N utterances (default: all)")
+    p.add_argument("--cache", default=None, metavar="DIR",
+                   help="per (checkpoint, condition) result cache (default: the --out folder's cache/); a rerun "
+                        "reuses it")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset, the noise and the babble")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_robustness)
+
+    p = subparsers.add_parser(
+        "analyse-attention", help="attention entropy, block correlation, gammas and speaker probes of checkpoints",
+        description="For each checkpoint: entropy of layer 1, each MOMA block and the mixture (also normalised by "
+                    "log length), correlation between blocks, the gammas, and a cross-validated linear speaker "
+                    "probe after the encoder, after layer 1 and after the MOMA layer. Writes results.json and "
+                    "report.md.")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint files or fold folders")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--speakers", nargs="+", default=None,
+                   help="only these speakers (default: all); the probe needs >= 2 speakers")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--cache", default="cache/features", help="feature cache folder")
+    p.add_argument("--probe-folds", type=int, default=5, help="cross-validation folds of the speaker probe")
+    p.add_argument("--seed", type=int, default=0, help="seeds the probe's folds")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_analyse_attention)
+
+
+def _select_speakers(manifest: str, speakers: list[str] | None) -> tuple[list[Any], list[Any]]:
+    """(selected utterances, all utterances) of a manifest; a speaker selection that matches nothing is an
+    error naming the speakers the manifest has."""
+    from .corpora.base import read_manifest
+
+    utts = read_manifest(manifest)
+    if not utts:
+        raise ValueError(f"{manifest}: the manifest has no utterances")
+    if speakers is None:
+        return utts, utts
+    have = sorted({u.speaker for u in utts})
+    unknown = sorted(set(speakers) - set(have))
+    if unknown:
+        raise ValueError(f"speaker(s) {', '.join(unknown)} not in {manifest} (it has {', '.join(have)})")
+    keep = set(speakers)
+    chosen = [u for u in utts if u.speaker in keep]
+    if not chosen:
+        raise ValueError(f"no utterances of speakers {', '.join(speakers)} in {manifest}")
+    return chosen, utts
+
+
+def _quoted(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from .robustness import run_robustness
+
+    if args.max_utterances is not None and args.max_utterances < 1:
+        raise ValueError(f"--max-utterances must be >= 1, got {args.max_utterances}")
+    chosen, every = _select_speakers(args.manifest, args.speakers)
+    parts = ["moma", "robustness", *args.checkpoints, "--manifest", args.manifest, "--out", args.out]
+    parts += ["--speakers", *args.speakers] if args.speakers else []
+    parts += ["--conditions", *args.conditions] if args.conditions else []
+    parts += ["--max-utterances", str(args.max_utterances)] if args.max_utterances else []
+    parts += ["--cache", args.cache] if args.cache else []
+    parts += ["--seed", str(args.seed)] if args.seed else []
+    results = run_robustness(args.checkpoints, chosen, args.out, conditions=args.conditions,
+                             max_utterances=args.max_utterances, seed=args.seed, cache_dir=args.cache,
+                             babble_pool=every, command=_quoted(parts), device=args.device)
+    names = list(results["models"])
+    print(f"{results['n_utterances']} utterances, {len(results['speakers'])} speaker(s); UAR / accuracy")
+    print(f"  {'condition':<14}" + "".join(f"{n[-24:]:>26}" for n in names))
+    for c in results["conditions"]:
+        row = "".join(f"{results['models'][n]['conditions'][c]['uar']:>17.3f} / "
+                      f"{results['models'][n]['conditions'][c]['accuracy']:.3f}" for n in names)
+        print(f"  {c:<14}{row}")
+    print(f"report:  {Path(args.out) / 'report.md'}")
+    print(f"figure:  {Path(args.out) / results['figure']}")
+    return 0
+
+
+def cmd_analyse_attention(args: argparse.Namespace) -> int:
+    from .analysis import run_attention_analysis
+
+    if args.probe_folds < 2:
+        raise ValueError(f"--probe-folds must be >= 2, got {args.probe_folds}")
+    chosen, _ = _select_speakers(args.manifest, args.speakers)
+    parts = ["moma", "analyse-attention", *args.checkpoints, "--manifest", args.manifest, "--out", args.out]
+    parts += ["--speakers", *args.speakers] if args.speakers else []
+    parts += ["--cache", args.cache] if args.cache != "cache/features" else []
+    parts += ["--probe-folds", str(args.probe_folds)] if args.probe_folds != 5 else []
+    parts += ["--seed", str(args.seed)] if args.seed else []
+    results = run_attention_analysis(args.checkpoints, chosen, args.out, cache_dir=args.cache,
+                                     probe_folds=args.probe_folds, seed=args.seed, command=_quoted(parts),
+                                     device=args.device)
+    for name, m in results["models"].items():
+        att = m.get("attention") or {}
+        ent = ", ".join(f"{k.replace('_entropy_norm', '')} {att[k]['mean']:.3f}" for k in
+                        ("layer1_entropy_norm", "mixture_entropy_norm") if k in att)
+        probe = m.get("probe") or {}
+        pr = ("probe skipped" if "skipped" in probe else
+              "probe " + ", ".join(f"{s} {r['accuracy_mean']:.3f}" for s, r in probe.get("stages", {}).items()))
+        print(f"{name}: normalised entropy {ent or '(no attention)'}; {pr}")
+    print(f"report:  {Path(args.out) / 'report.md'}")
+    print(f"results: {Path(args.out) / 'results.json'}")
+    return 0
 
 
 def _resolve_config(name: str) -> str:

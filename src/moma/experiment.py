@@ -39,6 +39,25 @@ Each variant may also hold ``base`` (more recipes, after the experiment's),
 ``label`` (display name) and ``note``. Relative paths are looked up from the
 current directory first, then from the experiment file's folder.
 
+Analysis (optional section; see :class:`AnalysisSpec` and :func:`analyse_cell`)::
+
+    analysis:
+      seeds: [0]                  # whose cells are analysed (each fold's best checkpoint)
+      attention: true             # entropy per layer / block / mixture, block correlation, gammas
+      probe: {speakers: heldout, folds: 5}   # linear speaker probe per stage; heldout | test | all
+      robustness: {conditions: [clean, white-10dB, ...], max_utterances_per_fold: 20, babble_pool: 32, seed: 0}
+
+After the cells, each analysed cell's results go to ``<cell>/analysis.json``
+(a rerun recomputes nothing that is there), the per-variant aggregates to
+``results.json["analysis"]``, tables to report.md and the figures
+``analysis_entropy.png``, ``analysis_probe.png``, ``analysis_robustness.png``.
+The per-speaker UAR spread and gender gap come from every finished cell.
+
+Paper claims: :func:`paper_claims` turns the numbers into a verdict per claim of
+the paper (supported / not supported / inconclusive / not measured) by the
+explicit rules in ``CLAIM_RULES``; report.md prints each verdict with the
+numbers that decided it and its rule.
+
 Statistics (per variant): accuracy, UAR and macro-F1 are averaged over folds
 for each seed, then reported as mean ± std over seeds. For the confidence
 interval each utterance's posteriors are averaged over seeds (every utterance
@@ -51,6 +70,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -76,7 +96,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE = "cache/features"
 METRIC_NAMES = ("accuracy", "uar", "macro_f1")
 TOP_KEYS = {"title", "corpus", "protocol", "base", "set", "seeds", "reference", "variants", "cache", "bootstrap",
-            "alpha", "notes"}
+            "alpha", "notes", "analysis"}
+ANALYSIS_KEYS = {"attention", "probe", "robustness", "seeds"}
+PROBE_KEYS = {"speakers", "folds"}
+PROBE_SPEAKERS = ("heldout", "test", "all")
+ROBUSTNESS_KEYS = {"conditions", "max_utterances_per_fold", "babble_pool", "seed"}
 VARIANT_KEYS = {"set", "base", "label", "note"}
 CORPUS_KEYS = {"manifest", "name", "root", "label_map"}
 PROTOCOL_KEYS = {"name", "k", "seed", "test_session", "test_speakers"}
@@ -99,6 +123,34 @@ class Variant:
 
 
 @dataclass
+class AnalysisSpec:
+    """The experiment file's optional ``analysis:`` section (see :func:`analyse_cell`).
+
+    ``probe_speakers``: whose utterances the speaker probe of a cell runs on. ``heldout`` (default): the fold's
+    test and validation speakers, whose audio never produced a gradient (a probe needs >= 2 speakers, and a
+    leave-one-speaker-out fold has one test speaker); ``test``: test speakers only (skipped where a fold has
+    fewer than 2); ``all``: every speaker of the corpus, training speakers included.
+    """
+
+    seeds: list[int]
+    attention: bool = True
+    probe: bool = True
+    probe_speakers: str = "heldout"
+    probe_folds: int = 5
+    robustness: bool = False
+    conditions: list[str] = field(default_factory=list)
+    max_utterances: int | None = 20  # per fold, label-balanced, identical for every variant and seed
+    babble_pool: int = 32  # training-speaker utterances of the fold that babble is built from
+    seed: int = 0  # seeds the robustness subset, noise, babble and the probe's folds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seeds": self.seeds, "attention": self.attention,
+                "probe": {"speakers": self.probe_speakers, "folds": self.probe_folds} if self.probe else False,
+                "robustness": {"conditions": self.conditions, "max_utterances_per_fold": self.max_utterances,
+                               "babble_pool": self.babble_pool, "seed": self.seed} if self.robustness else False}
+
+
+@dataclass
 class Experiment:
     path: Path  # the experiment file
     title: str
@@ -114,6 +166,7 @@ class Experiment:
     alpha: float = 0.05
     notes: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    analysis: AnalysisSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved experiment, as written to ``experiment.yaml``."""
@@ -123,6 +176,7 @@ class Experiment:
             "cache": self.cache, "bootstrap": self.bootstrap, "alpha": self.alpha, "notes": self.notes,
             "variants": {n: {"label": v.label, "base": v.bases, "set": v.sets, "note": v.note}
                          for n, v in self.variants.items()},
+            "analysis": self.analysis.to_dict() if self.analysis else None,
         }
 
 
@@ -163,6 +217,67 @@ def _resolve_base(item: str, base_dir: Path) -> Path:
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
     return resolve_recipe(item)
+
+
+def _flag_or_mapping(value: Any, keys: set[str], where: str) -> tuple[bool, dict[str, Any]]:
+    """``true`` / ``false`` / a mapping of options (which means true)."""
+    if value is None or isinstance(value, bool):
+        return bool(value), {}
+    return True, dict(_check_keys(value, keys, where))
+
+
+def parse_analysis(data: Any, where: str, seeds: Sequence[int]) -> AnalysisSpec | None:
+    """Validate the ``analysis:`` section; None when absent or empty."""
+    if data is None:
+        return None
+    data = _check_keys(data, ANALYSIS_KEYS, f"{where}: analysis")
+    a_seeds = data.get("seeds", [seeds[0]])
+    if isinstance(a_seeds, int):
+        a_seeds = [a_seeds]
+    if (not isinstance(a_seeds, list) or not a_seeds or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 for x in a_seeds)):
+        raise ValueError(f"{where}: analysis.seeds must be a non-empty list of integers, got {a_seeds!r}")
+    if set(a_seeds) - set(seeds):
+        raise ValueError(f"{where}: analysis.seeds {sorted(set(a_seeds) - set(seeds))} are not among the "
+                         f"experiment's seeds {list(seeds)}")
+    attention = data.get("attention", True)
+    if not isinstance(attention, bool):
+        raise ValueError(f"{where}: analysis.attention must be true or false, got {attention!r}")
+    probe, p_opts = _flag_or_mapping(data.get("probe", True), PROBE_KEYS, f"{where}: analysis.probe")
+    robust, r_opts = _flag_or_mapping(data.get("robustness", False), ROBUSTNESS_KEYS,
+                                      f"{where}: analysis.robustness")
+    speakers = str(p_opts.get("speakers", "heldout"))
+    if speakers not in PROBE_SPEAKERS:
+        raise ValueError(f"{where}: analysis.probe.speakers must be one of {', '.join(PROBE_SPEAKERS)}, "
+                         f"got {speakers!r}")
+    folds = p_opts.get("folds", 5)
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"{where}: analysis.probe.folds must be an integer >= 2, got {folds!r}")
+    from .robustness import DEFAULT_CONDITIONS, get_condition
+
+    conditions = _as_list(r_opts.get("conditions"), f"{where}: analysis.robustness.conditions") or \
+        list(DEFAULT_CONDITIONS)
+    for c in conditions:
+        try:
+            get_condition(c)
+        except ValueError as exc:
+            raise ValueError(f"{where}: analysis.robustness: {exc}") from None
+    if len(set(conditions)) != len(conditions):
+        raise ValueError(f"{where}: analysis.robustness.conditions has duplicates")
+    max_utt = r_opts.get("max_utterances_per_fold", 20)
+    if max_utt is not None and (not isinstance(max_utt, int) or max_utt < 1):
+        raise ValueError(f"{where}: analysis.robustness.max_utterances_per_fold must be a positive integer or "
+                         f"null, got {max_utt!r}")
+    pool = r_opts.get("babble_pool", 32)
+    seed = r_opts.get("seed", 0)
+    if not isinstance(pool, int) or pool < 1 or not isinstance(seed, int):
+        raise ValueError(f"{where}: analysis.robustness.babble_pool must be a positive integer and seed an "
+                         "integer")
+    if not (attention or probe or robust):
+        return None
+    return AnalysisSpec(seeds=list(a_seeds), attention=attention, probe=probe, probe_speakers=speakers,
+                        probe_folds=folds, robustness=robust, conditions=conditions, max_utterances=max_utt,
+                        babble_pool=pool, seed=seed)
 
 
 def load_experiment(path: str | Path, extra_sets: Sequence[str] = ()) -> Experiment:
@@ -240,7 +355,8 @@ def load_experiment(path: str | Path, extra_sets: Sequence[str] = ()) -> Experim
     return Experiment(path=path, title=str(data.get("title") or path.stem), corpus=corpus, protocol=protocol,
                       seeds=list(seeds), reference=reference, variants=variants, base=base, sets=sets,
                       cache=str(data.get("cache") or DEFAULT_CACHE), bootstrap=bootstrap, alpha=float(alpha),
-                      notes=_as_list(data.get("notes"), f"{path}: notes"), raw=data)
+                      notes=_as_list(data.get("notes"), f"{path}: notes"), raw=data,
+                      analysis=parse_analysis(data.get("analysis"), str(path), seeds))
 
 
 def load_corpus(exp: Experiment, progress: bool = False) -> list[Utterance]:
@@ -474,6 +590,290 @@ def aggregate_experiment(exp: Experiment, folds: Sequence[Fold], cells: Sequence
     return {"variants": per_variant, "missing_cells": missing}
 
 
+# --------------------------------------------------------------------------- analysis of finished cells
+
+ANALYSIS_FILE = "analysis.json"
+ROBUSTNESS_METRICS = ("accuracy", "uar", "macro_f1", "n", "perturbation")
+
+
+def cell_checkpoint(cell: Cell) -> Path | None:
+    """The best checkpoint of a finished cell (an ensemble's first member), or None."""
+    for p in (cell.out_dir / "best.safetensors", cell.out_dir / f"seed{cell.seed}" / "best.safetensors"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha1("\n".join(sorted(ids)).encode("utf-8")).hexdigest()[:16]
+
+
+def probe_utterance_ids(fold: Fold, mode: str, utterances: Sequence[Utterance]) -> list[str]:
+    """The utterances a cell's speaker probe runs on (see :class:`AnalysisSpec`)."""
+    if mode == "test":
+        return sorted(fold.test)
+    if mode == "heldout":
+        return sorted(fold.test + fold.val)
+    return sorted(u.id for u in utterances)
+
+
+def _write_analysis(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_cell_analysis(cell: Cell) -> dict[str, Any]:
+    path = cell.out_dir / ANALYSIS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def analyse_cell(cell: Cell, spec: AnalysisSpec, utterances: Sequence[Utterance], cache_dir: str | Path, *,
+                 features: dict[str, dict[str, np.ndarray]] | None = None, compute: bool = True
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """Attention statistics, speaker probe and robustness of one finished cell's best checkpoint, cached in
+    ``<cell>/analysis.json``. Returns ``(analysis, parts computed now)``.
+
+    Each part records the settings and data it was computed with, and the whole file the SHA-1 of the
+    checkpoint: a rerun recomputes only a part whose settings changed (robustness: only conditions not yet
+    there), and everything when the checkpoint changed. ``compute=False`` only reads what is cached.
+
+    Data: attention statistics on the fold's test utterances; the probe on :func:`probe_utterance_ids`;
+    robustness on a label-balanced seeded subset of at most ``spec.max_utterances`` test utterances (the
+    same for every variant and seed of a fold, so comparisons are paired), with babble from at most
+    ``spec.babble_pool`` utterances of the fold's training and validation speakers (never a test speaker).
+    ``features`` is a shared ``{feature config hash: {utterance id: raw features}}`` memo.
+    """
+    from .analysis import analyse_checkpoint
+    from .checkpoint import load_checkpoint
+    from .robustness import evaluate_robustness, file_sha1, select_utterances
+
+    path = cell.out_dir / ANALYSIS_FILE
+    old = read_cell_analysis(cell)
+    if not compute:
+        return old, []
+    ckpt = cell_checkpoint(cell)
+    if ckpt is None:
+        raise FileNotFoundError(f"cell {cell.key}: no best.safetensors in {cell.out_dir}")
+    digest = file_sha1(ckpt)
+    data: dict[str, Any] = old if old.get("checkpoint_sha1") == digest else {}
+    data.update({"cell": cell.key, "checkpoint": str(ckpt), "checkpoint_sha1": digest})
+    utts = {u.id: u for u in utterances}
+    test = sorted(cell.fold.test)
+    computed: list[str] = []
+    loaded = None
+    want: dict[str, dict[str, Any]] = {}
+    if spec.attention:
+        want["attention"] = {"utterances": _ids_digest(test), "n": len(test)}
+    if spec.probe:
+        pids = probe_utterance_ids(cell.fold, spec.probe_speakers, utterances)
+        want["probe"] = {"speakers": spec.probe_speakers, "folds": spec.probe_folds, "seed": spec.seed,
+                         "utterances": _ids_digest(pids), "n": len(pids)}
+    todo = [k for k, settings in want.items() if (data.get(k) or {}).get("settings") != settings]
+    if todo:
+        from .features import FeatureCache, extract_features, feature_config_hash
+
+        loaded = load_checkpoint(ckpt)
+        need = set(test) | (set(probe_utterance_ids(cell.fold, spec.probe_speakers, utterances))
+                            if "probe" in todo else set())
+        memo = features if features is not None else {}
+        h = feature_config_hash(cell.config.features)
+        have = memo.setdefault(h, {})
+        missing = [utts[k] for k in sorted(need) if k not in have]
+        if missing:
+            have.update(extract_features(missing, FeatureCache(cache_dir, cell.config.features)))
+        for part in todo:
+            if part == "attention":
+                res = analyse_checkpoint(loaded, have, [utts[k] for k in test], attention=True, probe=False)
+                data["attention"] = {"settings": want[part], "result": res["attention"]}
+            else:
+                pids = probe_utterance_ids(cell.fold, spec.probe_speakers, utterances)
+                res = analyse_checkpoint(loaded, have, [], attention=False, probe=True,
+                                         probe_utterances=[utts[k] for k in pids], probe_folds=spec.probe_folds,
+                                         seed=spec.seed)
+                data["probe"] = {"settings": want[part], "result": res["probe"]}
+            computed.append(part)
+            _write_analysis(path, data)
+    if spec.robustness:
+        subset = select_utterances([utts[k] for k in test], spec.max_utterances, spec.seed)
+        others = [utts[k] for k in sorted(cell.fold.train + cell.fold.val)]
+        pool = select_utterances(others, spec.babble_pool, spec.seed, key="speaker")
+        settings = {"utterances": [u.id for u in subset], "babble_pool": [u.id for u in pool], "seed": spec.seed,
+                    "num_talkers": 4}
+        rob = data.get("robustness") or {}
+        if rob.get("settings") != settings:
+            rob = {"settings": settings, "conditions": {}}
+        new = [c for c in spec.conditions if c not in rob["conditions"]]
+        if new:
+            res = evaluate_robustness(loaded or ckpt, subset, new, seed=spec.seed, babble_pool=pool, num_talkers=4)
+            for c in new:
+                rob["conditions"][c] = {k: res[c][k] for k in ROBUSTNESS_METRICS if k in res[c]}
+            computed.append("robustness")
+        data["robustness"] = rob
+        if new:
+            _write_analysis(path, data)
+    if not path.is_file():
+        _write_analysis(path, data)
+    return data, computed
+
+
+def _agg(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+def aggregate_analysis(exp: Experiment, cells: Sequence[Cell], analyses: dict[str, dict[str, Any]],
+                       summary: dict[str, Any], utterances: Sequence[Utterance]) -> dict[str, Any]:
+    """Per-variant analysis: every statistic as mean ± std over the analysed cells (fold x seed), with the
+    per-cell values kept (keyed ``seed<k>/<fold>``) for paired comparisons between variants."""
+    from .analysis import speaker_bias
+
+    spec = exp.analysis
+    assert spec is not None
+    genders = {u.speaker: u.gender for u in utterances}
+    out: dict[str, Any] = {}
+    for name in exp.variants:
+        mine = [c for c in cells if c.variant == name and c.key in analyses]
+        key = {c.key: f"seed{c.seed}/{c.fold.name}" for c in mine}
+        entry: dict[str, Any] = {"cells_analysed": len(mine)}
+        att_cells: dict[str, Any] = {}
+        probe_cells: dict[str, Any] = {}
+        probe_info: dict[str, Any] = {}
+        rob_cells: dict[str, Any] = {}
+        for c in mine:
+            a = analyses[c.key]
+            att = (a.get("attention") or {}).get("result")
+            if att and "layer1_entropy_norm" in att:
+                att_cells[key[c.key]] = {
+                    "layer1": att["layer1_entropy_norm"]["mean"],
+                    "layer1_nats": att["layer1_entropy"]["mean"],
+                    "mixture": (att.get("mixture_entropy_norm") or {}).get("mean"),
+                    "mixture_nats": (att.get("mixture_entropy") or {}).get("mean"),
+                    "blocks": [b["mean"] for b in att.get("block_entropy_norm", [])],
+                    "block_correlation": (att.get("block_correlation") or {}).get("mean"),
+                    "gammas": [g["mean"] for g in att.get("gammas", [])]}
+            pr = (a.get("probe") or {}).get("result")
+            if pr and "stages" in pr:
+                probe_cells[key[c.key]] = {**{s: r["accuracy_mean"] for s, r in pr["stages"].items()},
+                                           "final": pr["stages"][pr["final"]]["accuracy_mean"],
+                                           "chance": pr["stages"][pr["final"]]["chance"],
+                                           "n_speakers": pr["stages"][pr["final"]]["n_speakers"]}
+                probe_info["final_stage"] = pr["final"]
+            elif pr and "skipped" in pr:
+                probe_info["skipped"] = pr["skipped"]
+            rob = (a.get("robustness") or {}).get("conditions") or {}
+            if rob:
+                row = {cond: m["uar"] for cond, m in rob.items()}
+                row.update({f"{cond}:accuracy": m["accuracy"] for cond, m in rob.items()})
+                if "clean" in rob and len(rob) > 1:
+                    row["drop"] = float(np.mean([rob["clean"]["uar"] - m["uar"] for cond, m in rob.items()
+                                                 if cond != "clean"]))
+                rob_cells[key[c.key]] = row
+        if att_cells:
+            vals = list(att_cells.values())
+            n_blocks = max(len(v["blocks"]) for v in vals)
+            entry["attention"] = {
+                "cells": att_cells,
+                "layer1": _agg([v["layer1"] for v in vals]),
+                "layer1_nats": _agg([v["layer1_nats"] for v in vals]),
+                "mixture": _agg([v["mixture"] for v in vals]),
+                "mixture_nats": _agg([v["mixture_nats"] for v in vals]),
+                "blocks": [_agg([v["blocks"][i] for v in vals if len(v["blocks"]) > i]) for i in range(n_blocks)],
+                "block_correlation": _agg([v["block_correlation"] for v in vals]),
+                "gammas": [_agg([v["gammas"][i] for v in vals if len(v["gammas"]) > i])
+                           for i in range(max((len(v["gammas"]) for v in vals), default=0))]}
+        if probe_cells:
+            stages = [s for s in ("encoder", "layer1", "pooled", "embedding", "final", "chance")
+                      if any(s in v for v in probe_cells.values())]
+            entry["probe"] = {"cells": probe_cells, "final_stage": probe_info.get("final_stage"),
+                              "stages": {s: _agg([v.get(s) for v in probe_cells.values()]) for s in stages},
+                              "n_speakers": _agg([v["n_speakers"] for v in probe_cells.values()])}
+        elif "skipped" in probe_info:
+            entry["probe"] = {"skipped": probe_info["skipped"]}
+        if rob_cells:
+            conds = [c for c in spec.conditions if any(c in v for v in rob_cells.values())]
+            entry["robustness"] = {"cells": rob_cells,
+                                   "conditions": {c: {"uar": _agg([v.get(c) for v in rob_cells.values()]),
+                                                      "accuracy": _agg([v.get(f"{c}:accuracy")
+                                                                        for v in rob_cells.values()])}
+                                                  for c in conds},
+                                   "drop": _agg([v.get("drop") for v in rob_cells.values()])}
+        # per-speaker UAR over every finished cell (all seeds): each speaker's UAR averaged over seeds
+        per_spk: dict[str, list[float]] = {}
+        for row in summary["variants"][name]["cells"]:
+            for spk, m in (row.get("per_speaker") or {}).items():
+                per_spk.setdefault(spk, []).append(float(m["uar"]))
+        if per_spk:
+            entry["speaker_bias"] = speaker_bias({s: {"uar": float(np.mean(v))} for s, v in per_spk.items()},
+                                                 genders)
+        out[name] = entry
+    return {"spec": spec.to_dict(), "variants": out}
+
+
+def plot_entropy_by_layer(analysis: dict[str, Any], labels: dict[str, str], out_path: Path, *, command: str,
+                          config: str, title: str) -> Path:
+    """Normalised attention entropy (H / log L) at layer 1, each MOMA block and the mixture, per variant."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    max_blocks = max((len(v["attention"]["blocks"]) for v in analysis["variants"].values() if "attention" in v),
+                     default=0)
+    ticks = ["layer 1"] + [f"block {i + 1}" for i in range(max_blocks)] + ["mixture"]
+    for i, (name, v) in enumerate((n, v) for n, v in analysis["variants"].items() if "attention" in v):
+        a = v["attention"]
+        pts = [(0, a["layer1"])] + [(1 + j, b) for j, b in enumerate(a["blocks"])]
+        if a["mixture"]["n"]:
+            pts.append((max_blocks + 1, a["mixture"]))
+        xs = [x + 0.06 * (i - 1) for x, p in pts if p["n"]]
+        ys = [p["mean"] for _, p in pts if p["n"]]
+        es = [p["std"] for _, p in pts if p["n"]]
+        ax.errorbar(xs, ys, yerr=es, fmt="o-", capsize=3, label=labels.get(name, name))
+    ax.set_xticks(range(len(ticks)), ticks)
+    ax.set_ylabel("normalised entropy H / log L (1 = uniform)")
+    ax.set_title(f"{title}: attention entropy per layer (mean ± std over cells)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _caption(fig, command, config)
+    return save_figure(fig, out_path)
+
+
+def plot_probe_by_stage(analysis: dict[str, Any], labels: dict[str, str], out_path: Path, *, command: str,
+                        config: str, title: str) -> Path:
+    """Speaker-probe accuracy after the encoder, after layer 1 and after the final pooling, per variant."""
+    plt = _pyplot()
+    stages = [("encoder", "after encoder"), ("layer1", "after layer 1"), ("final", "after MOMA layer / final pooling")]
+    names = [n for n, v in analysis["variants"].items() if "stages" in (v.get("probe") or {})]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(names) + 3), 4.4))
+    width = 0.8 / max(1, len(stages))
+    chance = []
+    for j, (stage, text) in enumerate(stages):
+        xs, ys, es = [], [], []
+        for i, n in enumerate(names):
+            st = analysis["variants"][n]["probe"]["stages"].get(stage)
+            if st and st["n"]:
+                xs.append(i + (j - 1) * width)
+                ys.append(st["mean"])
+                es.append(st["std"])
+        if xs:
+            ax.bar(xs, ys, width=width, yerr=es, capsize=3, label=text)
+    for n in names:
+        ch = analysis["variants"][n]["probe"]["stages"].get("chance")
+        if ch and ch["n"]:
+            chance.append(ch["mean"])
+    if chance:
+        ax.axhline(float(np.mean(chance)), color="0.5", ls=":", lw=1, label="chance (largest speaker)")
+    ax.set_xticks(range(len(names)), [labels.get(n, n) for n in names], rotation=30, ha="right")
+    ax.set_ylabel("speaker probe accuracy\n(lower = less speaker information)", fontsize=8)
+    ax.set_title(f"{title}: linear speaker probe per stage (mean ± std over cells)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _caption(fig, command, config)
+    return save_figure(fig, out_path)
+
+
 # --------------------------------------------------------------------------- figures and report
 
 def _pyplot():
@@ -627,6 +1027,429 @@ def verdict(name: str, ref: str, summary: dict[str, Any], alpha: float) -> str:
     return f"- **{ref} vs {v['label']}**: {head} ({stats})."
 
 
+# --------------------------------------------------------------------------- paper claims
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_MEASURED = "supported", "not supported", "inconclusive", "not measured"
+SMOOTHING_IDENTICAL_CORRELATION = 0.99  # mean block correlation at or above this: the blocks are copies
+
+# The rules, stated once: the report prints them beside each verdict, and the functions below implement them.
+CLAIM_RULES = {
+    "ranking": (
+        "For MOMA (the reference) against every baseline (BLSTM + mean pooling, BLSTM + attention layer 1): "
+        "*beats* = mean fold×seed UAR difference > 0 AND sign-flip p < α AND the paired bootstrap CI of the pooled "
+        "UAR difference excludes 0. Supported: it beats every baseline. Not supported: some baseline's mean UAR "
+        "is at least MOMA's. Inconclusive: otherwise (higher, but not by both criteria)."),
+    "smoothing": (
+        "On MOMA's (the reference's, else the MOMA variant with the most analysed cells and >= 2 blocks) "
+        "normalised attention entropy H / log L per analysed cell: d1 = mixture − layer 1, d2 = mixture − the "
+        "smoothest single block (max over blocks; the mixture's entropy is never below the γ-weighted mean of "
+        "the blocks' by concavity, so that comparison would prove nothing). Supported: mean d1 > 0 and mean "
+        f"d2 > 0, each with sign-flip p < α over cells, and mean block correlation < {SMOOTHING_IDENTICAL_CORRELATION}"
+        " (blocks not identical). Not supported: mean d1 <= 0 or mean d2 <= 0 or block correlation >= "
+        f"{SMOOTHING_IDENTICAL_CORRELATION}. Inconclusive: otherwise (right direction, not significant)."),
+    "bias": (
+        "Three parts, MOMA against every baseline. (1) Probe: speaker-probe accuracy after the final pooling "
+        "(MOMA: after the MOMA layer) paired over cells, d = baseline − MOMA; supported if d > 0 with sign-flip "
+        "p < α for every baseline, not supported if d <= 0 for some baseline, else inconclusive. (2) Speaker "
+        "spread: std of per-speaker UAR and |female − male| UAR gap (descriptive, no test); supported if "
+        "neither is larger for MOMA than for any baseline, not supported if both are larger than some "
+        "baseline's, else inconclusive. (3) Robustness: mean UAR drop from clean over the conditions, paired over "
+        "cells, d = MOMA − baseline; not supported if d > 0 with sign-flip p < α for some baseline (MOMA "
+        "degrades more), supported if d <= 0 for every baseline, else inconclusive. Claim: not measured if no "
+        "part is; not supported if any measured part is not; supported only if all three parts are measured and "
+        "supported; else inconclusive."),
+    "blocks": (
+        "MOMA variants differing only in the number of blocks; every pair compared on matched fold×seed UARs "
+        "(sign-flip test, Holm-adjusted over the pairs). *Significantly better* = higher mean and adjusted p < α. "
+        "Claim: several blocks (the reference's count, the paper's 3) beat one block and no count beats it. "
+        "Supported: it is significantly better than 1 block and no count is significantly better than it. Not "
+        "supported: another count is significantly better, or its mean UAR is not above 1 block's. Inconclusive: "
+        "otherwise. Not measured: fewer than 2 counts or the reference's count / 1 block missing."),
+}
+CLAIM_TEXT = {
+    "ranking": "(a) Table 1 ranking: MOMA beats BLSTM + mean pooling and BLSTM + attention layer 1",
+    "smoothing": "(b) Smoothing: the mixture attention is smoother (higher entropy) than layer 1 and than any single "
+                 "block, and the blocks are not identical",
+    "bias": "(c) Removing bias: less speaker information after the MOMA layer, a smaller per-speaker spread and "
+            "gender gap, and no worse degradation under noise and channel conditions than the baselines",
+    "blocks": "(d) Number of blocks: several blocks (the paper's 3) beat one, and no other count is better",
+}
+
+
+def _claim(key: str, verdict_: str, evidence: Sequence[str]) -> dict[str, Any]:
+    return {"claim": key, "text": CLAIM_TEXT[key], "verdict": verdict_, "evidence": list(evidence),
+            "rule": CLAIM_RULES[key]}
+
+
+def _moma_reference(results: dict[str, Any]) -> str | None:
+    ref = results["experiment"]["reference"]
+    v = results["summary"]["variants"].get(ref)
+    return ref if v and v.get("arch") == "moma" else None
+
+
+def _baselines(results: dict[str, Any]) -> list[str]:
+    return [n for n, v in results["summary"]["variants"].items() if v.get("arch") in ("mean", "attention")]
+
+
+def claim_ranking(results: dict[str, Any]) -> dict[str, Any]:
+    """Claim (a); see ``CLAIM_RULES["ranking"]``."""
+    alpha = results["experiment"]["alpha"]
+    variants = results["summary"]["variants"]
+    ref = _moma_reference(results)
+    bases = _baselines(results)
+    if ref is None or not bases:
+        return _claim("ranking", NOT_MEASURED, ["needs a MOMA reference and at least one baseline variant"])
+    evidence, beats, against, missing = [], [], [], []
+    for b in bases:
+        t = variants[b].get("vs_reference")
+        if not t:
+            missing.append(variants[b]["label"])
+            continue
+        d, p = t["mean_diff"], t["permutation_p"]
+        ci = t.get("pooled_uar_diff_ci")
+        sig = p is not None and np.isfinite(p) and p < alpha
+        excl = bool(ci and ci["low"] > 0)
+        text = (f"{ref} − {variants[b]['label']}: ΔUAR {d:+.3f} over {t['n']} fold×seed pairs, "
+                f"sign-flip p = {_p(p)}"
+                + (f", pooled UAR difference CI [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else ", no pooled CI"))
+        if d <= 0:
+            against.append(b)
+            text += (" — the baseline is significantly better" if sig and ci and ci["high"] < 0
+                     else " — MOMA is not better")
+        elif d > 0 and sig and excl:
+            beats.append(b)
+            text += " — MOMA significantly better"
+        else:
+            text += " — higher, not significantly"
+        evidence.append(text)
+    if missing:
+        evidence.append(f"no matched finished cells against {', '.join(missing)}")
+    if len(missing) == len(bases):
+        return _claim("ranking", NOT_MEASURED, evidence)
+    if against:
+        return _claim("ranking", NOT_SUPPORTED, evidence)
+    if len(beats) == len(bases):
+        return _claim("ranking", SUPPORTED, evidence)
+    return _claim("ranking", INCONCLUSIVE, evidence)
+
+
+def _analysis_variants(results: dict[str, Any]) -> dict[str, Any]:
+    return ((results.get("analysis") or {}).get("variants")) or {}
+
+
+def claim_smoothing(results: dict[str, Any]) -> dict[str, Any]:
+    """Claim (b); see ``CLAIM_RULES["smoothing"]``."""
+    from .stats import sign_flip_test
+
+    alpha = results["experiment"]["alpha"]
+    an = _analysis_variants(results)
+    variants = results["summary"]["variants"]
+    ref = _moma_reference(results)
+    cands = [n for n, v in an.items() if variants.get(n, {}).get("arch") == "moma"
+             and (v.get("attention") or {}).get("cells")
+             and all(len(c["blocks"]) >= 2 and c["mixture"] is not None for c in v["attention"]["cells"].values())]
+    if not cands:
+        return _claim("smoothing", NOT_MEASURED, ["no attention statistics of a MOMA variant with >= 2 blocks "
+                                                  "(analysis section absent, or attention: false)"])
+    name = ref if ref in cands else max(cands, key=lambda n: len(an[n]["attention"]["cells"]))
+    cells = list(an[name]["attention"]["cells"].values())
+    d1 = [c["mixture"] - c["layer1"] for c in cells]
+    d2 = [c["mixture"] - max(c["blocks"]) for c in cells]
+    corr = [c["block_correlation"] for c in cells if c["block_correlation"] is not None
+            and np.isfinite(c["block_correlation"])]
+    p1, p2 = sign_flip_test(d1)[0], sign_flip_test(d2)[0]
+    m1, m2 = float(np.mean(d1)), float(np.mean(d2))
+    mc = float(np.mean(corr)) if corr else math.nan
+    a = an[name]["attention"]
+    evidence = [f"{name}, {len(cells)} analysed cell(s); normalised entropy: layer 1 {a['layer1']['mean']:.3f}, "
+                + ", ".join(f"block {i + 1} {b['mean']:.3f}" for i, b in enumerate(a["blocks"]))
+                + f", mixture {a['mixture']['mean']:.3f}",
+                f"mixture − layer 1: {m1:+.3f} (sign-flip p = {_p(p1)})",
+                f"mixture − smoothest block: {m2:+.3f} (sign-flip p = {_p(p2)})",
+                f"mean block correlation {mc:.3f}" if corr else "block correlation undefined"]
+    if m1 <= 0 or m2 <= 0 or (corr and mc >= SMOOTHING_IDENTICAL_CORRELATION):
+        return _claim("smoothing", NOT_SUPPORTED, evidence)
+    if p1 < alpha and p2 < alpha and corr:
+        return _claim("smoothing", SUPPORTED, evidence)
+    return _claim("smoothing", INCONCLUSIVE, evidence)
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any], field_: str) -> tuple[list[float], list[float]]:
+    keys = sorted(k for k in set(a) & set(b) if a[k].get(field_) is not None and b[k].get(field_) is not None)
+    return [a[k][field_] for k in keys], [b[k][field_] for k in keys]
+
+
+def _combine(parts: dict[str, str]) -> str:
+    measured = [v for v in parts.values() if v != NOT_MEASURED]
+    if not measured:
+        return NOT_MEASURED
+    if NOT_SUPPORTED in measured:
+        return NOT_SUPPORTED
+    if len(measured) == len(parts) and all(v == SUPPORTED for v in measured):
+        return SUPPORTED
+    return INCONCLUSIVE
+
+
+def claim_bias(results: dict[str, Any]) -> dict[str, Any]:
+    """Claim (c); see ``CLAIM_RULES["bias"]``."""
+    from .stats import sign_flip_test
+
+    alpha = results["experiment"]["alpha"]
+    an = _analysis_variants(results)
+    variants = results["summary"]["variants"]
+    ref = _moma_reference(results)
+    bases = [b for b in _baselines(results) if b in an]
+    if ref is None or ref not in an or not bases:
+        return _claim("bias", NOT_MEASURED, ["needs the analysis of a MOMA reference and of a baseline"])
+    parts: dict[str, str] = {}
+    evidence: list[str] = []
+    # (1) probe
+    probe_ref = (an[ref].get("probe") or {}).get("cells")
+    rows = []
+    for b in bases:
+        pb = (an[b].get("probe") or {}).get("cells")
+        if not probe_ref or not pb:
+            continue
+        x, y = _paired(pb, probe_ref, "final")
+        if x:
+            d = [xi - yi for xi, yi in zip(x, y)]
+            rows.append((b, float(np.mean(d)), sign_flip_test(d)[0], float(np.mean(y)), float(np.mean(x)), len(d)))
+    if rows:
+        for b, d, p, m_ref, m_b, n in rows:
+            evidence.append(f"probe after the final pooling: {ref} {m_ref:.3f} vs {variants[b]['label']} {m_b:.3f} "
+                            f"(baseline − MOMA {d:+.3f} over {n} cells, sign-flip p = {_p(p)})")
+        if any(d <= 0 for _, d, *_ in rows):
+            parts["probe"] = NOT_SUPPORTED
+        elif all(p < alpha for _, _, p, *_ in rows) and len(rows) == len(bases):
+            parts["probe"] = SUPPORTED
+        else:
+            parts["probe"] = INCONCLUSIVE
+    else:
+        parts["probe"] = NOT_MEASURED
+    # (2) per-speaker spread and gender gap
+    sb_ref = an[ref].get("speaker_bias")
+    cmp = [(b, an[b]["speaker_bias"]) for b in bases if an[b].get("speaker_bias")]
+    if sb_ref and cmp:
+        larger_both, larger_any = False, False
+        for b, sb in cmp:
+            gap_ok = all(np.isfinite(x) for x in (sb_ref["gender_gap"], sb["gender_gap"]))
+            std_larger = sb_ref["std"] > sb["std"]
+            gap_larger = gap_ok and abs(sb_ref["gender_gap"]) > abs(sb["gender_gap"])
+            larger_any |= std_larger or gap_larger
+            larger_both |= std_larger and (gap_larger or not gap_ok)
+            evidence.append(f"per-speaker UAR std {ref} {sb_ref['std']:.3f} vs {variants[b]['label']} {sb['std']:.3f}"
+                            + (f"; |gender gap| {abs(sb_ref['gender_gap']):.3f} vs {abs(sb['gender_gap']):.3f}"
+                               if gap_ok else "; gender gap undefined (a gender without speakers)"))
+        parts["spread"] = NOT_SUPPORTED if larger_both else INCONCLUSIVE if larger_any else SUPPORTED
+    else:
+        parts["spread"] = NOT_MEASURED
+    # (3) robustness
+    rob_ref = (an[ref].get("robustness") or {}).get("cells")
+    rows = []
+    for b in bases:
+        rb_ = (an[b].get("robustness") or {}).get("cells")
+        if not rob_ref or not rb_:
+            continue
+        x, y = _paired(rob_ref, rb_, "drop")
+        if x:
+            d = [xi - yi for xi, yi in zip(x, y)]
+            rows.append((b, float(np.mean(d)), sign_flip_test(d)[0], float(np.mean(x)), float(np.mean(y)), len(d)))
+    if rows:
+        for b, d, p, m_ref, m_b, n in rows:
+            evidence.append(f"mean UAR drop from clean: {ref} {m_ref:+.3f} vs {variants[b]['label']} {m_b:+.3f} "
+                            f"(MOMA − baseline {d:+.3f} over {n} cells, sign-flip p = {_p(p)})")
+        if any(d > 0 and p < alpha for _, d, p, *_ in rows):
+            parts["robustness"] = NOT_SUPPORTED
+        elif all(d <= 0 for _, d, *_ in rows) and len(rows) == len(bases):
+            parts["robustness"] = SUPPORTED
+        else:
+            parts["robustness"] = INCONCLUSIVE
+    else:
+        parts["robustness"] = NOT_MEASURED
+    evidence.append("parts: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
+    result = _claim("bias", _combine(parts), evidence)
+    result["parts"] = parts
+    return result
+
+
+def _holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
+    order = np.argsort(pvalues)
+    m = len(pvalues)
+    adj = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        adj[i] = running
+    return adj
+
+
+def claim_blocks(results: dict[str, Any]) -> dict[str, Any]:
+    """Claim (d); see ``CLAIM_RULES["blocks"]``."""
+    alpha = results["experiment"]["alpha"]
+    variants = results["summary"]["variants"]
+    series = results["summary"].get("blocks_series")
+    if series is None:
+        series = [n for n, v in variants.items() if v.get("arch") == "moma"]
+    by_count: dict[int, str] = {}
+    for n in series:
+        v = variants[n]
+        if v["cells"] and v["num_blocks"] not in by_count:
+            by_count[int(v["num_blocks"])] = n
+    ref = _moma_reference(results)
+    target = int(variants[ref]["num_blocks"]) if ref and ref in series else 3
+    if len(by_count) < 2:
+        return _claim("blocks", NOT_MEASURED, ["fewer than 2 block counts with finished cells"])
+    uar = {k: {(r["seed"], r["fold"]): r["uar"] for r in variants[n]["cells"]} for k, n in by_count.items()}
+    mean = {k: float(np.mean(list(u.values()))) for k, u in uar.items()}
+    evidence = []
+    for k in sorted(by_count):
+        ci = (variants[by_count[k]].get("pooled") or {}).get("uar_ci")
+        evidence.append(f"{k} block(s): fold×seed UAR {mean[k]:.3f}"
+                        + (f", pooled {ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else ""))
+    pairs, ps = [], []
+    counts = sorted(by_count)
+    for i, a in enumerate(counts):
+        for b in counts[i + 1:]:
+            common = sorted(set(uar[a]) & set(uar[b]))
+            if not common:
+                continue
+            t = paired_test([uar[a][c] for c in common], [uar[b][c] for c in common])
+            pairs.append((a, b, t["mean_diff"]))
+            ps.append(t["permutation_p"])
+    adj = _holm(ps) if ps else []
+    better = []  # (winner, loser, diff, adjusted p)
+    for (a, b, d), p in zip(pairs, adj):
+        if p < alpha and d != 0:
+            better.append((a, b, d, p) if d > 0 else (b, a, -d, p))
+    if better:
+        evidence.append("significantly better (Holm-adjusted sign-flip p < α): "
+                        + "; ".join(f"{w} over {lo} blocks (ΔUAR {d:+.3f}, p = {_p(p)})" for w, lo, d, p in better))
+    else:
+        evidence.append(f"no block count is significantly better than another ({len(pairs)} pairs, Holm-adjusted "
+                        f"sign-flip p >= {alpha:g})")
+    if target not in by_count or 1 not in by_count or target == 1:
+        evidence.append(f"the reference's count ({target}) or the 1-block variant has no finished cells")
+        return _claim("blocks", NOT_MEASURED, evidence)
+    if any(lo == target for _, lo, _, _ in better) or mean[target] <= mean[1]:
+        return _claim("blocks", NOT_SUPPORTED, evidence)
+    if any(w == target and lo == 1 for w, lo, _, _ in better):
+        return _claim("blocks", SUPPORTED, evidence)
+    return _claim("blocks", INCONCLUSIVE, evidence)
+
+
+def paper_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each claim of the paper with its verdict, the numbers that decided it and the rule (``CLAIM_RULES``)."""
+    return [claim_ranking(results), claim_smoothing(results), claim_bias(results), claim_blocks(results)]
+
+def render_claims(results: dict[str, Any]) -> list[str]:
+    """The "Paper claims" section: verdict, deciding numbers and rule of each claim."""
+    lines = ["", "## Paper claims", "",
+             "Each verdict is computed from the numbers in this report by the rule printed under it "
+             "(`moma.experiment.CLAIM_RULES`): *supported*, *not supported*, *inconclusive* (the data point the "
+             "claim's way but not clearly enough), or *not measured* (the data are absent).", ""]
+    for c in results.get("claims") or paper_claims(results):
+        lines += [f"### {c['text']}", "", f"**Verdict: {c['verdict']}.**", ""]
+        lines += [f"- {e}" for e in c["evidence"]]
+        lines += ["", f"<sub>Rule: {c['rule']}</sub>", ""]
+    return lines
+
+
+def _fmt_agg(d: dict[str, Any] | None) -> str:
+    if not d or not d.get("n"):
+        return "–"
+    return f"{d['mean']:.3f} ± {d['std']:.3f}"
+
+
+def render_analysis(results: dict[str, Any]) -> list[str]:
+    """The "Analysis" section: attention, probe, speaker spread and robustness tables per variant."""
+    an = results["analysis"]
+    spec = an["spec"]
+    variants = results["summary"]["variants"]
+    label = {n: v["label"] for n, v in variants.items()}
+    lines = ["", "## Analysis", "",
+             f"Computed on each fold's best checkpoint of seed(s) {', '.join(str(s) for s in spec['seeds'])} "
+             f"({an['cells_analysed']} cell(s) analysed, {an['computed_now']} part(s) computed by this invocation; "
+             "finished analyses are cached in `cells/<variant>/seed<k>/<fold>/analysis.json`). Every number is the "
+             "mean ± std over analysed cells (fold × seed)."]
+    if an.get("missing"):
+        lines += ["", f"> Not analysed (no finished cell or not computed in a report-only run): "
+                      f"{', '.join(an['missing'][:12])}{' ...' if len(an['missing']) > 12 else ''}."]
+    av = an["variants"]
+    if spec.get("attention"):
+        max_b = max((len(v["attention"]["blocks"]) for v in av.values() if "attention" in v), default=0)
+        lines += ["", "### Attention entropy (normalised, H / log L: 0 = one-hot, 1 = uniform)", "",
+                  "Data: the fold's test utterances. Entropy over valid frames only, divided by the log of the "
+                  "utterance's frame count so utterances of different lengths are comparable.", "",
+                  "| variant | layer 1 | " + " | ".join(f"block {i + 1}" for i in range(max_b))
+                  + " | mixture | block correlation | gammas |", "|---|---|" + "---|" * max_b + "---|---|---|"]
+        for n, v in av.items():
+            a = v.get("attention")
+            if not a:
+                lines.append(f"| {label[n]} | (no attention) |" + " |" * max_b + " | | |")
+                continue
+            blocks = [_fmt_agg(a["blocks"][i]) if i < len(a["blocks"]) else "" for i in range(max_b)]
+            gam = ", ".join(f"{g['mean']:.2f}" for g in a["gammas"] if g["n"])
+            lines.append(f"| {label[n]} | {_fmt_agg(a['layer1'])} | " + " | ".join(blocks)
+                         + f" | {_fmt_agg(a['mixture'])} | {_fmt_agg(a['block_correlation'])} | {gam} |")
+    if spec.get("probe"):
+        mode = spec["probe"]["speakers"]
+        data = {"heldout": "each fold's test and validation speakers (held out from training: no gradient came "
+                           "from their audio; a leave-one-speaker-out fold has a single test speaker, and a probe "
+                           "needs several)",
+                "test": "each fold's test speakers only (folds with fewer than 2 are skipped)",
+                "all": "every speaker of the corpus (training speakers included)"}[mode]
+        lines += ["", "### Speaker probe (lower = less speaker information)", "",
+                  f"Data: {data}. A logistic regression on standardised pooled representations predicts the speaker, "
+                  f"{spec['probe']['folds']}-fold stratified cross-validation over utterances. Stages: after the "
+                  "encoder (mean of the BLSTM output), after attention layer 1 (mean of its residual output; MOMA "
+                  "only), and after the final pooling (MOMA: the mixture-attention output of the MOMA layer; "
+                  "baselines: their pooled BLSTM output).", "",
+                  "| variant | after encoder | after layer 1 | after MOMA layer / final pooling | chance | speakers |",
+                  "|---|---|---|---|---|---|"]
+        for n, v in av.items():
+            p = v.get("probe") or {}
+            if "stages" not in p:
+                lines.append(f"| {label[n]} | {p.get('skipped', 'not analysed')} | | | | |")
+                continue
+            st = p["stages"]
+            lines.append(f"| {label[n]} | {_fmt_agg(st.get('encoder'))} | {_fmt_agg(st.get('layer1'))} | "
+                         f"{_fmt_agg(st.get('final'))} | {_fmt_agg(st.get('chance'))} | "
+                         f"{p['n_speakers']['mean']:g} |")
+    if any("speaker_bias" in v for v in av.values()):
+        lines += ["", "### Per-speaker UAR spread and gender gap", "",
+                  "Each test speaker's UAR, averaged over every finished seed; gap = female − male mean.", "",
+                  "| variant | speakers | mean | std | min (speaker) | max (speaker) | female | male | gap |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for n, v in av.items():
+            b = v.get("speaker_bias")
+            if not b:
+                continue
+
+            def f(x: float) -> str:
+                return f"{x:.3f}" if x is not None and np.isfinite(x) else "–"
+
+            lines.append(f"| {label[n]} | {b['n_speakers']} | {f(b['mean'])} | {f(b['std'])} | {f(b['min'])} "
+                         f"({b['worst_speaker']}) | {f(b['max'])} ({b['best_speaker']}) | {f(b['female_mean'])} | "
+                         f"{f(b['male_mean'])} | {f(b['gender_gap'])} |")
+    if spec.get("robustness"):
+        conds = spec["robustness"]["conditions"]
+        names = [n for n, v in av.items() if "robustness" in v]
+        lines += ["", "### Robustness (UAR per condition)", "",
+                  f"Data: at most {spec['robustness']['max_utterances_per_fold']} test utterances per fold "
+                  f"(label-balanced, seed {spec['robustness']['seed']}, the same for every variant and seed); "
+                  "babble from up to "
+                  f"{spec['robustness']['babble_pool']} utterances of the fold's training and validation speakers. "
+                  "SNR over the whole utterance.", "",
+                  "| condition | " + " | ".join(label[n] for n in names) + " |", "|---|" + "---|" * len(names)]
+        for c in conds:
+            lines.append(f"| {c} | " + " | ".join(_fmt_agg(av[n]["robustness"]["conditions"].get(c, {}).get("uar"))
+                                                  for n in names) + " |")
+        lines.append("| **mean drop from clean** | " + " | ".join(_fmt_agg(av[n]["robustness"]["drop"])
+                                                               for n in names) + " |")
+    return lines
+
+
 def render_experiment_report(results: dict[str, Any]) -> str:
     exp = results["experiment"]
     summary = results["summary"]
@@ -677,6 +1500,9 @@ def render_experiment_report(results: dict[str, Any]) -> str:
     for name in summary["variants"]:
         if name != ref:
             lines.append(verdict(name, ref, summary, alpha))
+    lines += render_claims(results)
+    if results.get("analysis"):
+        lines += render_analysis(results)
     lines += ["", "## Variants", "", "| variant | overrides | model |", "|---|---|---|"]
     for name, v in summary["variants"].items():
         over = ", ".join(f"`{s}`" for s in (v["base"] + v["set"])) or "(experiment defaults)"
@@ -756,6 +1582,11 @@ def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *
         "summary": {"variants": summary["variants"]},
         "figures": [],
     }
+    results["summary"]["blocks_series"] = blocks_series(exp)
+    if exp.analysis is not None:
+        results["analysis"] = run_analysis(exp, cells, utterances, cache_dir or exp.cache, summary,
+                                           compute=train)
+    results["claims"] = paper_claims(results)
     if results["cells_finished"]:
         caption = dict(command=command, config=str(config_path))
         plot_uar_by_variant(summary, out_dir / "uar_by_variant.png", reference=exp.reference, title=exp.title,
@@ -764,6 +1595,7 @@ def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *
         if blocks_series(exp):
             plot_uar_vs_blocks(exp, summary, out_dir / "uar_vs_blocks.png", **caption)
             results["figures"].append({"file": "uar_vs_blocks.png", "title": "UAR vs number of MOMA blocks"})
+        results["figures"] += plot_analysis(results, out_dir, **caption)
     tmp = out_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
     os.replace(tmp, out_dir / "results.json")
@@ -772,6 +1604,61 @@ def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *
         raise RuntimeError(f"{len(failed)} cell(s) failed ({', '.join(failed)}); the report covers the others. "
                            "Rerun the same command to retry them.")
     return results
+
+
+def run_analysis(exp: Experiment, cells: Sequence[Cell], utterances: Sequence[Utterance], cache_dir: str | Path,
+                 summary: dict[str, Any], *, compute: bool = True) -> dict[str, Any]:
+    """Analyse every finished cell of the analysis seeds (cached per cell) and aggregate per variant."""
+    spec = exp.analysis
+    assert spec is not None
+    targets = [c for c in cells if c.seed in spec.seeds]
+    memo: dict[str, dict[str, np.ndarray]] = {}
+    analyses: dict[str, dict[str, Any]] = {}
+    missing: list[str] = []
+    computed_now = 0
+    for i, cell in enumerate(targets, 1):
+        if not cell.done():
+            missing.append(cell.key)
+            continue
+        data, parts = analyse_cell(cell, spec, utterances, cache_dir, features=memo, compute=compute)
+        if parts:
+            log.info("analysis %d/%d: %s (%s)", i, len(targets), cell.key, ", ".join(parts))
+        computed_now += len(parts)
+        if data:
+            analyses[cell.key] = data
+        else:
+            missing.append(cell.key)
+    out = aggregate_analysis(exp, cells, analyses, summary, utterances)
+    out.update({"cells_analysed": len(analyses), "computed_now": computed_now, "missing": missing})
+    return out
+
+
+def plot_analysis(results: dict[str, Any], out_dir: Path, *, command: str, config: str) -> list[dict[str, str]]:
+    """The analysis figures that have data: entropy per layer, probe per stage, robustness degradation."""
+    an = results.get("analysis")
+    if not an:
+        return []
+    from .robustness import plot_degradation
+
+    title = results["experiment"]["title"]
+    label = {n: v["label"] for n, v in results["summary"]["variants"].items()}
+    av = an["variants"]
+    figures = []
+    if any("attention" in v for v in av.values()):
+        plot_entropy_by_layer(an, label, out_dir / "analysis_entropy.png", command=command, config=config, title=title)
+        figures.append({"file": "analysis_entropy.png", "title": "Normalised attention entropy per layer and variant"})
+    if any("stages" in (v.get("probe") or {}) for v in av.values()):
+        plot_probe_by_stage(an, label, out_dir / "analysis_probe.png", command=command, config=config, title=title)
+        figures.append({"file": "analysis_probe.png", "title": "Speaker-probe accuracy per stage and variant"})
+    rob = {label[n]: {c: {"uar": m["uar"]["mean"]} for c, m in v["robustness"]["conditions"].items()
+                      if m["uar"]["n"]}
+           for n, v in av.items() if "robustness" in v}
+    if rob:
+        plot_degradation(rob, out_dir / "analysis_robustness.png",
+                         title=f"{title}: UAR per condition (mean over cells)",
+                         caption=f"made by: {command}\nconfig: {config}")
+        figures.append({"file": "analysis_robustness.png", "title": "Robustness: UAR per condition and variant"})
+    return figures
 
 
 def main_summary(results: dict[str, Any]) -> str:
@@ -783,5 +1670,7 @@ def main_summary(results: dict[str, Any]) -> str:
         t = v.get("vs_reference")
         extra = f"  Δ {0.0 - t['mean_diff']:+.3f} vs {ref}, p {_p(t['permutation_p'])}" if t else ""
         out.append(f"  {v['label']:<20} UAR {_ms(v['uar'])}  accuracy {_ms(v['accuracy'])}{extra}")
+    for c in results.get("claims") or []:
+        out.append(f"  claim {c['text'].split(' ', 1)[0]} {c['claim']:<10} {c['verdict']}")
     return "\n".join(out)
 
