@@ -140,3 +140,36 @@ def test_parity_real_utterances_paper_size(paper_size_checkpoint, tmp_path):
         np.testing.assert_allclose(a.attention["mixture"], b.attention["mixture"], atol=1e-5)
     for a, b in zip(torch_p.predict_batch(feats), onnx_p.predict_batch(feats)):
         np.testing.assert_allclose(a.logits, b.logits, atol=1e-4, rtol=0)
+
+
+def test_export_quantize_int8_writes_int8_graph_that_agrees(tiny_ckpt, exported, tmp_path):
+    """``moma export --quantize int8``: DynamicQuantizeLSTM in the graph, metadata says so, posteriors agree."""
+    import onnx
+
+    from moma.inference import Predictor
+
+    out = tmp_path / "int8"
+    res = run_cli("export", str(tiny_ckpt), "--out", str(out), "--quantize", "int8")
+    assert res.returncode == 0, res.stderr
+    assert "pre-processing" not in res.stderr  # onnxruntime's advice is filtered out
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["quantization"] == "dynamic-int8"
+    assert json.loads((exported / "model.json").read_text())["quantization"] == "none"
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
+    q = Predictor.from_checkpoint(out, backend="onnx")  # an int8 export reports itself as such
+    assert q.backend.name == "onnx-int8"
+    ref = Predictor.from_checkpoint(tiny_ckpt)
+    rng = np.random.default_rng(3)
+    feats = [rng.normal(size=(n, 23)).astype(np.float32) for n in (40, 77, 150)]
+    for a, b in zip(ref.predict_batch(feats), q.predict_batch(feats)):
+        pa, pb = np.array(list(a.probabilities.values())), np.array(list(b.probabilities.values()))
+        assert np.abs(pa - pb).max() < 0.02
+        assert not np.array_equal(a.logits, b.logits)  # it is a different (quantised) computation
+
+
+def test_unknown_quantization_is_rejected(tiny_ckpt, tmp_path):
+    from moma.export import export_onnx
+
+    with pytest.raises(ValueError, match="quantization"):
+        export_onnx(tiny_ckpt, tmp_path / "x", quantize="int4")

@@ -305,3 +305,49 @@ def test_cli_predict_without_checkpoint_or_bundle(tmp_path, monkeypatch, audio_d
     res = run_cli("predict", str(audio_dir / "f0.wav"))
     assert res.returncode == 2
     assert "no bundled model" in res.stderr and "--checkpoint" in res.stderr
+
+
+@pytest.mark.parametrize("backend", ["torch-int8", "onnx", "onnx-int8"])
+def test_fast_backends_agree_with_torch(tmp_path, backend):
+    """Every Predictor backend gives the float32 torch model's posteriors (int8 within 0.02) on a batch of
+    different lengths, and reports its name."""
+    pytest.importorskip("onnxruntime")
+    from moma.inference import Predictor
+
+    ckpt = make_tiny_checkpoint(tmp_path)
+    ref = Predictor.from_checkpoint(ckpt, backend="torch")
+    fast = Predictor.from_checkpoint(ckpt, backend=backend, num_threads=1)
+    assert fast.backend.name == backend and fast.labels == ref.labels
+    rng = np.random.default_rng(5)
+    feats = [rng.normal(size=(n, 23)).astype(np.float32) for n in (30, 120, 64)]
+    tol = 1e-4 if backend == "onnx" else 0.02
+    for a, b in zip(ref.predict_batch(feats), fast.predict_batch(feats)):
+        pa = np.array([a.probabilities[k] for k in ref.labels])
+        pb = np.array([b.probabilities[k] for k in ref.labels])
+        assert np.abs(pa - pb).max() < tol
+        assert b.attention["mixture"].shape == (a.num_frames,)
+
+
+def test_torch_int8_quantises_lstms_and_linears_only():
+    import torch
+
+    from moma.config import ModelConfig
+    from moma.inference import quantize_torch_int8
+    from moma.model import build_model
+
+    model = build_model(ModelConfig(hidden_size=8, context_dim=4, projection_dim=8, num_classes=3))
+    q = quantize_torch_int8(model)
+    kinds = {type(m).__module__ for m in q.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.Linear))
+             or "quantized" in type(m).__module__}
+    assert any("quantized.dynamic" in k for k in kinds)
+    assert not any(isinstance(m, torch.nn.LSTM) and "quantized" not in type(m).__module__ for m in q.modules())
+    assert all(isinstance(m, torch.nn.LSTM) for m in model.encoder.forward_lstms)  # the original is untouched
+
+
+def test_unknown_backend_and_gpu_int8_are_rejected(tmp_path):
+    from moma.inference import Predictor
+
+    with pytest.raises(ValueError, match="unknown backend"):
+        Predictor.from_checkpoint(tmp_path / "x.safetensors", backend="tensorrt")
+    with pytest.raises(ValueError, match="CPU only"):
+        Predictor.from_checkpoint(tmp_path / "x.safetensors", backend="torch-int8", device="cuda")

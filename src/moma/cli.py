@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_experiment import add_experiment_command
 
     add_experiment_command(sub)  # experiment grids
+    from .cli_bench import add_bench_command
+
+    add_bench_command(sub)  # speed and memory benchmarks
     return parser
 
 

@@ -7,6 +7,12 @@ feature configuration and normalisation statistics), runs a backend (PyTorch,
 or onnxruntime on an exported model) and returns a :class:`Prediction` with
 the label, the class probabilities and the attention weights.
 
+Backends (``backend=``): ``torch`` (the float32 model), ``torch-int8``
+(PyTorch dynamic int8 quantisation of the LSTMs and linear layers, CPU only),
+``onnx`` (onnxruntime, float32) and ``onnx-int8`` (onnxruntime dynamic int8).
+The int8 backends trade a posterior change of the order of 1e-3 for speed on
+CPU; ``moma bench`` measures both, and the change in UAR on a labelled fold.
+
 Files are predicted in length-bucketed batches: files are read a chunk at a
 time, sorted by length inside the chunk and batched with little padding. The
 model is exact under padding (``tests/test_model.py``), so batching changes
@@ -52,7 +58,7 @@ from .features import FeatureCache, Normaliser, compute_features, extract_featur
 log = logging.getLogger(__name__)
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent / "pretrained" / "emodb-7class.safetensors"
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 ATTENTION_KEYS = ("layer1", "mixture", "blocks", "gammas")
 DEFAULT_BATCH_SIZE = 16  # files per batch in predict_files
 CHUNK_BATCHES = 8  # predict_files reads this many batches' worth of files, then sorts them by length
@@ -155,21 +161,50 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """A checkpoint's PyTorch model."""
+    """A checkpoint's PyTorch model.
 
-    name = "torch"
+    ``autocast`` (e.g. ``torch.bfloat16``) runs the forward pass under
+    autocast, as training with ``train.bf16`` does; ``moma bench`` uses it to
+    measure bf16 inference. ``name`` is what a Predictor reports.
+    """
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", *, name: str = "torch",
+                 autocast: torch.dtype | None = None) -> None:
         self.model = model.eval()
         self.device = torch.device(device)
+        self.name = name
+        self.autocast = autocast
 
     @torch.inference_mode()
     def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
         lens = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
-        out = self.model(x, lens)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            out = self.model(x, lens)
         attention = {k: v.detach().float().cpu().numpy() for k, v in (out.attention or {}).items() if v is not None}
         return out.logits.detach().float().cpu().numpy(), attention
+
+
+def quantize_torch_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """PyTorch dynamic int8 quantisation of a model's ``nn.LSTM`` and ``nn.Linear`` modules (CPU only).
+
+    Weights are stored as int8 and activations quantised per call, so no
+    calibration data is needed. The BLSTM is built from unidirectional
+    ``nn.LSTM`` modules (model.BLSTMEncoder), which quantise as they are; the
+    attention arithmetic and masking stay in float32. The input model is left
+    unchanged. ``torch.ao.quantization`` warns that it is deprecated in favour
+    of torchao, which is not a dependency; the warning is silenced here.
+    """
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        quantized = quantize_dynamic(copy.deepcopy(model).cpu().eval(), {torch.nn.LSTM, torch.nn.Linear},
+                                     dtype=torch.qint8)
+    return quantized
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -203,27 +238,37 @@ class Predictor:
         """Load a model.
 
         ``path``: a checkpoint (``.safetensors``), a run folder holding one, or
-        (``backend="onnx"``) a folder written by ``moma export``; ``None``
-        means the bundled model. ``backend="onnx"`` on a checkpoint exports it
-        in memory first. ``num_threads`` > 0 pins onnxruntime's intra-op
+        (``onnx``, ``onnx-int8``) a folder written by ``moma export``; ``None``
+        means the bundled model. The onnx backends on a checkpoint export it in
+        memory first; ``onnx-int8`` and ``torch-int8`` quantise in memory (a
+        second or two). ``num_threads`` > 0 pins onnxruntime's intra-op
         threads (torch's are process-wide and left to the caller).
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         path = Path(path) if path is not None else default_checkpoint()
-        if backend == "onnx":
+        if backend in ("onnx", "onnx-int8"):
             from .export import load_onnx_predictor_parts
 
-            onnx_backend, config, labels, normaliser, info = load_onnx_predictor_parts(path, num_threads=num_threads)
+            onnx_backend, config, labels, normaliser, info = load_onnx_predictor_parts(
+                path, num_threads=num_threads, quantize="int8" if backend == "onnx-int8" else "none")
             return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path))
+        if backend == "torch-int8" and torch.device(device).type != "cpu":
+            raise ValueError(f"backend 'torch-int8' runs on the CPU only, not on {device!r}")
         loaded = load_checkpoint(path, device=device)
-        return cls.from_loaded(loaded, device=device)
+        return cls.from_loaded(loaded, device=device, backend=backend)
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedCheckpoint, device: str = "cpu") -> Predictor:
-        """Wrap an already loaded checkpoint (torch backend)."""
-        return cls(TorchBackend(loaded.model, device), loaded.config, loaded.labels, loaded.normaliser,
-                   info=loaded.info, source=loaded.path)
+    def from_loaded(cls, loaded: LoadedCheckpoint, device: str = "cpu", backend: str = "torch") -> Predictor:
+        """Wrap an already loaded checkpoint (``torch`` or ``torch-int8`` backend)."""
+        if backend == "torch-int8":
+            torch_backend = TorchBackend(quantize_torch_int8(loaded.model), "cpu", name="torch-int8")
+        elif backend == "torch":
+            torch_backend = TorchBackend(loaded.model, device)
+        else:
+            raise ValueError(f"from_loaded builds the torch backends only, not {backend!r}")
+        return cls(torch_backend, loaded.config, loaded.labels, loaded.normaliser, info=loaded.info,
+                   source=loaded.path)
 
     # ----------------------------------------------------------------- features
 
@@ -525,7 +570,7 @@ def waveform_envelope(signal: np.ndarray, points: int = 800) -> list[list[float]
             for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-__all__ = ["BUNDLED_CHECKPOINT", "Backend", "Prediction", "Predictor", "TorchBackend", "UnsupportedAudio",
+__all__ = ["BACKENDS", "BUNDLED_CHECKPOINT", "Backend", "Prediction", "Predictor", "TorchBackend", "UnsupportedAudio",
            "decode_audio_bytes", "default_checkpoint", "evaluate_checkpoint", "normalise_features",
-           "plot_attention_for_file", "plot_prediction", "waveform_envelope"]
+           "plot_attention_for_file", "plot_prediction", "quantize_torch_int8", "waveform_envelope"]
 
