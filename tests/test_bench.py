@@ -35,7 +35,7 @@ def test_quick_bench_end_to_end(tmp_path):
     assert set(sections) == set(SECTIONS)
     expected = {
         "features": {"moma", "librosa", "python_speech_features", "corpus-w1", "corpus-w2"},
-        "training": {"tiny-1t-fp32", "tiny-1t-bf16", "bucketing"},
+        "training": {"tiny-1t-fp32", "tiny-1t-bf16", "bucketing", "compile", "loader-workers"},
         "inference": {"prepare", "head-to-head", "accuracy"} | {f"{b}-b1" for b in
                                                                 ("torch", "torch-bf16", "torch-int8", "onnx",
                                                                  "onnx-int8")},
@@ -58,6 +58,10 @@ def test_quick_bench_end_to_end(tmp_path):
     buck = sections["training"]["bucketing"]
     assert buck["uniform"]["padding_fraction"] == 0.0 and 0 < buck["bucketed"]["padding_fraction"] < 0.5
     assert buck["ratio"] == pytest.approx(buck["bucketed"]["frames_per_s"] / buck["uniform"]["frames_per_s"])
+    compiled = sections["training"]["compile"]
+    assert compiled["compile_s"] > 0 and compiled["speedup"] > 0 and compiled["max_abs_logit_diff"] < 1e-3
+    workers = sections["training"]["loader-workers"]
+    assert set(workers["frames_per_s"]) == {"0", "1"} and workers["speedup"]["0"] == 1.0
     h2h = sections["inference"]["head-to-head"]["backends"]
     assert h2h["torch"]["speedup_median"] == 1.0 and h2h["torch"]["synthetic_max_abs_diff"] == 0.0
     assert h2h["onnx"]["synthetic_max_abs_diff"] < 1e-4 and h2h["onnx-int8"]["synthetic_max_abs_diff"] < 0.02
@@ -66,7 +70,8 @@ def test_quick_bench_end_to_end(tmp_path):
     assert corpus["audio_h"] == pytest.approx(0.02, rel=0.05) and math.isfinite(corpus["per_hour"]["epoch_s"])
     assert {t["target"].split(":")[0][:12] for t in results["targets"]}  # targets evaluated
     readme = (out / "README.md").read_text()
-    for heading in ("## Machine", "## 1. Features", "## 2. Training", "### Bucketing", "## 3. Inference",
+    for heading in ("## Machine", "## 1. Features", "## 2. Training", "### Bucketing", "### torch.compile",
+                    "### DataLoader workers", "## 3. Inference",
                     "## 4. Scaling", "## Targets (issue 5)"):
         assert heading in readme
     assert "UAR" in readme and "accuracy" in readme

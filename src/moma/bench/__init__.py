@@ -8,7 +8,8 @@ Sections (``--sections``):
 * ``training``  training throughput (real frames per second, forward +
   backward + Adam) of the paper and the small CPU configuration, 1 and 2
   threads, float32 and bf16 autocast (and GPU float32 / TF32 / bf16 when CUDA
-  is present); length-bucketed batches against uniform-length batches.
+  is present); length-bucketed batches against uniform-length batches;
+  ``torch.compile`` against eager; DataLoader workers 0 against 1.
 * ``inference`` real-time factor at batch 1 and 32 (3 s utterances, one
   thread) for every backend, an interleaved batch-1 head-to-head, and (with
   ``--checkpoint --manifest --speakers``) UAR, accuracy and posterior changes
@@ -141,6 +142,14 @@ def plan_cases(opts: BenchOptions, work: Path) -> list[Case]:
                           {"config": "tiny" if q else "small", "lengths": lengths, "rounds": 1 if q else 2,
                            "seed": seed, "max_frames": 12000, "batch_size": 32}, threads=1, timeout_s=600,
                           record={"lengths_source": source}))
+        cases.append(Case("training", "compile", _c("compile_speedup"),
+                          {"config": "tiny" if q else "small", "batch": 4 if q else 16, "seconds": 3.0,
+                           "budget_s": 0.3 if q else 3.0, "seed": seed}, threads=1, timeout_s=900))
+        worker_lengths, worker_source = _bucketing_lengths(opts, 535, 3_000 if q else 60_000)
+        cases.append(Case("training", "loader-workers", _c("loader_workers"),
+                          {"config": "tiny" if q else "small", "lengths": worker_lengths, "workers": [0, 1],
+                           "rounds": 1 if q else 2, "seed": seed}, threads=1, timeout_s=600,
+                          record={"lengths_source": worker_source}))
     needs_models = "inference" in opts.sections or "scaling" in opts.sections
     if needs_models:
         cases.append(Case("inference", "prepare", _c("prepare_models"),

@@ -175,6 +175,86 @@ def training_throughput(config: str, precision: str, device: str, batch: int, se
             "frames_per_s": real / timing["min_s"], "frames_per_s_median": real / timing["median_s"]}
 
 
+def compile_speedup(config: str, batch: int, seconds: float, budget_s: float, seed: int) -> dict[str, Any]:
+    """Training steps of the eager model against ``torch.compile`` of the same model (CPU, float32).
+
+    Compile time (the first call) is reported apart from the steady-state
+    step time, and the compiled model's logits are checked against the eager
+    ones in eval mode (dropout off). This is the figure behind not compiling
+    by default: the recurrent core is ``nn.LSTM``, which the compiler leaves
+    to the same ATen kernel.
+    """
+    cfg = bench_config(config)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    frames = num_frames(int(seconds * cfg.features.sample_rate), cfg.features)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, frames, cfg.model.input_dim, generator=gen)
+    lengths = torch.full((batch,), frames, dtype=torch.long)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen)
+    dev = torch.device("cpu")
+    eager = time_calls(_train_step_fn(model, optimizer, x, lengths, y, "fp32", dev), budget_s=budget_s,
+                       min_repeats=2)
+    compiled_model = torch.compile(model)
+    step = _train_step_fn(compiled_model, optimizer, x, lengths, y, "fp32", dev)
+    t0 = time.perf_counter()
+    step()  # compiles forward and backward
+    compile_s = time.perf_counter() - t0
+    compiled = time_calls(step, budget_s=budget_s, min_repeats=2)
+    model.eval()
+    with torch.no_grad():
+        diff = float((compiled_model(x, lengths).logits - model(x, lengths).logits).abs().max())
+    real = batch * frames
+    return {"config": config, "parameters": count_parameters(model), "batch": batch, "frames_per_utterance": frames,
+            "compile_s": compile_s, "eager_frames_per_s": real / eager["min_s"],
+            "compiled_frames_per_s": real / compiled["min_s"], "speedup": eager["min_s"] / compiled["min_s"],
+            "max_abs_logit_diff": diff}
+
+
+def loader_workers(config: str, lengths: list[int], workers: list[int], rounds: int, seed: int) -> dict[str, Any]:
+    """Training epochs through the full data path with augmentation, DataLoader workers 0, 1, ...
+
+    The data path is the training one (random 3 s crops, SpecAugment, VTLP,
+    tempo perturbation, bucketed batches); compute runs on one thread, so a
+    worker process can prepare the next batch on another core. Epochs of the
+    settings alternate ``rounds`` times; the best epoch of each is reported.
+    """
+    from ..data import FeatureDataset, make_items, make_loader
+
+    cfg = bench_config(config)
+    dim = cfg.model.input_dim
+    dc = DataConfig(random_crop_s=3.0, spec_augment=True, vtlp=0.1, tempo=0.1)
+    rng = np.random.default_rng([seed, 41])
+    feats = {f"u{i}": rng.standard_normal((n, dim)).astype(np.float32) for i, n in enumerate(lengths)}
+    keys = list(feats)
+    labels = {k: int(i % NUM_CLASSES) for i, k in enumerate(keys)}
+    torch.manual_seed(seed)
+    model = build_model(cfg.model).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    criterion = nn.CrossEntropyLoss()
+    best: dict[int, float] = {}
+    for r in range(rounds):
+        for n in workers:
+            dataset = FeatureDataset(feats, make_items(feats, keys, labels), replace(dc, num_workers=n), train=True,
+                                     seed=seed)
+            dataset.set_epoch(r + 1)
+            loader = make_loader(dataset, replace(dc, num_workers=n), shuffle=True, seed=seed)
+            loader.batch_sampler.set_epoch(r + 1)
+            real, t0 = 0, time.perf_counter()
+            for batch in loader:
+                out = model(batch.features, batch.lengths)
+                loss = criterion(out.logits.float(), batch.labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                real += int(batch.lengths.sum())
+            best[n] = max(best.get(n, 0.0), real / (time.perf_counter() - t0))
+    return {"config": config, "utterances": len(lengths), "rounds": rounds,
+            "frames_per_s": {str(n): best[n] for n in workers},
+            "speedup": {str(n): best[n] / best[workers[0]] for n in workers}}
+
+
 def realistic_lengths(count: int, seed: int, median_s: float = 2.6, sigma: float = 0.35, min_s: float = 1.0,
                       max_s: float = 9.0) -> list[int]:
     """Frame counts of ``count`` utterances with EmoDB's length distribution (log-normal, 1-9 s)."""

@@ -200,7 +200,7 @@ def _training(sec: dict[str, Any]) -> list[str]:
              "3 s utterances (no padding); best and median step.", ""]
     rows = []
     for name, r in sec.items():
-        if name == "bucketing" or name.startswith("_"):
+        if name in ("bucketing", "compile", "loader-workers") or name.startswith("_"):
             continue
         if _problem(r):
             rows.append([name, "", "", "", "", _problem(r), "", ""])
@@ -226,6 +226,32 @@ def _training(sec: dict[str, Any]) -> list[str]:
             lines += _table(["batches", "utterances", "batches/epoch", "mean length (frames)", "padding",
                              "real frames/s"], rows)
             lines += ["", f"Bucketed / uniform throughput: **{b['ratio']:.1%}** (peak RSS {_mem(b)} MB)."]
+    c = sec.get("compile")
+    if c:
+        lines += ["", "### torch.compile", ""]
+        if _problem(c):
+            lines.append(f"Not measured: {_problem(c)}")
+        else:
+            lines += [f"Training steps of the {c['config']} configuration ({_f(c['parameters'] / 1e6, 2)} M "
+                      f"parameters), batch {c['batch']} x {c['frames_per_utterance']} frames, one thread, float32: "
+                      f"eager {_f(c['eager_frames_per_s'], 0)} frames/s, `torch.compile` "
+                      f"{_f(c['compiled_frames_per_s'], 0)} frames/s (**{c['speedup']:.2f}x**) after "
+                      f"{_f(c['compile_s'], 1)} s of compilation; logits differ by at most "
+                      f"{c['max_abs_logit_diff']:.1e}. "
+                      + ("Training does not compile: a gain this small does not pay for the compilation."
+                         if c["speedup"] < 1.2 else
+                         "Compiling pays on this machine; training does not yet compile by default.")]
+    w = sec.get("loader-workers")
+    if w:
+        lines += ["", "### DataLoader workers", ""]
+        if _problem(w):
+            lines.append(f"Not measured: {_problem(w)}")
+        else:
+            lines += [f"Training epochs of the {w['config']} configuration through the training data path with "
+                      f"augmentation (3 s crops, SpecAugment, VTLP, tempo) on {w.get('lengths_source', '')}; "
+                      f"compute on one thread; best of {w['rounds']} interleaved epochs.", ""]
+            rows = [[n, _f(fps, 0), f"{w['speedup'][n]:.2f}x"] for n, fps in w["frames_per_s"].items()]
+            lines += _table(["data.num_workers", "real frames/s", "vs 0 workers"], rows)
     return lines + [""]
 
 
