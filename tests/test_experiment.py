@@ -385,3 +385,29 @@ def test_block_count_rule(results, expected):
     assert c["verdict"] == expected
     if expected != "not measured":
         assert any(e.startswith("1 block(s): fold×seed UAR") for e in c["evidence"])
+
+
+def test_analysed_seeds_run_first_and_are_reported_before_the_other_seeds(grid, monkeypatch):
+    """A grid stopped after the analysis seeds' cells already has their analysed report."""
+    import moma.experiment as experiment
+
+    root, _, manifest, _, _ = grid
+    config = write_yaml(root / "seed-first.yaml", manifest, seeds=[0, 1],
+                        analysis={"seeds": [0], "attention": True, "probe": False})
+    out = root / "seed-first"
+    calls = []
+    original = experiment._run_cells
+
+    def run_then_stop(cells, *args, **kwargs):
+        calls.append(sorted({c.seed for c in cells}))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while training the other seeds
+        return original(cells, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "_run_cells", run_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, out, cache_dir=root / "cache")
+    assert calls == [[0], [1]]
+    results = json.loads((out / "results.json").read_text())
+    assert results["cells_finished"] == 4 and len(results["missing_cells"]) == 4  # seed 0 of 2 variants x 2 folds
+    assert results["analysis"]["cells_analysed"] == 4 and (out / "report.md").is_file()

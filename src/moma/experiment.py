@@ -1559,47 +1559,65 @@ def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *
     log.info("%s: %d cells (%d variants x %d seeds x %d folds), %d to run", exp.title, len(cells),
              len(exp.variants), len(exp.seeds), len(folds), len(pending))
     failed: list[str] = []
+
+    def run(batch: list[Cell]) -> None:
+        failed.extend(_run_cells(batch, utterances, labels, cache_dir or exp.cache, corpus, jobs, progress,
+                                 feature_workers))
+
+    def write_results() -> dict[str, Any]:
+        summary = aggregate_experiment(exp, folds, cells, utterances, labels)
+        summary["labels"] = labels
+        results: dict[str, Any] = {
+            "command": command,
+            "config_path": str(config_path),
+            "experiment": exp.to_dict(),
+            "corpus": corpus,
+            "n_utterances": len(utterances),
+            "n_speakers": len({u.speaker for u in utterances}),
+            "labels": labels,
+            "folds": [f.to_dict() for f in folds],
+            "cells_planned": len(cells),
+            "cells_finished": len(cells) - len(summary["missing_cells"]),
+            "cells_run_now": len(pending) if train else 0,
+            "failed_cells": failed,
+            "missing_cells": summary["missing_cells"],
+            "wall_time_s": time.time() - t0,
+            "summary": {"variants": summary["variants"]},
+            "figures": [],
+        }
+        results["summary"]["blocks_series"] = blocks_series(exp)
+        if exp.analysis is not None:
+            results["analysis"] = run_analysis(exp, cells, utterances, cache_dir or exp.cache, summary,
+                                               compute=train)
+        results["claims"] = paper_claims(results)
+        if results["cells_finished"]:
+            caption = dict(command=command, config=str(config_path))
+            plot_uar_by_variant(summary, out_dir / "uar_by_variant.png", reference=exp.reference, title=exp.title,
+                                **caption)
+            results["figures"].append({"file": "uar_by_variant.png", "title": "UAR per variant with bootstrap CI"})
+            if blocks_series(exp):
+                plot_uar_vs_blocks(exp, summary, out_dir / "uar_vs_blocks.png", **caption)
+                results["figures"].append({"file": "uar_vs_blocks.png", "title": "UAR vs number of MOMA blocks"})
+            results["figures"] += plot_analysis(results, out_dir, **caption)
+        tmp = out_dir / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
+        os.replace(tmp, out_dir / "results.json")
+        (out_dir / "report.md").write_text(render_experiment_report(results), encoding="utf-8")
+        return results
+
     if train and pending:
-        failed = _run_cells(pending, utterances, labels, cache_dir or exp.cache, corpus, jobs, progress,
-                            feature_workers)
-    summary = aggregate_experiment(exp, folds, cells, utterances, labels)
-    summary["labels"] = labels
-    results: dict[str, Any] = {
-        "command": command,
-        "config_path": str(config_path),
-        "experiment": exp.to_dict(),
-        "corpus": corpus,
-        "n_utterances": len(utterances),
-        "n_speakers": len({u.speaker for u in utterances}),
-        "labels": labels,
-        "folds": [f.to_dict() for f in folds],
-        "cells_planned": len(cells),
-        "cells_finished": len(cells) - len(summary["missing_cells"]),
-        "cells_run_now": len(pending) if train else 0,
-        "failed_cells": failed,
-        "missing_cells": summary["missing_cells"],
-        "wall_time_s": time.time() - t0,
-        "summary": {"variants": summary["variants"]},
-        "figures": [],
-    }
-    results["summary"]["blocks_series"] = blocks_series(exp)
-    if exp.analysis is not None:
-        results["analysis"] = run_analysis(exp, cells, utterances, cache_dir or exp.cache, summary,
-                                           compute=train)
-    results["claims"] = paper_claims(results)
-    if results["cells_finished"]:
-        caption = dict(command=command, config=str(config_path))
-        plot_uar_by_variant(summary, out_dir / "uar_by_variant.png", reference=exp.reference, title=exp.title,
-                            **caption)
-        results["figures"].append({"file": "uar_by_variant.png", "title": "UAR per variant with bootstrap CI"})
-        if blocks_series(exp):
-            plot_uar_vs_blocks(exp, summary, out_dir / "uar_vs_blocks.png", **caption)
-            results["figures"].append({"file": "uar_vs_blocks.png", "title": "UAR vs number of MOMA blocks"})
-        results["figures"] += plot_analysis(results, out_dir, **caption)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    os.replace(tmp, out_dir / "results.json")
-    (out_dir / "report.md").write_text(render_experiment_report(results), encoding="utf-8")
+        first = [c for c in pending if exp.analysis is not None and c.seed in exp.analysis.seeds]
+        rest = [c for c in pending if c not in first]
+        if first and rest:
+            # the analysis seeds' cells first, then their analysis and a report: a grid stopped
+            # part-way (or still running) already has a complete, analysed report of those seeds
+            run(first)
+            write_results()
+            log.info("%s: analysed seeds done; %d cells of the other seeds to run", exp.title, len(rest))
+            run(rest)
+        else:
+            run(pending)
+    results = write_results()
     if failed:
         raise RuntimeError(f"{len(failed)} cell(s) failed ({', '.join(failed)}); the report covers the others. "
                            "Rerun the same command to retry them.")
