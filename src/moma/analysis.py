@@ -401,17 +401,10 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
     trained on: a probe on training speakers measures what the model kept about speakers it learnt from, one
     on held-out speakers what it keeps about new voices.
     """
-    from .checkpoint import load_checkpoint, resolve_checkpoint_path
+    from .checkpoint import existing_checkpoint_paths, load_checkpoint
     from .features import FeatureCache, extract_features, feature_config_hash
 
-    if not checkpoints:
-        raise ValueError("no checkpoint given")
-    paths = []
-    for c in checkpoints:
-        p = resolve_checkpoint_path(c)
-        if not p.is_file():
-            raise FileNotFoundError(f"{c}: checkpoint not found")
-        paths.append(p)
+    paths = existing_checkpoint_paths(checkpoints)
     utterances = sorted(utterances, key=lambda u: u.id)
     if not utterances:
         raise ValueError("no utterances to analyse (empty manifest or speaker selection)")

@@ -18,7 +18,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -132,6 +132,19 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
                 return path / name
         raise FileNotFoundError(f"{path}: no best.safetensors, model.safetensors or last.safetensors inside")
     return path
+
+
+def existing_checkpoint_paths(checkpoints: Sequence[str | Path]) -> list[Path]:
+    """Each named checkpoint (file or run folder) as a file path; one clear error for none or a missing one."""
+    if not checkpoints:
+        raise ValueError("no checkpoint given")
+    paths = []
+    for c in checkpoints:
+        p = resolve_checkpoint_path(c)
+        if not p.is_file():
+            raise FileNotFoundError(f"{c}: checkpoint not found")
+        paths.append(p)
+    return paths
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:

@@ -1179,6 +1179,25 @@ def _paired(a: dict[str, Any], b: dict[str, Any], field_: str) -> tuple[list[flo
     return [a[k][field_] for k in keys], [b[k][field_] for k in keys]
 
 
+def _paired_differences(an: dict[str, Any], ref: str, bases: Sequence[str], part: str, field_: str, *,
+                        reference_minus_baseline: bool) -> list[tuple[str, float, float, float, float, int]]:
+    """Per baseline with cells paired to the reference's on ``part``/``field_``: (baseline, mean difference,
+    sign-flip p, reference mean, baseline mean, cells). The difference is reference − baseline, or the reverse."""
+    from .stats import sign_flip_test
+
+    ref_cells = (an[ref].get(part) or {}).get("cells")
+    rows = []
+    for b in bases:
+        base_cells = (an[b].get(part) or {}).get("cells")
+        if not ref_cells or not base_cells:
+            continue
+        r, o = _paired(ref_cells, base_cells, field_)
+        if r:
+            d = [ri - oi if reference_minus_baseline else oi - ri for ri, oi in zip(r, o)]
+            rows.append((b, float(np.mean(d)), sign_flip_test(d)[0], float(np.mean(r)), float(np.mean(o)), len(d)))
+    return rows
+
+
 def _combine(parts: dict[str, str]) -> str:
     measured = [v for v in parts.values() if v != NOT_MEASURED]
     if not measured:
@@ -1192,8 +1211,6 @@ def _combine(parts: dict[str, str]) -> str:
 
 def claim_bias(results: dict[str, Any]) -> dict[str, Any]:
     """Claim (c); see ``CLAIM_RULES["bias"]``."""
-    from .stats import sign_flip_test
-
     alpha = results["experiment"]["alpha"]
     an = _analysis_variants(results)
     variants = results["summary"]["variants"]
@@ -1204,16 +1221,7 @@ def claim_bias(results: dict[str, Any]) -> dict[str, Any]:
     parts: dict[str, str] = {}
     evidence: list[str] = []
     # (1) probe
-    probe_ref = (an[ref].get("probe") or {}).get("cells")
-    rows = []
-    for b in bases:
-        pb = (an[b].get("probe") or {}).get("cells")
-        if not probe_ref or not pb:
-            continue
-        x, y = _paired(pb, probe_ref, "final")
-        if x:
-            d = [xi - yi for xi, yi in zip(x, y)]
-            rows.append((b, float(np.mean(d)), sign_flip_test(d)[0], float(np.mean(y)), float(np.mean(x)), len(d)))
+    rows = _paired_differences(an, ref, bases, "probe", "final", reference_minus_baseline=False)
     if rows:
         for b, d, p, m_ref, m_b, n in rows:
             evidence.append(f"probe after the final pooling: {ref} {m_ref:.3f} vs {variants[b]['label']} {m_b:.3f} "
@@ -1244,16 +1252,7 @@ def claim_bias(results: dict[str, Any]) -> dict[str, Any]:
     else:
         parts["spread"] = NOT_MEASURED
     # (3) robustness
-    rob_ref = (an[ref].get("robustness") or {}).get("cells")
-    rows = []
-    for b in bases:
-        rb_ = (an[b].get("robustness") or {}).get("cells")
-        if not rob_ref or not rb_:
-            continue
-        x, y = _paired(rob_ref, rb_, "drop")
-        if x:
-            d = [xi - yi for xi, yi in zip(x, y)]
-            rows.append((b, float(np.mean(d)), sign_flip_test(d)[0], float(np.mean(x)), float(np.mean(y)), len(d)))
+    rows = _paired_differences(an, ref, bases, "robustness", "drop", reference_minus_baseline=True)
     if rows:
         for b, d, p, m_ref, m_b, n in rows:
             evidence.append(f"mean UAR drop from clean: {ref} {m_ref:+.3f} vs {variants[b]['label']} {m_b:+.3f} "

@@ -687,16 +687,9 @@ def run_robustness(checkpoints: Sequence[Union[str, Path]], utterances: Sequence
     other speakers' signals are used. ``cache_dir`` (default ``out_dir/cache``) keeps each (checkpoint,
     condition) result so a rerun recomputes only what is new.
     """
-    from .checkpoint import load_checkpoint, resolve_checkpoint_path
+    from .checkpoint import existing_checkpoint_paths, load_checkpoint
 
-    if not checkpoints:
-        raise ValueError("no checkpoint given")
-    paths = []
-    for c in checkpoints:
-        p = resolve_checkpoint_path(c)
-        if not p.is_file():
-            raise FileNotFoundError(f"{c}: checkpoint not found")
-        paths.append(p)
+    paths = existing_checkpoint_paths(checkpoints)
     utterances = list(utterances)
     if not utterances:
         raise ValueError("no utterances to evaluate (empty manifest or speaker selection)")
