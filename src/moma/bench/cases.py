@@ -150,6 +150,27 @@ def _train_step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.
     return step
 
 
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, grad_clip: float = 5.0,
+                max_batches: int | None = None) -> tuple[int, int, float]:
+    """Train on ``loader`` as ``moma.train`` does; returns (batches, real frames, seconds)."""
+    criterion = nn.CrossEntropyLoss()
+    batches, real = 0, 0
+    t0 = time.perf_counter()
+    for batch in loader:
+        out = model(batch.features, batch.lengths)
+        loss = criterion(out.logits.float(), batch.labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        batches += 1
+        real += int(batch.lengths.sum())
+        if max_batches is not None and batches >= max_batches:
+            break
+    return batches, real, time.perf_counter() - t0
+
+
 def training_throughput(config: str, precision: str, device: str, batch: int, seconds: float, budget_s: float,
                         seed: int) -> dict[str, Any]:
     """Real frames per second of training steps on a batch of equal-length utterances (no padding)."""
@@ -232,7 +253,6 @@ def loader_workers(config: str, lengths: list[int], workers: list[int], rounds: 
     torch.manual_seed(seed)
     model = build_model(cfg.model).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    criterion = nn.CrossEntropyLoss()
     best: dict[int, float] = {}
     for r in range(rounds):
         for n in workers:
@@ -241,15 +261,8 @@ def loader_workers(config: str, lengths: list[int], workers: list[int], rounds: 
             dataset.set_epoch(r + 1)
             loader = make_loader(dataset, replace(dc, num_workers=n), shuffle=True, seed=seed)
             loader.batch_sampler.set_epoch(r + 1)
-            real, t0 = 0, time.perf_counter()
-            for batch in loader:
-                out = model(batch.features, batch.lengths)
-                loss = criterion(out.logits.float(), batch.labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                real += int(batch.lengths.sum())
-            best[n] = max(best.get(n, 0.0), real / (time.perf_counter() - t0))
+            _, real, seconds = train_epoch(model, optimizer, loader)
+            best[n] = max(best.get(n, 0.0), real / seconds)
     return {"config": config, "utterances": len(lengths), "rounds": rounds,
             "frames_per_s": {str(n): best[n] for n in workers},
             "speedup": {str(n): best[n] / best[workers[0]] for n in workers}}
@@ -293,21 +306,11 @@ def bucketing(config: str, lengths: list[int], rounds: int, seed: int, max_frame
     torch.manual_seed(seed)
     model = build_model(cfg.model).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    criterion = nn.CrossEntropyLoss()
 
     def epoch(loader: Any, epoch_index: int) -> tuple[int, float]:
         loader.batch_sampler.set_epoch(epoch_index)
-        real = 0
-        t0 = time.perf_counter()
-        for batch in loader:
-            out = model(batch.features, batch.lengths)
-            loss = criterion(out.logits.float(), batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            real += int(batch.lengths.sum())
-        return real, time.perf_counter() - t0
+        _, real, seconds = train_epoch(model, optimizer, loader)
+        return real, seconds
 
     for loader, _ in loaders.values():  # warm-up: one batch each (allocator, kernels)
         first = next(iter(loader))
@@ -552,21 +555,7 @@ def corpus_scaling(hours: float, scratch: str, seed: int, config: str, workers: 
         torch.manual_seed(seed)
         model = build_model(cfg_model).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        criterion = nn.CrossEntropyLoss()
-        timed, real = 0, 0
-        t0 = time.perf_counter()
-        for batch in loader:
-            out = model(batch.features, batch.lengths)
-            loss = criterion(out.logits.float(), batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            timed += 1
-            real += int(batch.lengths.sum())
-            if timed >= max_train_batches:
-                break
-        measured_s = time.perf_counter() - t0
+        timed, real, measured_s = train_epoch(model, optimizer, loader, cfg.train.grad_clip, max_train_batches)
         extrapolated = timed < num_batches
         epoch_s = measured_s * epoch_frames / real if extrapolated else measured_s
     finally:
