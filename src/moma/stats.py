@@ -206,3 +206,10 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, n_perm: int = 20000, 
         "permutation_p": perm_p,
         "permutation_exact": exact,
     }
+
+
+def format_p(p: float | None) -> str:
+    """A p-value for a report: 3 significant digits, scientific below 0.001, ``n/a`` when undefined."""
+    if p is None or (isinstance(p, float) and np.isnan(p)):
+        return "n/a"
+    return f"{p:.3g}" if p >= 1e-3 else f"{p:.1e}"
