@@ -183,3 +183,16 @@ def test_plan_quick_and_full(tmp_path):
     quick = plan_cases(BenchOptions(out=Path("x"), quick=True, sections=["inference"]), Path("w"))
     assert {c.section for c in quick} == {"inference"} and all(c.kwargs.get("config", "tiny") == "tiny"
                                                                for c in quick)
+
+
+def test_corpus_epoch_trains_one_full_epoch_of_a_synthetic_corpus(tmp_path):
+    """The IEMOCAP-sized GPU epoch case, run tiny on CPU: every batch of the epoch is trained once."""
+    from moma.bench.cases import corpus_epoch
+
+    r = corpus_epoch(hours=0.01, median_duration_s=4.5, config="tiny", device="cpu", precision="bf16",
+                     max_frames=3000, batch_size=8, workers=1, scratch=str(tmp_path), seed=0)
+    assert r["hours"] == pytest.approx(0.01, rel=0.1) and r["utterances"] >= 5
+    assert r["batches"] >= 2 and r["epoch_s"] > 0 and r["gpu"] is None
+    # whole utterances, no crops: the epoch saw every frame of the corpus
+    assert r["real_frames"] == pytest.approx(r["hours"] * 3600 * 100, rel=0.02)
+    assert not any(tmp_path.iterdir())  # scratch removed

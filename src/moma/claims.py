@@ -312,7 +312,8 @@ def claim_blocks(results: dict[str, Any]) -> dict[str, Any]:
             better.append((a, b, d, p) if d > 0 else (b, a, -d, p))
     if better:
         evidence.append("significantly better (Holm-adjusted sign-flip p < α): "
-                        + "; ".join(f"{w} over {lo} blocks (ΔUAR {d:+.3f}, p = {format_p(p)})" for w, lo, d, p in better))
+                        + "; ".join(f"{w} over {lo} blocks (ΔUAR {d:+.3f}, p = {format_p(p)})"
+                                    for w, lo, d, p in better))
     else:
         evidence.append(f"no block count is significantly better than another ({len(pairs)} pairs, Holm-adjusted "
                         f"sign-flip p >= {alpha:g})")

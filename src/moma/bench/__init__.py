@@ -136,6 +136,13 @@ def plan_cases(opts: BenchOptions, work: Path) -> list[Case]:
                 cases.append(Case("training", f"{model_size}-cuda-{precision}", _c("training_throughput"),
                                   {"config": model_size, "precision": precision, "device": "cuda", "batch": 32,
                                    "seconds": 3.0, "budget_s": 0.5 if q else 4.0, "seed": seed}, threads=1))
+            # the target: one IEMOCAP-sized epoch (7 h, about 5,500 utterances) of the paper model
+            for precision in ("fp32", "bf16"):
+                cases.append(Case("training", f"iemocap-epoch-cuda-{precision}", _c("corpus_epoch"),
+                                  {"hours": 0.05 if q else 7.0, "median_duration_s": 4.5,
+                                   "config": model_size, "device": "cuda", "precision": precision,
+                                   "max_frames": 96_000, "batch_size": 256, "workers": os.cpu_count() or 1,
+                                   "scratch": str(work), "seed": seed}, threads=4, timeout_s=1800))
         # The whole length distribution: padding depends on how many utterances share a length range.
         lengths, source = _bucketing_lengths(opts, 535, 200_000)
         cases.append(Case("training", "bucketing", _c("bucketing"),

@@ -151,14 +151,18 @@ def _train_step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, grad_clip: float = 5.0,
-                max_batches: int | None = None) -> tuple[int, int, float]:
+                max_batches: int | None = None, device: torch.device | None = None,
+                precision: str = "fp32") -> tuple[int, int, float]:
     """Train on ``loader`` as ``moma.train`` does; returns (batches, real frames, seconds)."""
     criterion = nn.CrossEntropyLoss()
+    dev = device or torch.device("cpu")
     batches, real = 0, 0
     t0 = time.perf_counter()
     for batch in loader:
-        out = model(batch.features, batch.lengths)
-        loss = criterion(out.logits.float(), batch.labels)
+        x, lengths, y = (t.to(dev, non_blocking=True) for t in (batch.features, batch.lengths, batch.labels))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x, lengths)
+        loss = criterion(out.logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -168,6 +172,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any,
         real += int(batch.lengths.sum())
         if max_batches is not None and batches >= max_batches:
             break
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     return batches, real, time.perf_counter() - t0
 
 
@@ -569,6 +575,57 @@ def corpus_scaling(hours: float, scratch: str, seed: int, config: str, workers: 
             "normalise_s": normalise_s, "feature_mb": feature_mb, "setup_s": setup_s, "batches": num_batches,
             "timed_batches": timed, "epoch_real_frames": epoch_frames, "epoch_s": epoch_s,
             "epoch_extrapolated": extrapolated, "epoch_frames_per_s": real / measured_s, "per_hour": per_hour}
+
+
+def corpus_epoch(hours: float, median_duration_s: float, config: str, device: str, precision: str,
+                 max_frames: int, batch_size: int, workers: int, scratch: str, seed: int) -> dict[str, Any]:
+    """Wall time of one full training epoch over a synthetic corpus, e.g. IEMOCAP-sized on a GPU.
+
+    IEMOCAP's 4-class set is about 7 hours in 5,500 utterances (median about
+    4.5 s); ``hours`` and ``median_duration_s`` give a corpus of that shape.
+    The epoch is the recipe's (3 s random crops off, whole utterances,
+    bucketed batches of ``max_frames``), on ``device`` with ``precision``
+    autocast, with validation excluded; a warm-up batch runs first so that
+    cuDNN set-up is not counted.
+    """
+    from ..corpora.synthetic import make_synthetic_hours
+    from ..data import FeatureDataset, make_items, make_loader
+    from ..features import FeatureCache, Normaliser, NormalisedFeatures, pack_features
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = False  # lengths vary per batch: tuning per shape would not pay
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    root = Path(tempfile.mkdtemp(prefix=f"epoch-{hours:g}h-", dir=scratch))
+    try:
+        utts = make_synthetic_hours(root / "corpus", hours, seed=seed, median_duration=median_duration_s)
+        cfg = bench_config(config)
+        cache = FeatureCache(root / "cache", cfg.features)
+        t0 = time.perf_counter()
+        packed = pack_features(utts, cache, workers=workers)
+        extract_s = time.perf_counter() - t0
+        keys = [u.id for u in utts]
+        normaliser = Normaliser("global").fit([packed[k] for k in keys])
+        feats = NormalisedFeatures(packed, normaliser, {u.id: u.speaker for u in utts}, keys)
+        labels = sorted({u.label for u in utts})
+        label_of = {u.id: labels.index(u.label) for u in utts}
+        data_cfg = replace(cfg.data, random_crop_s=0.0, max_frames_per_batch=max_frames, batch_size=batch_size)
+        dataset = FeatureDataset(feats, make_items(feats, keys, label_of), data_cfg, train=True, seed=seed)
+        loader = make_loader(dataset, data_cfg, shuffle=True, seed=seed)
+        loader.batch_sampler.set_epoch(1)
+        torch.manual_seed(seed)
+        model = build_model(replace(cfg.model, num_classes=len(labels))).to(dev).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        train_epoch(model, optimizer, loader, cfg.train.grad_clip, 1, dev, precision)  # warm-up batch
+        batches, real, epoch_s = train_epoch(model, optimizer, loader, cfg.train.grad_clip, None, dev, precision)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"hours": sum(u.duration for u in utts) / 3600.0, "utterances": len(utts), "config": config,
+            "parameters": count_parameters(model), "device": device, "precision": precision,
+            "max_frames": max_frames, "batch_size": batch_size, "batches": batches, "real_frames": real,
+            "extract_s": extract_s, "epoch_s": epoch_s, "frames_per_s": real / epoch_s,
+            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None}
 
 
 def memory_probe(megabytes: int) -> dict[str, Any]:
