@@ -335,7 +335,7 @@ def render_claims(results: dict[str, Any]) -> list[str]:
     """The "Paper claims" section: verdict, deciding numbers and rule of each claim."""
     lines = ["", "## Paper claims", "",
              "Each verdict is computed from the numbers in this report by the rule printed under it "
-             "(`moma.experiment.CLAIM_RULES`): *supported*, *not supported*, *inconclusive* (the data point the "
+             "(`moma.claims.CLAIM_RULES`): *supported*, *not supported*, *inconclusive* (the data point the "
              "claim's way but not clearly enough), or *not measured* (the data are absent).", ""]
     for c in results.get("claims") or paper_claims(results):
         lines += [f"### {c['text']}", "", f"**Verdict: {c['verdict']}.**", ""]

@@ -971,6 +971,8 @@ def plot_uar_vs_blocks(exp: Experiment, summary: dict[str, Any], out_path: Path,
 def _ms(d: dict[str, Any]) -> str:
     if not d or not d.get("seeds"):
         return "–"
+    if d["seeds"] == 1:  # a std over one seed says nothing
+        return f"{d['mean']:.3f} (1 seed)"
     return f"{d['mean']:.3f} ± {d['std']:.3f}"
 
 
