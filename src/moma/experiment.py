@@ -73,7 +73,6 @@ import logging
 import os
 import re
 import shlex
-import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -86,7 +85,7 @@ import yaml
 from .config import RunConfig, config_to_dict, load_run_config, replace, save_config
 from .corpora.base import Utterance, label_list
 from .evaluate import PAPER_NAMING_NOTE, compute_metrics, mean_std
-from .plots import save_figure
+from .plots import add_caption, save_figure
 from .protocols import PROTOCOLS, Fold, make_folds, validate_fold
 from .claims import paper_claims, render_claims
 from .stats import bootstrap_ci, format_p, paired_bootstrap_diff, paired_test
@@ -834,10 +833,7 @@ def plot_entropy_by_layer(analysis: dict[str, Any], labels: dict[str, str], out_
     ax.set_xticks(range(len(ticks)), ticks)
     ax.set_ylabel("normalised entropy H / log L (1 = uniform)")
     ax.set_title(f"{title}: attention entropy per layer (mean ± std over cells)", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    _caption(fig, command, config)
-    return save_figure(fig, out_path)
+    return _finish_figure(fig, ax, out_path, command, config)
 
 
 def plot_probe_by_stage(analysis: dict[str, Any], labels: dict[str, str], out_path: Path, *, command: str,
@@ -868,10 +864,7 @@ def plot_probe_by_stage(analysis: dict[str, Any], labels: dict[str, str], out_pa
     ax.set_xticks(range(len(names)), [labels.get(n, n) for n in names], rotation=30, ha="right")
     ax.set_ylabel("speaker probe accuracy\n(lower = less speaker information)", fontsize=8)
     ax.set_title(f"{title}: linear speaker probe per stage (mean ± std over cells)", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    _caption(fig, command, config)
-    return save_figure(fig, out_path)
+    return _finish_figure(fig, ax, out_path, command, config)
 
 
 # --------------------------------------------------------------------------- figures and report
@@ -882,10 +875,12 @@ def _pyplot():
     return plots_pyplot()
 
 
-def _caption(fig, command: str, config: str) -> None:
-    text = f"made by: {command}\nconfig: {config}"
-    fig.text(0.01, 0.01, "\n".join(textwrap.fill(line, 130) for line in text.splitlines()), fontsize=6,
-             family="monospace", va="bottom", ha="left", color="0.3")
+def _finish_figure(fig, ax, out_path: Path, command: str, config: str) -> Path:
+    """Legend, room for the caption, the caption (command and config that made the figure), saved."""
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    add_caption(fig, f"made by: {command}\nconfig: {config}")
+    return save_figure(fig, out_path)
 
 
 def plot_uar_by_variant(summary: dict[str, Any], out_path: Path, *, reference: str, command: str, config: str,
@@ -910,10 +905,7 @@ def plot_uar_by_variant(summary: dict[str, Any], out_path: Path, *, reference: s
     ax.set_xticks(x, [summary["variants"][n]["label"] for n in names], rotation=30, ha="right")
     ax.set_ylabel("UAR")
     ax.set_title(f"{title}: UAR per variant (red: reference)", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    _caption(fig, command, config)
-    return save_figure(fig, out_path)
+    return _finish_figure(fig, ax, out_path, command, config)
 
 
 def blocks_series(exp: Experiment) -> list[str]:
@@ -962,10 +954,7 @@ def plot_uar_vs_blocks(exp: Experiment, summary: dict[str, Any], out_path: Path,
     ax.set_xlabel("number of MOMA blocks (model.num_blocks)")
     ax.set_ylabel("UAR (fold mean)")
     ax.set_title(f"{exp.title}: UAR vs number of blocks", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    _caption(fig, command, config)
-    return save_figure(fig, out_path)
+    return _finish_figure(fig, ax, out_path, command, config)
 
 
 def _ms(d: dict[str, Any]) -> str:

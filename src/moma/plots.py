@@ -28,6 +28,18 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
+def add_caption(fig, text: str, width: int = 130) -> None:
+    """Small grey monospace text at the figure's bottom left: the command and config that made it.
+
+    Lines are wrapped at ``width`` characters; leave room for them with
+    ``fig.tight_layout(rect=(0, bottom, 1, 1))``.
+    """
+    import textwrap
+
+    fig.text(0.01, 0.01, "\n".join(textwrap.fill(line, width) for line in text.splitlines()), fontsize=6,
+             family="monospace", va="bottom", ha="left", color="0.3")
+
+
 def _as_numpy(x: Any) -> np.ndarray | None:
     if x is None:
         return None

@@ -591,7 +591,7 @@ def plot_degradation(results_by_model: Mapping[str, Mapping[str, Mapping[str, An
 
     ``caption`` (e.g. the command that made the figure) is printed small under the axes, so a figure
     separated from its report still says where it came from."""
-    from .plots import _pyplot, save_figure
+    from .plots import _pyplot, add_caption, save_figure
 
     plt = _pyplot()
     noise_re = re.compile(r"^(white|babble)-(-?\d+(?:\.\d+)?)dB$")
@@ -645,11 +645,8 @@ def plot_degradation(results_by_model: Mapping[str, Mapping[str, Mapping[str, An
     if title:
         fig.suptitle(title)
     if caption:
-        import textwrap
-
         fig.tight_layout(rect=(0, 0.08, 1, 1))
-        fig.text(0.01, 0.01, "\n".join(textwrap.fill(line, 160) for line in caption.splitlines()), fontsize=6,
-                 family="monospace", va="bottom", ha="left", color="0.3")
+        add_caption(fig, caption, width=160)
     else:
         fig.tight_layout()
     return save_figure(fig, out_png)

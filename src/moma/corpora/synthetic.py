@@ -69,7 +69,7 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -670,6 +670,29 @@ def _text_seed(seed: int, index: int) -> int:
     return int(np.random.default_rng([seed, 2, index]).integers(2**31))
 
 
+def _finish_corpus(root: Path, wav_dir: Path, utterances: Sequence[Utterance], voices: Sequence[SpeakerVoice],
+                   settings: dict[str, Any]) -> None:
+    """Remove files of an earlier corpus of this naming scheme, then write ``speakers.json``.
+
+    ``speakers.json`` holds the generator's ``settings``, the emotions and every speaker's voice.
+    """
+    keep = {Path(u.path).name for u in utterances}
+    stale = [p for p in wav_dir.glob("*.wav") if _NAME.match(p.stem) and p.name not in keep]
+    for p in stale:
+        p.unlink()
+    if stale:
+        log.info("synthetic: removed %d files of an earlier corpus from %s", len(stale), wav_dir)
+    meta: dict[str, Any] = {
+        "corpus": CORPUS_NAME,
+        "format_version": _FORMAT_VERSION,
+        **settings,
+        "emotions": list(SYNTH_EMOTIONS),
+        "speakers": {v.speaker: {k: (round(x, 6) if isinstance(x, float) else x) for k, x in asdict(v).items()}
+                     for v in voices},
+    }
+    (root / SPEAKERS_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def make_synthetic_corpus(out_dir: str | Path, *, num_speakers: int = 8, utterances_per_emotion: int = 12,
                           seed: int = 0, sample_rate: int = 16000, min_duration: float = 1.0,
                           max_duration: float = 3.0) -> list[Utterance]:
@@ -712,26 +735,9 @@ def make_synthetic_corpus(out_dir: str | Path, *, num_speakers: int = 8, utteran
                     corpus=CORPUS_NAME, raw_label=emotion, sha1=hashlib.sha1(data).hexdigest(),
                 ))
 
-    keep = {Path(u.path).name for u in utterances}
-    stale = [p for p in wav_dir.glob("*.wav") if _NAME.match(p.stem) and p.name not in keep]
-    for p in stale:
-        p.unlink()
-    if stale:
-        log.info("synthetic: removed %d files of an earlier corpus from %s", len(stale), wav_dir)
-
-    meta: dict[str, Any] = {
-        "corpus": CORPUS_NAME,
-        "format_version": _FORMAT_VERSION,
-        "seed": seed,
-        "sample_rate": sample_rate,
-        "utterances_per_emotion": utterances_per_emotion,
-        "min_duration": min_duration,
-        "max_duration": max_duration,
-        "emotions": list(SYNTH_EMOTIONS),
-        "speakers": {v.speaker: {k: (round(x, 6) if isinstance(x, float) else x) for k, x in asdict(v).items()}
-                     for v in voices},
-    }
-    (root / SPEAKERS_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _finish_corpus(root, wav_dir, utterances, voices,
+                   {"seed": seed, "sample_rate": sample_rate, "utterances_per_emotion": utterances_per_emotion,
+                    "min_duration": min_duration, "max_duration": max_duration})
     log.info("synthetic: %d utterances (%d speakers x %d emotions x %d) in %.1f s -> %s",
              len(utterances), len(voices), len(SYNTH_EMOTIONS), utterances_per_emotion,
              time.perf_counter() - start, root)
@@ -870,27 +876,10 @@ def make_synthetic_hours(out_dir: str | Path, hours: float, *, seed: int = 0, sa
             id=utt_id, path=str(path), speaker=voice.speaker, label=emotion, gender=voice.gender,
             duration=n / sample_rate, transcript="", corpus=CORPUS_NAME, raw_label=emotion,
             sha1=hashlib.sha1(data).hexdigest()))
-    keep = {Path(u.path).name for u in utterances}
-    stale = [p for p in wav_dir.glob("*.wav") if _NAME.match(p.stem) and p.name not in keep]
-    for p in stale:
-        p.unlink()
-    meta: dict[str, Any] = {
-        "corpus": CORPUS_NAME,
-        "format_version": _FORMAT_VERSION,
-        "generator": "make_synthetic_hours",
-        "seed": seed,
-        "sample_rate": sample_rate,
-        "hours": hours,
-        "pool_per_emotion": pool_per_emotion,
-        "median_duration": median_duration,
-        "sigma": sigma,
-        "min_duration": min_duration,
-        "max_duration": max_duration,
-        "emotions": list(SYNTH_EMOTIONS),
-        "speakers": {v.speaker: {k: (round(x, 6) if isinstance(x, float) else x) for k, x in asdict(v).items()}
-                     for v in voices},
-    }
-    (root / SPEAKERS_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _finish_corpus(root, wav_dir, utterances, voices,
+                   {"generator": "make_synthetic_hours", "seed": seed, "sample_rate": sample_rate, "hours": hours,
+                    "pool_per_emotion": pool_per_emotion, "median_duration": median_duration, "sigma": sigma,
+                    "min_duration": min_duration, "max_duration": max_duration})
     log.info("synthetic: %.2f h in %d utterances in %.1f s -> %s", sum(u.duration for u in utterances) / 3600.0,
              len(utterances), time.perf_counter() - start, root)
     return utterances
