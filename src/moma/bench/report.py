@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 # Issue 5's targets.
@@ -209,6 +210,47 @@ def _features(sec: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _bucketing_body(b: dict[str, Any]) -> list[str]:
+    lines = [f"Model: {b['config']} configuration, one thread; lengths: {b.get('lengths_source', '')}; "
+             f"batches of at most {b['batch_size']} utterances and {b['max_frames_per_batch']} frames "
+             f"(padding included) through FeatureDataset + BucketBatchSampler + collate; "
+             f"best of {b['rounds']} interleaved epochs per kind.", ""]
+    rows = [[kind, str(b[kind]["utterances"]), str(b[kind]["batches"]), _f(b[kind]["mean_length_frames"], 0),
+             f"{b[kind]['padding_fraction']:.1%}", _f(b[kind]["frames_per_s"], 0)]
+            for kind in ("bucketed", "uniform")]
+    lines += _table(["batches", "utterances", "batches/epoch", "mean length (frames)", "padding",
+                     "real frames/s"], rows)
+    return lines + ["", f"Bucketed / uniform throughput: **{b['ratio']:.1%}** (peak RSS {_mem(b)} MB)."]
+
+
+def _compile_body(c: dict[str, Any]) -> list[str]:
+    return [f"Training steps of the {c['config']} configuration ({_f(c['parameters'] / 1e6, 2)} M "
+            f"parameters), batch {c['batch']} x {c['frames_per_utterance']} frames, one thread, float32: "
+            f"eager {_f(c['eager_frames_per_s'], 0)} frames/s, `torch.compile` "
+            f"{_f(c['compiled_frames_per_s'], 0)} frames/s (**{c['speedup']:.2f}x**) after "
+            f"{_f(c['compile_s'], 1)} s of compilation; logits differ by at most "
+            f"{c['max_abs_logit_diff']:.1e}. "
+            + ("Training does not compile: a gain this small does not pay for the compilation."
+               if c["speedup"] < 1.2 else
+               "Compiling pays on this machine; training does not yet compile by default.")]
+
+
+def _workers_body(w: dict[str, Any]) -> list[str]:
+    lines = [f"Training epochs of the {w['config']} configuration through the training data path with "
+             f"augmentation (3 s crops, SpecAugment, VTLP, tempo) on {w.get('lengths_source', '')}; "
+             f"compute on one thread; best of {w['rounds']} interleaved epochs.", ""]
+    rows = [[n, _f(fps, 0), f"{w['speedup'][n]:.2f}x"] for n, fps in w["frames_per_s"].items()]
+    return lines + _table(["data.num_workers", "real frames/s", "vs 0 workers"], rows)
+
+
+def _subsection(title: str, result: dict[str, Any] | None,
+                body: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+    """A ``###`` section for one case's result: its body, or why it was not measured; nothing if absent."""
+    if not result:
+        return []
+    return ["", f"### {title}", ""] + ([f"Not measured: {_problem(result)}"] if _problem(result) else body(result))
+
+
 def _training(sec: dict[str, Any]) -> list[str]:
     lines = ["## 2. Training", "",
              "Real (unpadded) frames per second of forward + backward + gradient clipping + Adam, batches of "
@@ -225,22 +267,7 @@ def _training(sec: dict[str, Any]) -> list[str]:
     if rows:
         lines += _table(["config", "parameters", "device", "threads", "precision", "frames/s", "frames/s (median)",
                          "peak RSS MB"], rows)
-    b = sec.get("bucketing")
-    if b:
-        lines += ["", "### Bucketing", ""]
-        if _problem(b):
-            lines.append(f"Not measured: {_problem(b)}")
-        else:
-            lines += [f"Model: {b['config']} configuration, one thread; lengths: {b.get('lengths_source', '')}; "
-                      f"batches of at most {b['batch_size']} utterances and {b['max_frames_per_batch']} frames "
-                      f"(padding included) through FeatureDataset + BucketBatchSampler + collate; "
-                      f"best of {b['rounds']} interleaved epochs per kind.", ""]
-            rows = [[kind, str(b[kind]["utterances"]), str(b[kind]["batches"]), _f(b[kind]["mean_length_frames"], 0),
-                     f"{b[kind]['padding_fraction']:.1%}", _f(b[kind]["frames_per_s"], 0)]
-                    for kind in ("bucketed", "uniform")]
-            lines += _table(["batches", "utterances", "batches/epoch", "mean length (frames)", "padding",
-                             "real frames/s"], rows)
-            lines += ["", f"Bucketed / uniform throughput: **{b['ratio']:.1%}** (peak RSS {_mem(b)} MB)."]
+    lines += _subsection("Bucketing", sec.get("bucketing"), _bucketing_body)
     epochs = {k: r for k, r in sec.items() if k.startswith("iemocap-epoch-")}
     if epochs:
         lines += ["", "### One IEMOCAP-sized epoch on the GPU", "",
@@ -255,32 +282,8 @@ def _training(sec: dict[str, Any]) -> list[str]:
                          f"{r['max_frames']} / {r['batch_size']}", _f(r["frames_per_s"], 0), _f(r["epoch_s"], 1)])
         lines += _table(["device", "precision", "hours", "utterances", "batch frames / utterances", "frames/s",
                          "epoch s"], rows)
-    c = sec.get("compile")
-    if c:
-        lines += ["", "### torch.compile", ""]
-        if _problem(c):
-            lines.append(f"Not measured: {_problem(c)}")
-        else:
-            lines += [f"Training steps of the {c['config']} configuration ({_f(c['parameters'] / 1e6, 2)} M "
-                      f"parameters), batch {c['batch']} x {c['frames_per_utterance']} frames, one thread, float32: "
-                      f"eager {_f(c['eager_frames_per_s'], 0)} frames/s, `torch.compile` "
-                      f"{_f(c['compiled_frames_per_s'], 0)} frames/s (**{c['speedup']:.2f}x**) after "
-                      f"{_f(c['compile_s'], 1)} s of compilation; logits differ by at most "
-                      f"{c['max_abs_logit_diff']:.1e}. "
-                      + ("Training does not compile: a gain this small does not pay for the compilation."
-                         if c["speedup"] < 1.2 else
-                         "Compiling pays on this machine; training does not yet compile by default.")]
-    w = sec.get("loader-workers")
-    if w:
-        lines += ["", "### DataLoader workers", ""]
-        if _problem(w):
-            lines.append(f"Not measured: {_problem(w)}")
-        else:
-            lines += [f"Training epochs of the {w['config']} configuration through the training data path with "
-                      f"augmentation (3 s crops, SpecAugment, VTLP, tempo) on {w.get('lengths_source', '')}; "
-                      f"compute on one thread; best of {w['rounds']} interleaved epochs.", ""]
-            rows = [[n, _f(fps, 0), f"{w['speedup'][n]:.2f}x"] for n, fps in w["frames_per_s"].items()]
-            lines += _table(["data.num_workers", "real frames/s", "vs 0 workers"], rows)
+    lines += _subsection("torch.compile", sec.get("compile"), _compile_body)
+    lines += _subsection("DataLoader workers", sec.get("loader-workers"), _workers_body)
     return lines + [""]
 
 
