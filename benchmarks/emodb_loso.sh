@@ -31,6 +31,8 @@ declare -A variants=(
   [pitch-speaker]="--config emodb-cpu --set features.pitch=true --set data.normalisation=speaker"
   [pitch-global-ens3]="--config emodb-cpu --set features.pitch=true --set train.ensemble=3"
   [pitch-speaker-ens3]="--config emodb-cpu --set features.pitch=true --set train.ensemble=3 --set data.normalisation=speaker"
+  [pitch-global-ens3-rotate]="--config emodb-cpu --set features.pitch=true --set train.ensemble=3 --set train.ensemble_validation=rotate"
+  [pitch-global-adv]="--config emodb-cpu --set features.pitch=true --set train.speaker_adversarial=0.5"
 )
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=(pitch-global-ens3 pitch-speaker-ens3)

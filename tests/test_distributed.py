@@ -119,3 +119,35 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     w_res = load_file(str(resumed / fold_one.name / "last.safetensors"))
     assert max(float(np.max(np.abs(w_res[k] - w_two[k]))) for k in model_keys) < 1e-6
     assert len((resumed / fold_one.name / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_speaker_adversary_under_two_gloo_processes_matches_one_process(tmp_path):
+    """The adversary's gradients are averaged with the model's (one DDP module), and its loss is scaled by the
+    global batch size, so 2 processes train the same weights as 1."""
+    corpus = tmp_path / "corpus"
+    make_synthetic_corpus(corpus, num_speakers=4, utterances_per_emotion=3, seed=2, max_duration=1.5)
+    manifest = tmp_path / "m.jsonl"
+    assert main(["prepare", "synthetic", "--root", str(corpus), "--out", str(manifest)]) == 0
+    common = ["-m", "moma", "train", "--manifest", str(manifest), "--protocol", "predefined", "--test-speakers",
+              "spk04", "--cache", str(tmp_path / "cache"), "-q", *TINY, "--set", "train.max_epochs=2",
+              "--set", "train.speaker_adversarial=0.5", "--set", "train.adversary_hidden=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    runs = {}
+    for n in (1, 2):
+        launcher = [sys.executable] if n == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                    f"--nproc_per_node={n}"]
+        done = subprocess.run([*launcher, *common, "--out", str(tmp_path / f"p{n}")], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        fold = next(p for p in (tmp_path / f"p{n}").iterdir() if p.is_dir())
+        runs[n] = (load_file(str(fold / "last.safetensors")),
+                   [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()])
+    (w1, h1), (w2, h2) = runs[1], runs[2]
+    for a, b in zip(h1, h2):
+        assert b["train_speaker_loss"] == pytest.approx(a["train_speaker_loss"], rel=1e-3)
+    keys = [k for k in w1 if k.startswith("model.") or ".adversary." in k]
+    assert any(".adversary." in k for k in keys)
+    worst = max(float(np.max(np.abs(w1[k] - w2[k]))) for k in keys)
+    assert worst < 1e-4, f"weights differ by {worst}"

@@ -132,7 +132,7 @@ def test_shipped_example_and_cli_registration(tmp_path):
 
 # --------------------------------------------------------------------------- analysis section and paper claims
 
-ANALYSIS = {"seeds": [0], "attention": True, "probe": {"speakers": "heldout", "folds": 2},
+ANALYSIS = {"seeds": [0], "attention": True, "probe": {"speakers": "heldout", "folds": 2}, "attention_maps": 3,
             "robustness": {"conditions": ["clean", "white-0dB", "babble-5dB"], "max_utterances_per_fold": 4,
                            "babble_pool": 6}}
 ANALYSIS_VARIANTS = {"mean": {"set": ["model.arch=mean"]}, "attention": {"set": ["model.arch=attention"]},
@@ -193,7 +193,15 @@ def test_analysis_results_report_and_figures(analysed):
         assert text in report, text
     for fig in ("analysis_entropy.png", "analysis_probe.png", "analysis_robustness.png"):
         assert (out / fig).stat().st_size > 5000 and f"({fig})" in report
-    assert report.count("Made by `moma experiment analysed.yaml`") == 5  # 2 grid figures + 3 analysis figures
+    # 2 grid figures + 3 analysis figures + 3 attention maps, each with the command that made it
+    assert report.count("Made by `moma experiment analysed.yaml`") == 8
+    maps = results["attention_maps"]
+    assert [m["label"] for m in maps] == sorted({m["label"] for m in maps}) and len(maps) == 3
+    for m in maps:
+        assert (out / m["file"]).stat().st_size > 5000 and f"]({m['file']})" in report
+        fold = json.loads((out / "cells" / "moma-2" / "seed0" / m["fold"] / "fold.json").read_text())
+        assert m["speaker"] in fold["test_speakers"] and m["variant"] == "moma-2"
+    assert "## Attention maps" in report
     claims = {c["claim"]: c for c in results["claims"]}
     assert set(claims) == {"ranking", "smoothing", "bias", "blocks"}
     for c in claims.values():
@@ -207,8 +215,11 @@ def test_analysis_cache_rerun_computes_nothing_and_new_conditions_only(analysed)
     root, config, manifest, out, _ = analysed
     before = analysis_stamps(out)
     again = run_experiment(config, out, cache_dir=root / "cache")
+    maps = {p.name: p.stat().st_mtime_ns for p in (out / "attention_maps").glob("*.png")}
     assert again["cells_run_now"] == 0 and again["analysis"]["computed_now"] == 0
     assert analysis_stamps(out) == before
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "attention_maps").glob("*.png")} == maps
+    assert again["attention_maps"] == json.loads((out / "attention_maps" / "maps.json").read_text())
     # one more condition: only robustness is computed, and only that condition; attention and probe stay
     more = dict(ANALYSIS, robustness=dict(ANALYSIS["robustness"],
                                           conditions=ANALYSIS["robustness"]["conditions"] + ["telephone"]))
@@ -243,7 +254,8 @@ def test_bad_analysis_sections_are_refused(tmp_path):
              ({"seeds": [7]}, r"analysis.seeds \[7\] are not among"),
              ({"robustness": {"conditions": ["pink-5dB"]}}, "unknown condition 'pink-5dB'"),
              ({"probe": {"speakers": "everyone"}}, "analysis.probe.speakers must be one of"),
-             ({"robustness": {"max_utterances_per_fold": 0}}, "max_utterances_per_fold")]
+             ({"robustness": {"max_utterances_per_fold": 0}}, "max_utterances_per_fold"),
+             ({"attention_maps": -1}, "attention_maps must be a non-negative integer")]
     for i, (section, message) in enumerate(cases):
         with pytest.raises(ValueError, match=message):
             load_experiment(write_yaml(tmp_path / f"{i}.yaml", manifest, analysis=section))
@@ -292,3 +304,106 @@ def test_analysed_seeds_run_first_and_are_reported_before_the_other_seeds(grid, 
     results = json.loads((out / "results.json").read_text())
     assert results["cells_finished"] == 4 and len(results["missing_cells"]) == 4  # seed 0 of 2 variants x 2 folds
     assert results["analysis"]["cells_analysed"] == 4 and (out / "report.md").is_file()
+
+
+def test_map_utterances_one_per_label_seeded_from_the_folds_that_tested_them():
+    from moma.corpora.base import Utterance
+    from moma.experiment import Cell, pick_map_utterances
+    from moma.protocols import Fold
+
+    utts = [Utterance(id=f"{spk}_{lab}{i}", path=f"/x/{spk}_{lab}{i}.wav", speaker=spk, label=lab)
+            for spk in ("a", "b") for lab in ("angry", "sad") for i in range(3)]
+    utts.append(Utterance(id="a_region", path="/x/long.wav", speaker="a", label="happy", start=1.0, end=2.0))
+
+    class Done(Cell):
+        def done(self) -> bool:
+            return True
+
+    def cell(test_spk: str) -> Cell:
+        test = [u.id for u in utts if u.speaker == test_spk]
+        train = [u.id for u in utts if u.speaker != test_spk]
+        fold = Fold(name=f"spk-{test_spk}", train=train, val=[], test=test, train_speakers=["b" if test_spk == "a"
+                    else "a"], val_speakers=[], test_speakers=[test_spk])
+        return Done("moma-3", 0, fold, None, Path("/nowhere"))
+
+    cells = [cell("a"), cell("b")]
+    picked = pick_map_utterances(cells, utts, 5, seed=0)
+    assert [u.label for u, _ in picked] == ["angry", "sad", "angry", "sad", "angry"]  # no region, no "happy"
+    assert len({u.id for u, _ in picked}) == 5
+    for u, c in picked:
+        assert u.id in c.fold.test
+    assert [u.id for u, _ in picked] == [u.id for u, _ in pick_map_utterances(cells, utts, 5, seed=0)]
+    assert len(pick_map_utterances(cells, utts, 50, seed=0)) == 12  # every non-region utterance, once
+    assert pick_map_utterances(cells[:1], utts, 50, seed=0)[0][0].speaker == "a"
+
+
+def test_bad_classical_sections_are_refused(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    cases = [({"feature_sets": ["MFCC"]}, "classical.feature_sets must be distinct names"),
+             ({"normalisation": "utterance"}, "classical.normalisation must be one of"),
+             ({"c_grid": [0, 1]}, "classical.c_grid must be a list of positive numbers"),
+             ({"kernel": "rbf"}, r"classical: unknown key\(s\) kernel")]
+    for i, (section, message) in enumerate(cases):
+        with pytest.raises(ValueError, match=message):
+            load_experiment(write_yaml(tmp_path / f"{i}.yaml", manifest, classical=section))
+    with pytest.raises(ValueError, match="taken by the classical anchor"):
+        load_experiment(write_yaml(tmp_path / "clash.yaml", manifest, classical={"feature_sets": ["eGeMAPSv02"]},
+                                   variants={"svm-egemapsv02": {}, "moma-1": {"set": ["model.num_blocks=1"]}}))
+    spec = load_experiment(write_yaml(tmp_path / "ok.yaml", manifest, classical=True)).classical
+    assert spec.feature_sets == ["eGeMAPSv02", "ComParE_2016"] and spec.normalisation == "global"
+
+
+def test_classical_anchor_on_the_grid_folds_with_paired_tests(grid):
+    """eGeMAPS + SVM beside the model variants: same test speakers, cached, compared with the reference."""
+    pytest.importorskip("opensmile")
+    root, _, manifest, _, _ = grid
+    config = write_yaml(root / "anchored.yaml", manifest, seeds=[0], classical={"feature_sets": ["eGeMAPSv02"]})
+    out = root / "anchored"
+    results = run_experiment(config, out, cache_dir=root / "cache", command="moma experiment anchored.yaml")
+    anchor = results["summary"]["variants"]["svm-egemapsv02"]
+    assert anchor["kind"] == "classical" and anchor["n_features"] == 88 and anchor["cells_finished"] == 2
+    folds = json.loads((out / "folds.json").read_text())
+    cached = json.loads((out / "classical" / "eGeMAPSv02-global.json").read_text())
+    assert [f["test_speakers"] for f in cached["folds"]] == [f["test_speakers"] for f in folds]
+    assert anchor["pooled"]["n"] == sum(f["n_test"] for f in folds)
+    assert anchor["uar"]["mean"] == pytest.approx(sum(f["test"]["uar"] for f in cached["folds"]) / 2)
+    test = anchor["vs_reference"]
+    ref_cells = results["summary"]["variants"]["moma-1"]["cells"]
+    want = sum(c["uar"] for c in ref_cells) / 2 - anchor["uar"]["mean"]
+    assert test["unit"] == "fold" and test["n"] == 2 and test["mean_diff"] == pytest.approx(want)
+    report = (out / "report.md").read_text()
+    assert "eGeMAPSv02 + linear SVM | 88 functionals" in report and "(no seeds)" in report
+    assert "over 2 fold pairs" in report and "Classical anchors (eGeMAPSv02 + linear SVM)" in report
+    # a rerun reuses the cached anchor; a report-only run in a fresh folder computes none and says so
+    stamp = (out / "classical" / "eGeMAPSv02-global.json").stat().st_mtime_ns
+    run_experiment(config, out, cache_dir=root / "cache")
+    assert (out / "classical" / "eGeMAPSv02-global.json").stat().st_mtime_ns == stamp
+    empty = run_experiment(config, root / "anchored-report", cache_dir=root / "cache", train=False)
+    assert "svm-egemapsv02" not in empty["summary"]["variants"]
+    assert any("not computed yet" in n for n in empty["classical_notes"])
+
+
+def test_missing_manifest_is_prepared_from_the_corpus_root(tmp_path, monkeypatch):
+    """corpus: {manifest, name, root}: one command from a clean checkout writes the manifest, then reuses it."""
+    from replicas import make_emodb_replica
+
+    from moma.corpora.base import read_manifest
+    from moma.experiment import load_corpus
+
+    make_emodb_replica(tmp_path / "emodb")
+    monkeypatch.chdir(tmp_path)
+    config = write_yaml(tmp_path / "e.yaml", "runs/emodb.jsonl")
+    spec = yaml.safe_load(config.read_text())
+    spec["corpus"].update(name="emodb", root="emodb")
+    config.write_text(yaml.safe_dump(spec))
+    utts = load_corpus(load_experiment(config))
+    assert len(utts) == 8 and (tmp_path / "runs" / "emodb.jsonl").is_file()
+    assert [u.id for u in read_manifest(tmp_path / "runs" / "emodb.jsonl")] == [u.id for u in utts]
+    (tmp_path / "runs" / "emodb.jsonl").write_text("\n".join(
+        (tmp_path / "runs" / "emodb.jsonl").read_text().splitlines()[:3]) + "\n")
+    assert len(load_corpus(load_experiment(config))) == 3  # an existing manifest is read, not rebuilt
+    spec["corpus"] = {"manifest": "runs/none.jsonl"}
+    config.write_text(yaml.safe_dump(spec))
+    with pytest.raises(FileNotFoundError):
+        load_corpus(load_experiment(config))

@@ -2,7 +2,7 @@ import pytest
 
 from moma.corpora.base import Utterance
 from moma.protocols import (SpeakerLeakageError, check_speaker_disjoint, choose_validation_speakers, make_folds,
-                            validate_fold, Fold)
+                            rotate_validation, validate_fold, Fold)
 
 
 def corpus(n_speakers=10, per_speaker=3, sessions=None):
@@ -96,3 +96,23 @@ def test_protocol_all_trains_on_everyone_but_validation():
     (f,) = make_folds(utts, "all", val_speakers=2)
     assert f.test == [] and len(f.val_speakers) == 2
     assert len(f.train) + len(f.val) == len(utts)
+
+
+def test_rotated_validation_keeps_the_test_side_and_moves_validation_over_training_speakers():
+    utts = corpus()  # 10 speakers: a LOSO fold has 9 on its training side
+    fold = make_folds(utts, "loso", val_speakers=2, seed=0)[0]
+    side = set(fold.train + fold.val)
+    vals = []
+    for m in range(6):
+        r = rotate_validation(fold, utts, m, seed=5)
+        assert r.test == fold.test and r.test_speakers == fold.test_speakers and set(r.train + r.val) == side
+        val = speakers_of(r.val, utts)
+        assert val == set(r.val_speakers) and len(val) == 2 and not val & speakers_of(r.train, utts)
+        assert {next(u.gender for u in utts if u.speaker == s) for s in val} == {"F", "M"}
+        vals.append(frozenset(val))
+    assert rotate_validation(fold, utts, 0, seed=5) is fold
+    # the first four members validate on disjoint pairs (8 of the 9 speakers); then it starts over
+    assert len(set().union(*vals[:4])) == 8
+    assert rotate_validation(fold, utts, 4, seed=5).val == rotate_validation(fold, utts, 4, seed=5).val
+    no_val = make_folds(utts, "loso", val_speakers=0)[0]
+    assert rotate_validation(no_val, utts, 2) is no_val

@@ -235,9 +235,12 @@ def test_load_errors(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_corpus_synthesis_time(tmp_path: Path) -> None:
-    start = time.perf_counter()
+    # CPU time of this process, not wall time: the budget is about the work, and a machine shared with other
+    # jobs (2 cores under a running grid) stretches wall time without the synthesis getting any slower
+    start, cpu_start = time.perf_counter(), time.process_time()
     utts = make_synthetic_corpus(tmp_path)
-    elapsed = time.perf_counter() - start
-    print(f"default synthetic corpus: {len(utts)} utterances in {elapsed:.1f} s")
+    cpu = time.process_time() - cpu_start
+    print(f"default synthetic corpus: {len(utts)} utterances in {cpu:.1f} s of CPU "
+          f"({time.perf_counter() - start:.1f} s wall)")
     assert len(utts) == 8 * len(SYNTH_EMOTIONS) * 12
-    assert elapsed < 15.0
+    assert cpu < 15.0

@@ -394,6 +394,50 @@ def run_svm_cv(utterances: Sequence[Utterance], features: dict[str, np.ndarray],
     return results
 
 
+def anchor_key(folds: Sequence[Any], feature_set: str, normalisation: str, c_grid: Sequence[float],
+               seed: int) -> dict[str, Any]:
+    """What an anchor result depends on: the folds' utterances (by id), the features, the normalisation,
+    the C grid and the seed. A cached result with another key is recomputed, never reused."""
+    import hashlib
+
+    folds_text = "\n".join(f"{f.name}:{','.join(sorted(list(f.train) + list(f.val)))}|{','.join(sorted(f.test))}"
+                           for f in folds)
+    return {"feature_set": feature_set, "normalisation": normalisation, "c_grid": [float(c) for c in c_grid],
+            "seed": int(seed), "folds": hashlib.sha1(folds_text.encode("utf-8")).hexdigest()[:16]}
+
+
+def run_anchor(utterances: Sequence[Utterance], folds: Sequence[Any], out_path: str | Path, *,
+               feature_set: str, normalisation: str = "global", c_grid: Sequence[float] = DEFAULT_C_GRID,
+               seed: int = 0, cache_dir: str | Path = DEFAULT_CACHE, workers: int = 1, progress: bool = False,
+               compute: bool = True) -> dict[str, Any] | None:
+    """One feature set + linear SVM on given folds (an experiment's), cached in ``out_path`` (JSON).
+
+    Returns ``{"key", "n_features", "folds": [fold results of run_svm_cv], "wall_time_s"}``; a cached result
+    with the same :func:`anchor_key` is returned as it is. With ``compute=False`` a missing or stale result
+    gives None instead of being computed (a report-only run).
+    """
+    out_path = Path(out_path)
+    key = anchor_key(folds, feature_set, normalisation, c_grid, seed)
+    if out_path.is_file():
+        cached = json.loads(out_path.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return cached
+        log.info("%s: computed with other settings or folds; %s", out_path,
+                 "recomputing" if compute else "ignored")
+    if not compute:
+        return None
+    t0 = time.time()
+    features = extract_functionals(utterances, feature_set, cache_dir=cache_dir, workers=workers, progress=progress)
+    results = run_svm_cv(utterances, features, folds, normalisation=normalisation, c_grid=c_grid, seed=seed)
+    data = {"key": key, "n_features": FEATURE_SETS[feature_set], "folds": results,
+            "wall_time_s": round(time.time() - t0, 1)}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, out_path)
+    return data
+
+
 # --------------------------------------------------------------------------- report
 
 

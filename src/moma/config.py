@@ -96,9 +96,13 @@ class TrainConfig:
     grad_clip: float = 5.0  # max global gradient norm; 0 disables
     class_weighted: bool = False  # weight cross-entropy by inverse training class frequency
     label_smoothing: float = 0.0
+    speaker_adversarial: float = 0.0  # lambda of a gradient-reversal speaker classifier on the embedding; 0 = off
+    adversary_hidden: int = 128  # hidden units of that speaker classifier (one ReLU layer)
     monitor: str = "uar"  # validation metric that drives the schedule and checkpoint choice: uar | loss
     val_speakers: int = 2  # number of training speakers held out for validation (gender-balanced when possible)
     ensemble: int = 1  # models per fold trained with seeds seed, seed+1, ...; test posteriors are averaged
+    ensemble_validation: str = "same"  # same: every member validates on the fold's speakers; rotate: member m
+    #   validates on other training speakers (protocols.rotate_validation), so the members together train on all
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     num_threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     bf16: bool = False  # bfloat16 autocast for forward/backward

@@ -26,7 +26,7 @@ from .corpora.base import Utterance, label_list
 from .distributed import DistInfo, barrier, broadcast_object, env_dist_info, init_distributed, shutdown_distributed
 from .evaluate import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from .features import FeatureCache, NormalisedFeatures, Normaliser, pack_features
-from .protocols import Fold, make_folds, validate_fold
+from .protocols import Fold, make_folds, rotate_validation, validate_fold
 from .train import resolve_device, train_model
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,9 @@ def normalise_all(norm: Normaliser, features: Mapping[str, np.ndarray], utteranc
                   ids: Sequence[str]) -> NormalisedFeatures:
     """The features of ``ids`` normalised on access (no second copy of the corpus is stored)."""
     return NormalisedFeatures(features, norm, {k: utterances[k].speaker for k in ids}, ids)
+
+
+ENSEMBLE_VALIDATION = ("same", "rotate")  # train.ensemble_validation: see protocols.rotate_validation
 
 
 @dataclass
@@ -100,14 +103,21 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
     device = resolve_device(job.cfg.train.device)
     n_models = max(1, job.cfg.train.ensemble)
     seeds, posteriors, trained = [], None, None
+    if job.cfg.train.ensemble_validation not in ENSEMBLE_VALIDATION:
+        raise ValueError(f"train.ensemble_validation must be one of {', '.join(ENSEMBLE_VALIDATION)}, "
+                         f"got {job.cfg.train.ensemble_validation!r}")
+    rotate = job.cfg.train.ensemble_validation == "rotate"
     for i in range(n_models):
         # an ensemble trains the same recipe from different seeds; its members' test
         # posteriors are averaged, and each member's own score is kept for mean +- std over seeds
         cfg = replace(job.cfg, train=replace(job.cfg.train, seed=job.cfg.train.seed + i))
         member_dir = out_dir if n_models == 1 else out_dir / f"seed{cfg.train.seed}"
-        member = train_model(cfg, feats, job.labels, label_of, fold.train, fold.val, member_dir, norm,
-                             resume=job.resume, info=info, progress=job.progress)
-        seed_row = {"seed": cfg.train.seed, "best_epoch": member.best_epoch, "epochs_run": member.epochs_run}
+        split = rotate_validation(fold, list(utts.values()), i, seed=job.cfg.train.seed) if rotate else fold
+        member = train_model(cfg, feats, job.labels, label_of, split.train, split.val, member_dir, norm,
+                             resume=job.resume, info={**info, "val_speakers": split.val_speakers},
+                             progress=job.progress, speaker_of={k: utts[k].speaker for k in split.train})
+        seed_row = {"seed": cfg.train.seed, "val_speakers": split.val_speakers, "best_epoch": member.best_epoch,
+                    "epochs_run": member.epochs_run}
         trained = trained or member
         if not main:
             continue  # testing and writing are rank 0's
@@ -168,9 +178,12 @@ def describe_model(cfg: RunConfig) -> str:
         extras.append("SpecAugment")
     if d.vtlp > 0 or d.tempo > 0:
         extras.append(f"VTLP ±{d.vtlp:g} / tempo ±{d.tempo:g}")
+    if cfg.train.speaker_adversarial > 0:
+        extras.append(f"speaker-adversarial (gradient reversal ×{cfg.train.speaker_adversarial:g})")
     t = cfg.train
     if t.ensemble > 1:
-        extras.append(f"ensemble of {t.ensemble} seeds (posteriors averaged)")
+        extras.append(f"ensemble of {t.ensemble} seeds (posteriors averaged"
+                      + (", validation speakers rotated)" if t.ensemble_validation == "rotate" else ")"))
     extras.append(f"lr {t.lr:g}, max {t.max_epochs} epochs, dropout {m.dropout:g}, seed {t.seed}")
     return text + "; " + ", ".join(extras)
 

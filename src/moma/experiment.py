@@ -46,11 +46,19 @@ Analysis (optional section; see :class:`AnalysisSpec` and :func:`analyse_cell`):
       attention: true             # entropy per layer / block / mixture, block correlation, gammas
       probe: {speakers: heldout, folds: 5}   # linear speaker probe per stage; heldout | test | all
       robustness: {conditions: [clean, white-10dB, ...], max_utterances_per_fold: 20, babble_pool: 32, seed: 0}
+      attention_maps: 4           # the paper's Figures 2-5 for 4 test utterances (reference variant)
+
+Classical anchor (optional section; see :class:`ClassicalSpec` and :func:`run_anchors`)::
+
+    classical:
+      feature_sets: [eGeMAPSv02, ComParE_2016]   # openSMILE functionals + linear SVM, same folds
+      normalisation: global                      # or speaker (transductive)
 
 After the cells, each analysed cell's results go to ``<cell>/analysis.json``
 (a rerun recomputes nothing that is there), the per-variant aggregates to
 ``results.json["analysis"]``, tables to report.md and the figures
-``analysis_entropy.png``, ``analysis_probe.png``, ``analysis_robustness.png``.
+``analysis_entropy.png``, ``analysis_probe.png``, ``analysis_robustness.png``; the attention maps go to
+``attention_maps/`` and the anchors' fold results to ``classical/``, both reused by a rerun.
 The per-speaker UAR spread and gender gap come from every finished cell.
 
 Paper claims: :func:`paper_claims` turns the numbers into a verdict per claim of
@@ -95,8 +103,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE = "cache/features"
 METRIC_NAMES = ("accuracy", "uar", "macro_f1")
 TOP_KEYS = {"title", "corpus", "protocol", "base", "set", "seeds", "reference", "variants", "cache", "bootstrap",
-            "alpha", "notes", "analysis"}
-ANALYSIS_KEYS = {"attention", "probe", "robustness", "seeds"}
+            "alpha", "notes", "analysis", "classical"}
+ANALYSIS_KEYS = {"attention", "probe", "robustness", "seeds", "attention_maps"}
+CLASSICAL_KEYS = {"feature_sets", "normalisation", "cache", "c_grid"}
+ANCHOR_PREFIX = "svm-"  # results' name of a classical anchor: svm-<feature set>
 PROBE_KEYS = {"speakers", "folds"}
 PROBE_SPEAKERS = ("heldout", "test", "all")
 ROBUSTNESS_KEYS = {"conditions", "max_utterances_per_fold", "babble_pool", "seed"}
@@ -141,12 +151,32 @@ class AnalysisSpec:
     max_utterances: int | None = 20  # per fold, label-balanced, identical for every variant and seed
     babble_pool: int = 32  # training-speaker utterances of the fold that babble is built from
     seed: int = 0  # seeds the robustness subset, noise, babble and the probe's folds
+    attention_maps: int = 0  # test utterances (one per label, seeded draw) plotted with the reference's attention
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seeds": self.seeds, "attention": self.attention,
+        return {"seeds": self.seeds, "attention": self.attention, "attention_maps": self.attention_maps,
                 "probe": {"speakers": self.probe_speakers, "folds": self.probe_folds} if self.probe else False,
                 "robustness": {"conditions": self.conditions, "max_utterances_per_fold": self.max_utterances,
                                "babble_pool": self.babble_pool, "seed": self.seed} if self.robustness else False}
+
+
+@dataclass
+class ClassicalSpec:
+    """The experiment file's optional ``classical:`` section: openSMILE functionals + linear SVM
+    (:func:`moma.baselines.run_anchor`) on the experiment's own folds, shown beside the model variants.
+
+    The SVM trains on each fold's training and validation speakers (it has no early stopping) and is tested on
+    exactly the fold's test speakers; C comes from an inner leave-one-speaker-out CV on the training side.
+    """
+
+    feature_sets: list[str]
+    normalisation: str = "global"  # global: training speakers' statistics; speaker: transductive
+    cache: str = "cache/opensmile"
+    c_grid: list[float] = field(default_factory=list)  # empty: moma.baselines.DEFAULT_C_GRID
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feature_sets": self.feature_sets, "normalisation": self.normalisation, "cache": self.cache,
+                "c_grid": self.c_grid}
 
 
 @dataclass
@@ -166,6 +196,7 @@ class Experiment:
     notes: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
     analysis: AnalysisSpec | None = None
+    classical: ClassicalSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved experiment, as written to ``experiment.yaml``."""
@@ -176,6 +207,7 @@ class Experiment:
             "variants": {n: {"label": v.label, "base": v.bases, "set": v.sets, "note": v.note}
                          for n, v in self.variants.items()},
             "analysis": self.analysis.to_dict() if self.analysis else None,
+            "classical": self.classical.to_dict() if self.classical else None,
         }
 
 
@@ -272,11 +304,39 @@ def parse_analysis(data: Any, where: str, seeds: Sequence[int]) -> AnalysisSpec 
     if not isinstance(pool, int) or pool < 1 or not isinstance(seed, int):
         raise ValueError(f"{where}: analysis.robustness.babble_pool must be a positive integer and seed an "
                          "integer")
-    if not (attention or probe or robust):
+    maps = data.get("attention_maps", 0)
+    if isinstance(maps, bool) or not isinstance(maps, int) or maps < 0:
+        raise ValueError(f"{where}: analysis.attention_maps must be a non-negative integer (utterances to plot), "
+                         f"got {maps!r}")
+    if not (attention or probe or robust or maps):
         return None
     return AnalysisSpec(seeds=list(a_seeds), attention=attention, probe=probe, probe_speakers=speakers,
                         probe_folds=folds, robustness=robust, conditions=conditions, max_utterances=max_utt,
-                        babble_pool=pool, seed=seed)
+                        babble_pool=pool, seed=seed, attention_maps=maps)
+
+
+def parse_classical(data: Any, where: str) -> ClassicalSpec | None:
+    """Validate the ``classical:`` section; None when absent or false."""
+    if data is None or data is False:
+        return None
+    from .baselines import FEATURE_SETS, NORMALISATIONS
+
+    data = _check_keys({} if data is True else data, CLASSICAL_KEYS, f"{where}: classical")
+    sets = _as_list(data.get("feature_sets"), f"{where}: classical.feature_sets") or list(FEATURE_SETS)
+    unknown = [f for f in sets if f not in FEATURE_SETS]
+    if unknown or len(set(sets)) != len(sets):
+        raise ValueError(f"{where}: classical.feature_sets must be distinct names among {', '.join(FEATURE_SETS)}, "
+                         f"got {sets!r}")
+    norm = str(data.get("normalisation", "global"))
+    if norm not in NORMALISATIONS:
+        raise ValueError(f"{where}: classical.normalisation must be one of {', '.join(NORMALISATIONS)}, "
+                         f"got {norm!r}")
+    grid = data.get("c_grid") or []
+    if not isinstance(grid, list) or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0
+                                             for c in grid):
+        raise ValueError(f"{where}: classical.c_grid must be a list of positive numbers, got {grid!r}")
+    return ClassicalSpec(feature_sets=sets, normalisation=norm, cache=str(data.get("cache") or "cache/opensmile"),
+                         c_grid=[float(c) for c in grid])
 
 
 def load_experiment(path: str | Path, extra_sets: Sequence[str] = ()) -> Experiment:
@@ -296,8 +356,9 @@ def load_experiment(path: str | Path, extra_sets: Sequence[str] = ()) -> Experim
     data = _check_keys(raw, TOP_KEYS, str(path))
     base_dir = path.resolve().parent
     corpus = dict(_check_keys(data.get("corpus"), CORPUS_KEYS, f"{path}: corpus"))
-    if ("manifest" in corpus) == ("name" in corpus):
-        raise ValueError(f"{path}: corpus needs either 'manifest' or 'name' (with 'root')")
+    if "manifest" not in corpus and "name" not in corpus:
+        raise ValueError(f"{path}: corpus needs 'manifest', or 'name' with 'root' (or all three: the manifest is "
+                         "then prepared from the corpus when it does not exist yet)")
     if "name" in corpus and "root" not in corpus:
         raise ValueError(f"{path}: corpus {corpus['name']!r} needs 'root'")
     protocol = dict(_check_keys(data.get("protocol") or {"name": "loso"}, PROTOCOL_KEYS, f"{path}: protocol"))
@@ -335,6 +396,10 @@ def load_experiment(path: str | Path, extra_sets: Sequence[str] = ()) -> Experim
         except (ValueError, FileNotFoundError) as exc:
             raise ValueError(f"{path}: variant {name}: {exc}") from None
         variants[name] = Variant(name, cfg, v_sets, v_base, str(spec.get("label") or name), str(spec.get("note") or ""))
+    classical = parse_classical(data.get("classical"), str(path))
+    for fs in (classical.feature_sets if classical else []):
+        if anchor_name(fs) in variants:
+            raise ValueError(f"{path}: variant name {anchor_name(fs)!r} is taken by the classical anchor of {fs}")
     reference = data.get("reference")
     if reference is None:
         reference = next((n for n, v in variants.items() if v.config.model.arch == "moma"), next(iter(variants)))
@@ -355,20 +420,32 @@ def load_experiment(path: str | Path, extra_sets: Sequence[str] = ()) -> Experim
                       seeds=list(seeds), reference=reference, variants=variants, base=base, sets=sets,
                       cache=str(data.get("cache") or DEFAULT_CACHE), bootstrap=bootstrap, alpha=float(alpha),
                       notes=_as_list(data.get("notes"), f"{path}: notes"), raw=data,
-                      analysis=parse_analysis(data.get("analysis"), str(path), seeds))
+                      analysis=parse_analysis(data.get("analysis"), str(path), seeds), classical=classical)
 
 
 def load_corpus(exp: Experiment, progress: bool = False) -> list[Utterance]:
-    """The experiment's utterances: a manifest, or a corpus prepared from its folder."""
-    base_dir = exp.path.resolve().parent
-    if "manifest" in exp.corpus:
-        from .corpora.base import read_manifest
+    """The experiment's utterances: a manifest, or a corpus prepared from its folder.
 
-        return read_manifest(_find_path(str(exp.corpus["manifest"]), base_dir))
+    With both (``{manifest: M, name: N, root: R}``) an existing manifest is read, and a missing one is prepared
+    from the corpus and written to ``M`` first, so one command runs the experiment from a clean checkout.
+    """
+    from .corpora.base import read_manifest, write_manifest
+
+    base_dir = exp.path.resolve().parent
+    manifest = exp.corpus.get("manifest")
+    if manifest is not None:
+        found = _find_path(str(manifest), base_dir)
+        if found.is_file() or "name" not in exp.corpus:
+            return read_manifest(found)
     from .corpora import prepare_corpus
 
-    return prepare_corpus(str(exp.corpus["name"]), _find_path(str(exp.corpus["root"]), base_dir),
-                          label_map=exp.corpus.get("label_map", "default"), progress=progress)
+    utterances = prepare_corpus(str(exp.corpus["name"]), _find_path(str(exp.corpus["root"]), base_dir),
+                                label_map=exp.corpus.get("label_map", "default"), progress=progress)
+    if manifest is not None:
+        write_manifest(utterances, manifest)
+        log.info("prepared %s from %s: %d utterances written to %s", exp.corpus["name"], exp.corpus["root"],
+                 len(utterances), manifest)
+    return utterances
 
 
 def experiment_folds(exp: Experiment, utterances: Sequence[Utterance]) -> list[Fold]:
@@ -514,9 +591,34 @@ def _describe(cfg: RunConfig) -> str:
     return re.sub(r", seed -?\d+$", "", describe_model(cfg))
 
 
+def _pool_posteriors(post_sum: dict[str, np.ndarray], post_n: dict[str, int], utts: dict[str, Utterance],
+                     labels: Sequence[str], exp: Experiment) -> tuple[dict[str, Any], dict[str, int]]:
+    """Pooled metrics with the bootstrap UAR CI of posteriors averaged per utterance; also the predictions."""
+    index = {name: i for i, name in enumerate(labels)}
+    ids = sorted(post_sum)
+    y_true = [index[utts[i].label] for i in ids]
+    y_pred = [int(np.argmax(post_sum[i] / post_n[i])) for i in ids]
+    pooled = compute_metrics(y_true, y_pred, labels)
+    ci = bootstrap_ci(y_true, y_pred, "uar", n=exp.bootstrap, seed=0, level=1 - exp.alpha)
+    return ({"n": pooled["n"], **{m: pooled[m] for m in METRIC_NAMES}, "seeds_averaged": int(max(post_n.values())),
+             "per_class_recall": pooled["per_class_recall"], "confusion": pooled["confusion"],
+             "uar_ci": ci.to_dict()}, dict(zip(ids, y_pred)))
+
+
+def anchor_name(feature_set: str) -> str:
+    return ANCHOR_PREFIX + feature_set.lower()
+
+
 def aggregate_experiment(exp: Experiment, folds: Sequence[Fold], cells: Sequence[Cell],
-                         utterances: Sequence[Utterance], labels: Sequence[str]) -> dict[str, Any]:
-    """Per-variant statistics from the finished cells (partial grids are aggregated over what finished)."""
+                         utterances: Sequence[Utterance], labels: Sequence[str],
+                         anchors: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Per-variant statistics from the finished cells (partial grids are aggregated over what finished).
+
+    ``anchors``: the classical anchors' results (``{feature set: run_anchor(...)}``), added after the model
+    variants as ``svm-<feature set>`` entries (``kind: classical``). They are deterministic, so their metrics are
+    means over folds and their paired test pairs each fold's SVM UAR with the reference's UAR on that fold
+    averaged over seeds.
+    """
     index = {name: i for i, name in enumerate(labels)}
     utts = {u.id: u for u in utterances}
     per_variant: dict[str, Any] = {}
@@ -556,29 +658,60 @@ def aggregate_experiment(exp: Experiment, folds: Sequence[Fold], cells: Sequence
             mean, std = mean_std(s[m] for s in per_seed)
             entry[m] = {"mean": mean, "std": std, "seeds": len(per_seed)}
         if post_sum:
-            ids = sorted(post_sum)
-            y_true = [index[utts[i].label] for i in ids]
-            y_pred = [int(np.argmax(post_sum[i] / post_n[i])) for i in ids]
-            pooled = compute_metrics(y_true, y_pred, labels)
-            ci = bootstrap_ci(y_true, y_pred, "uar", n=exp.bootstrap, seed=0, level=1 - exp.alpha)
-            entry["pooled"] = {"n": pooled["n"], **{m: pooled[m] for m in METRIC_NAMES},
-                               "seeds_averaged": int(max(post_n.values())),
-                               "per_class_recall": pooled["per_class_recall"], "confusion": pooled["confusion"],
-                               "uar_ci": ci.to_dict()}
-            pooled_pred[name] = dict(zip(ids, y_pred))
+            entry["pooled"], pooled_pred[name] = _pool_posteriors(post_sum, post_n, utts, labels, exp)
         uar_of[name] = {(r["seed"], r["fold"]): r["uar"] for r in rows}
         per_variant[name] = entry
+    anchor_uar: dict[str, dict[str, float]] = {}
+    for fs, run in (anchors or {}).items():
+        name = anchor_name(fs)
+        spec = exp.classical
+        rows = [{"seed": None, "fold": f["name"], "test_speakers": f["test_speakers"],
+                 **{m: f["test"][m] for m in METRIC_NAMES}, "n": f["test"]["n"], "chosen_C": f.get("chosen_C"),
+                 "train_time_s": f.get("train_time_s"), "per_speaker": f["test"].get("per_speaker")}
+                for f in run["folds"]]
+        post_sum = {p["id"]: np.asarray(p["posteriors"], dtype=np.float64)
+                    for f in run["folds"] for p in f["test"]["predictions"]}
+        entry = {"label": f"{fs} + linear SVM", "kind": "classical", "arch": "svm", "num_blocks": None,
+                 "feature_set": fs, "n_features": run.get("n_features"),
+                 "normalisation": spec.normalisation if spec else "global", "note": "", "set": [], "base": [],
+                 "description": (f"openSMILE {fs} functionals ({run.get('n_features')} per utterance), standardised "
+                                 f"({spec.normalisation if spec else 'global'}), linear SVM with balanced class "
+                                 "weights, C by inner leave-one-speaker-out CV on the training speakers"),
+                 "parameters": None, "cells": rows, "cells_finished": len(rows), "cells_planned": len(folds),
+                 "per_seed": []}
+        for m in METRIC_NAMES:
+            entry[m] = {"mean": float(np.mean([r[m] for r in rows])), "std": None, "seeds": 1,
+                        "deterministic": True}
+        if post_sum:
+            entry["pooled"], pooled_pred[name] = _pool_posteriors(post_sum, {k: 1 for k in post_sum}, utts, labels,
+                                                                  exp)
+        anchor_uar[name] = {r["fold"]: r["uar"] for r in rows}
+        per_variant[name] = entry
     ref = exp.reference
+    ref_fold_uar: dict[str, list[float]] = {}
+    for (_, fold), uar in uar_of.get(ref, {}).items():
+        ref_fold_uar.setdefault(fold, []).append(uar)
     for name, entry in per_variant.items():
         if name == ref:
             continue
-        common = sorted(set(uar_of[ref]) & set(uar_of[name]))
-        if not common:
+        if name in anchor_uar:
+            common_folds = sorted(set(ref_fold_uar) & set(anchor_uar[name]))
+            a = [float(np.mean(ref_fold_uar[f])) for f in common_folds]
+            b = [anchor_uar[name][f] for f in common_folds]
+            unit = "fold"
+        else:
+            common = sorted(set(uar_of[ref]) & set(uar_of[name]))
+            a = [uar_of[ref][k] for k in common]
+            b = [uar_of[name][k] for k in common]
+            unit = "fold×seed"
+        if not a:
             entry["vs_reference"] = None
             continue
-        test = paired_test([uar_of[ref][k] for k in common], [uar_of[name][k] for k in common])
+        test = paired_test(a, b)
         test["reference"] = ref
-        test["pairs"] = "fold x seed UAR (reference - variant)"
+        test["unit"] = unit
+        test["pairs"] = ("fold UAR (reference's mean over seeds - SVM)" if unit == "fold"
+                         else "fold x seed UAR (reference - variant)")
         ids = sorted(set(pooled_pred.get(ref, {})) & set(pooled_pred.get(name, {})))
         if ids:
             diff = paired_bootstrap_diff([index[utts[i].label] for i in ids], [pooled_pred[ref][i] for i in ids],
@@ -810,7 +943,14 @@ def aggregate_analysis(exp: Experiment, cells: Sequence[Cell], analyses: dict[st
             entry["speaker_bias"] = speaker_bias({s: {"uar": float(np.mean(v))} for s, v in per_spk.items()},
                                                  genders)
         out[name] = entry
-    return {"spec": spec.to_dict(), "variants": out}
+    # the classical anchors' per-speaker spread, from their fold results (no checkpoints to analyse)
+    anchors = {}
+    for name, v in summary["variants"].items():
+        if v.get("kind") == "classical":
+            per = {spk: {"uar": float(m["uar"])} for row in v["cells"] for spk, m in (row.get("per_speaker") or {}).items()}
+            if per:
+                anchors[name] = {"speaker_bias": speaker_bias(per, genders)}
+    return {"spec": spec.to_dict(), "variants": out, "anchors": anchors}
 
 
 def plot_entropy_by_layer(analysis: dict[str, Any], labels: dict[str, str], out_path: Path, *, command: str,
@@ -892,19 +1032,19 @@ def plot_uar_by_variant(summary: dict[str, Any], out_path: Path, *, reference: s
     x = np.arange(len(names))
     for i, n in enumerate(names):
         v = summary["variants"][n]
-        color = "tab:red" if n == reference else "tab:blue"
+        color = "tab:red" if n == reference else "tab:green" if v.get("kind") == "classical" else "tab:blue"
         if v.get("pooled"):
             ci = v["pooled"]["uar_ci"]
             ax.errorbar(i - 0.12, ci["estimate"], yerr=[[ci["estimate"] - ci["low"]], [ci["high"] - ci["estimate"]]],
                         fmt="o", color=color, capsize=4, label="pooled UAR, bootstrap CI" if i == 0 else None)
         if v["uar"]["seeds"]:
-            ax.errorbar(i + 0.12, v["uar"]["mean"], yerr=v["uar"]["std"], fmt="s", color=color, alpha=0.5,
+            ax.errorbar(i + 0.12, v["uar"]["mean"], yerr=v["uar"]["std"] or 0.0, fmt="s", color=color, alpha=0.5,
                         capsize=3, label="fold-mean UAR, mean ± std over seeds" if i == 0 else None)
     chance = 1.0 / max(1, len(summary.get("labels", [])) or 1)
     ax.axhline(chance, color="0.6", ls=":", lw=1, label="chance")
     ax.set_xticks(x, [summary["variants"][n]["label"] for n in names], rotation=30, ha="right")
     ax.set_ylabel("UAR")
-    ax.set_title(f"{title}: UAR per variant (red: reference)", fontsize=9)
+    ax.set_title(f"{title}: UAR per variant (red: reference, green: classical anchor)", fontsize=9)
     return _finish_figure(fig, ax, out_path, command, config)
 
 
@@ -960,6 +1100,8 @@ def plot_uar_vs_blocks(exp: Experiment, summary: dict[str, Any], out_path: Path,
 def _ms(d: dict[str, Any]) -> str:
     if not d or not d.get("seeds"):
         return "–"
+    if d.get("deterministic"):  # a classical anchor: one deterministic fit per fold
+        return f"{d['mean']:.3f} (no seeds)"
     if d["seeds"] == 1:  # a std over one seed says nothing
         return f"{d['mean']:.3f} (1 seed)"
     return f"{d['mean']:.3f} ± {d['std']:.3f}"
@@ -986,7 +1128,8 @@ def verdict(name: str, ref: str, summary: dict[str, Any], alpha: float) -> str:
     v_uar = (v.get("pooled") or {}).get("uar")
     outside = (ref_ci is not None and v_uar is not None and not (ref_ci["low"] <= v_uar <= ref_ci["high"]))
     direction = "higher" if d > 0 else "lower" if d < 0 else "equal"
-    stats = (f"mean UAR difference {d:+.3f} over {t['n']} fold×seed pairs ({t['wins']} wins, {t['losses']} losses); "
+    stats = (f"mean UAR difference {d:+.3f} over {t['n']} {t.get('unit', 'fold×seed')} pairs ({t['wins']} wins, "
+             f"{t['losses']} losses); "
              f"sign-flip p = {format_p(t['permutation_p'])}, Wilcoxon p = {format_p(t['wilcoxon_p'])}")
     if dci:
         stats += (f"; paired bootstrap {100 * (1 - alpha):.0f}% CI of the pooled UAR difference "
@@ -1073,12 +1216,13 @@ def render_analysis(results: dict[str, Any]) -> list[str]:
             lines.append(f"| {label[n]} | {_fmt_agg(st.get('encoder'))} | {_fmt_agg(st.get('layer1'))} | "
                          f"{_fmt_agg(st.get('final'))} | {_fmt_agg(st.get('chance'))} | "
                          f"{p['n_speakers']['mean']:g} |")
-    if any("speaker_bias" in v for v in av.values()):
+    bias_rows = {**av, **an.get("anchors", {})}
+    if any("speaker_bias" in v for v in bias_rows.values()):
         lines += ["", "### Per-speaker UAR spread and gender gap", "",
                   "Each test speaker's UAR, averaged over every finished seed; gap = female − male mean.", "",
                   "| variant | speakers | mean | std | min (speaker) | max (speaker) | female | male | gap |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for n, v in av.items():
+        for n, v in bias_rows.items():
             b = v.get("speaker_bias")
             if not b:
                 continue
@@ -1146,32 +1290,60 @@ def render_experiment_report(results: dict[str, Any]) -> str:
         else:
             delta, ptxt = "–", ""
         label = f"**{v['label']}**" if name == ref else v["label"]
-        lines.append(f"| {label} | {_params(v['parameters'])} | {_ms(v['accuracy'])} | {_ms(v['uar'])} | "
+        size = f"{v['n_features']} functionals" if v.get("kind") == "classical" else _params(v["parameters"])
+        lines.append(f"| {label} | {size} | {_ms(v['accuracy'])} | {_ms(v['uar'])} | "
                      f"{_ms(v['macro_f1'])} | {ci_text} | {delta} | {ptxt} |")
     lines += ["", f"Accuracy (the paper's \"UA\"), UAR (the paper's \"WA\") and macro-F1: mean ± std over seeds of "
               "the per-seed mean over folds. UAR CI: each utterance's posteriors averaged over seeds, UAR of those "
               f"pooled predictions, {exp['bootstrap']} bootstrap resamples of utterances (percentile). "
               f"ΔUAR: variant − {ref}, mean over matched fold×seed cells; p: two-sided paired tests on those "
-              "per-cell UARs (sign-flip permutation, Wilcoxon signed-rank).", "",
+              "per-cell UARs (sign-flip permutation, Wilcoxon signed-rank)."]
+    anchors = [v for v in summary["variants"].values() if v.get("kind") == "classical"]
+    if anchors:
+        norm = anchors[0]["normalisation"]
+        lines[-1] += (f" Classical anchors ({', '.join(v['label'] for v in anchors)}): openSMILE functionals, "
+                      f"{'training-speaker' if norm == 'global' else 'per-speaker (transductive)'} standardisation, "
+                      "a linear SVM trained on each fold's training and validation speakers with C chosen by inner "
+                      "leave-one-speaker-out CV, tested on the same test speakers; deterministic, so one fit per "
+                      f"fold (\"no seeds\"), and their paired tests pair each fold's SVM UAR with {ref}'s UAR on that "
+                      "fold averaged over seeds.")
+    lines += ["",
               f"## {ref} against each other variant", ""]
     for name in summary["variants"]:
         if name != ref:
             lines.append(verdict(name, ref, summary, alpha))
+    for note in results.get("classical_notes") or []:
+        lines += ["", f"> {note}"]
     lines += render_claims(results)
     if results.get("analysis"):
         lines += render_analysis(results)
     lines += ["", "## Variants", "", "| variant | overrides | model |", "|---|---|---|"]
     for name, v in summary["variants"].items():
-        over = ", ".join(f"`{s}`" for s in (v["base"] + v["set"])) or "(experiment defaults)"
+        over = ", ".join(f"`{s}`" for s in (v["base"] + v["set"])) or (
+            "`classical:` section" if v.get("kind") == "classical" else "(experiment defaults)")
         lines.append(f"| {v['label']} | {over} | {v['description']}{'; ' + v['note'] if v['note'] else ''} |")
     if exp["set"] or exp["base"]:
         lines += ["", "Applied to every variant first: " + ", ".join(f"`{s}`" for s in exp["base"] + exp["set"])]
     lines += ["", "## Per seed (UAR, mean over folds)", "",
               "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for name, v in summary["variants"].items():
+        if v.get("kind") == "classical":
+            continue
         by = {s["seed"]: s for s in v["per_seed"]}
         lines.append(f"| {v['label']} | " + " | ".join(f"{by[s]['uar']:.3f}" if s in by else "–" for s in seeds)
                      + " |")
+    maps = results.get("attention_maps") or []
+    if maps:
+        lines += ["", "## Attention maps", "",
+                  f"Like the paper's Figures 2-5: waveform, log-Mel spectrogram, attention layer 1, the MOMA mixture "
+                  f"and each block with its learned gamma, over one test utterance each, from the checkpoint of "
+                  f"the fold that tested it ({ref}, seed {maps[0]['seed']}). Utterances are drawn at random "
+                  "(seeded), one per label in turn, without looking at predictions. Word/syllable and phone "
+                  "boundaries are drawn where the corpus has them.", ""]
+        for m in maps:
+            lines += [f"![{m['utterance']}]({m['file']})", "",
+                      f"*{m['utterance']} (speaker {m['speaker']}, fold {m['fold']}): true {m['label']}, predicted "
+                      f"{m['predicted']}.* Made by `{results['command']}` from `{results['config_path']}`.", ""]
     lines += ["", "## Figures", ""]
     for fig in results["figures"]:
         lines += [f"![{fig['title']}]({fig['file']})", "",
@@ -1179,6 +1351,138 @@ def render_experiment_report(results: dict[str, Any]) -> str:
     for note in exp.get("notes", []):
         lines += [note, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- anchors and attention maps
+
+def run_anchors(exp: Experiment, utterances: Sequence[Utterance], folds: Sequence[Fold], out_dir: Path, *,
+                compute: bool = True, workers: int = 1, progress: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The ``classical:`` section's anchors on the experiment's folds (cached in ``out_dir/classical/``).
+
+    Returns ``({feature set: result}, notes)``; a feature set that could not run (openSMILE missing, or not
+    computed in a report-only run) is left out and named in the notes.
+    """
+    spec = exp.classical
+    if spec is None:
+        return {}, []
+    import importlib.util
+
+    if importlib.util.find_spec("opensmile") is None:  # the optional 'classical' extra
+        return {}, ["Classical anchors not run: the `opensmile` package is missing "
+                    "(`pip install 'moma-ser[classical]'`)."]
+    from .baselines import DEFAULT_C_GRID, run_anchor
+
+    out: dict[str, Any] = {}
+    notes = []
+    for fs in spec.feature_sets:
+        res = run_anchor(utterances, folds, out_dir / "classical" / f"{fs}-{spec.normalisation}.json",
+                         feature_set=fs, normalisation=spec.normalisation, c_grid=spec.c_grid or DEFAULT_C_GRID,
+                         seed=0, cache_dir=spec.cache, workers=workers, progress=progress, compute=compute)
+        if res is None:
+            notes.append(f"Classical anchor {fs} not computed yet (a report-only run computes nothing).")
+        else:
+            out[fs] = res
+    return out, notes
+
+
+def pick_map_utterances(cells: Sequence[Cell], utterances: Sequence[Utterance], n: int,
+                        seed: int) -> list[tuple[Utterance, Cell]]:
+    """``n`` test utterances for attention maps, one per label in turn (labels sorted, cycling), each drawn at
+    random (seeded) from the finished cells' test sets and paired with the cell that tested it.
+
+    The draw never looks at predictions, so the maps are not picked for looking good. Utterances that are a
+    region of a longer file are skipped (the plot shows the whole file).
+    """
+    owner = {}
+    for cell in cells:
+        if cell.done():
+            for uid in cell.fold.test:
+                owner[uid] = cell
+    by_label: dict[str, list[Utterance]] = {}
+    for u in sorted(utterances, key=lambda u: u.id):
+        if u.id in owner and u.start == 0 and u.end == 0:
+            by_label.setdefault(u.label, []).append(u)
+    rng = np.random.default_rng(seed)
+    for pool in by_label.values():
+        rng.shuffle(pool)
+    picked: list[tuple[Utterance, Cell]] = []
+    labels = sorted(by_label)
+    round_ = 0
+    while len(picked) < n and any(len(by_label[lab]) > round_ for lab in labels):
+        for lab in labels:
+            if len(picked) < n and len(by_label[lab]) > round_:
+                u = by_label[lab][round_]
+                picked.append((u, owner[u.id]))
+        round_ += 1
+    return picked
+
+
+def plot_attention_maps(exp: Experiment, cells: Sequence[Cell], utterances: Sequence[Utterance], out_dir: Path, *,
+                        command: str, config: str, compute: bool = True) -> list[dict[str, Any]]:
+    """The paper's Figures 2-5 for the reference variant: waveform, spectrogram, layer-1 attention, the MOMA
+    mixture and each block with its gamma, with the corpus's word/syllable and phone boundaries when it has them.
+
+    One map per utterance of :func:`pick_map_utterances` (analysis seeds' first seed), each made by the
+    checkpoint of the fold that tested it, into ``out_dir/attention_maps/<utterance>.png``; an existing map is
+    reused. Returns one record per map (file, utterance, true and predicted label, fold).
+    """
+    spec = exp.analysis
+    ref = exp.variants[exp.reference]
+    if spec is None or not spec.attention_maps or ref.config.model.arch == "mean":
+        return []
+    from .corpora.alignment import read_alignment
+    from .inference import Predictor, plot_prediction
+
+    seed = spec.seeds[0]
+    mine = [c for c in cells if c.variant == exp.reference and c.seed == seed]
+    maps_dir = out_dir / "attention_maps"
+    records_path = maps_dir / "maps.json"
+    old = {r["utterance"]: r for r in json.loads(records_path.read_text(encoding="utf-8"))} \
+        if records_path.is_file() else {}
+    predictors: dict[str, Predictor] = {}
+    records = []
+    for u, cell in pick_map_utterances(mine, utterances, spec.attention_maps, spec.seed):
+        png = maps_dir / f"{u.id}.png"
+        if png.is_file() and u.id in old:
+            records.append(old[u.id])
+            continue
+        ckpt = cell_checkpoint(cell)
+        if not compute or ckpt is None:
+            continue
+        if str(ckpt) not in predictors:
+            predictors[str(ckpt)] = Predictor.from_checkpoint(ckpt)
+        predictor = predictors[str(ckpt)]
+
+        def alignment(path: str) -> Any:
+            try:
+                return read_alignment(path) if path else None
+            except (OSError, ValueError) as exc:  # a map without boundaries beats no map
+                log.warning("attention map of %s: alignment %s unreadable (%s)", u.id, path, exc)
+                return None
+
+        pred = predictor.predict_file(u.path)
+        title = (f"{u.id} (speaker {u.speaker}): true {u.label}, predicted {pred.label} "
+                 f"({pred.probabilities[pred.label]:.2f}); {ref.label}, seed {seed}, fold {cell.fold.name}")
+        plot_prediction(predictor, u.path, png, pred=pred, alignment=alignment(u.words), phones=alignment(u.phones),
+                        title=title, caption=f"made by: {command}\nconfig: {config}")
+        records.append({"file": f"attention_maps/{png.name}", "utterance": u.id, "speaker": u.speaker,
+                        "label": u.label, "predicted": pred.label, "fold": cell.fold.name, "seed": seed,
+                        "variant": exp.reference, "checkpoint": str(ckpt),
+                        "alignment": bool(u.words), "phones": bool(u.phones)})
+    if records:
+        maps_dir.mkdir(parents=True, exist_ok=True)
+        records_path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    return records
+
+
+def _display_path(path: str | Path) -> str:
+    """A config path as a reader can use it: packaged files by their place in the package, others relative
+    to the current directory when they are under it."""
+    p = Path(path).resolve()
+    package = Path(__file__).resolve().parent
+    if p.is_relative_to(package):
+        return f"moma/{p.relative_to(package).as_posix()} (packaged)"
+    return p.relative_to(Path.cwd()).as_posix() if p.is_relative_to(Path.cwd()) else str(path)
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -1222,11 +1526,14 @@ def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *
                                  feature_workers))
 
     def write_results() -> dict[str, Any]:
-        summary = aggregate_experiment(exp, folds, cells, utterances, labels)
+        anchors, anchor_notes = run_anchors(exp, utterances, folds, out_dir, compute=train, workers=feature_workers,
+                                            progress=progress)
+        summary = aggregate_experiment(exp, folds, cells, utterances, labels, anchors)
         summary["labels"] = labels
         results: dict[str, Any] = {
             "command": command,
-            "config_path": str(config_path),
+            "config_path": _display_path(config_path),
+            "classical_notes": anchor_notes,
             "experiment": exp.to_dict(),
             "corpus": corpus,
             "n_utterances": len(utterances),
@@ -1248,7 +1555,7 @@ def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *
                                                compute=train)
         results["claims"] = paper_claims(results)
         if results["cells_finished"]:
-            caption = dict(command=command, config=str(config_path))
+            caption = dict(command=command, config=results["config_path"])
             plot_uar_by_variant(summary, out_dir / "uar_by_variant.png", reference=exp.reference, title=exp.title,
                                 **caption)
             results["figures"].append({"file": "uar_by_variant.png", "title": "UAR per variant with bootstrap CI"})
@@ -1256,6 +1563,8 @@ def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *
                 plot_uar_vs_blocks(exp, summary, out_dir / "uar_vs_blocks.png", **caption)
                 results["figures"].append({"file": "uar_vs_blocks.png", "title": "UAR vs number of MOMA blocks"})
             results["figures"] += plot_analysis(results, out_dir, **caption)
+            results["attention_maps"] = plot_attention_maps(exp, cells, utterances, out_dir, compute=train,
+                                                            **caption)
         tmp = out_dir / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
         os.replace(tmp, out_dir / "results.json")

@@ -61,6 +61,57 @@ def class_weights(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+class _GradientReversal(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by ``-scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+class SpeakerAdversary(nn.Module):
+    """A speaker classifier on the utterance embedding behind a gradient-reversal layer (Ganin and Lempitsky,
+    2015): the classifier learns to tell the training speakers apart, and the reversed gradient, scaled by
+    ``scale``, pushes the encoder to remove what it uses. Training only; checkpoints for inference hold the
+    emotion model alone."""
+
+    def __init__(self, dim: int, num_speakers: int, hidden: int, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_speakers))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.net(_GradientReversal.apply(embedding, self.scale))  # [B, num_speakers]
+
+
+class _WithAdversary(nn.Module):
+    """The model and its adversary as one module, so DDP averages the adversary's gradients too."""
+
+    def __init__(self, model: nn.Module, adversary: SpeakerAdversary):
+        super().__init__()
+        self.model = model
+        self.adversary = adversary
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        out = self.model(features, lengths)
+        return out, self.adversary(out.embedding)
+
+
+def _embedding_dim(model: nn.Module, input_dim: int) -> int:
+    """Width of the model's utterance embedding, from one tiny forward pass (eval mode: no dropout draws)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        dim = int(model(torch.zeros(1, 4, input_dim), torch.tensor([4])).embedding.shape[1])
+    model.train(was_training)
+    return dim
+
+
 def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
     sd = opt.state_dict()
     return {"state": {str(k): v for k, v in sd["state"].items()}, "param_groups": sd["param_groups"]}
@@ -79,12 +130,17 @@ def _scheduler_state(sched: torch.optim.lr_scheduler.ReduceLROnPlateau) -> dict[
 
 def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[str], label_of: dict[str, int],
                 train_ids: Sequence[str], val_ids: Sequence[str], out_dir: str | Path, normaliser: Normaliser,
-                *, resume: bool = False, info: dict[str, Any] | None = None, progress: bool = False) -> TrainResult:
+                *, resume: bool = False, info: dict[str, Any] | None = None, progress: bool = False,
+                speaker_of: dict[str, str] | None = None) -> TrainResult:
     """Train on ``train_ids`` and select on ``val_ids`` (training speakers only); features are normalised.
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``best.safetensors`` (the selected
     model, self-describing), ``last.safetensors`` (resumable) and TensorBoard
     events under ``out_dir/tb``.
+
+    ``train.speaker_adversarial`` > 0 adds a :class:`SpeakerAdversary` over the
+    training speakers (``speaker_of`` maps each training utterance to its
+    speaker); its weights and optimizer state live in ``last.safetensors`` only.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the
     same arguments: each trains on its share of every global batch, gradients
@@ -107,12 +163,22 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg.model).to(device)
     n_params = count_parameters(model)
+    adversary: SpeakerAdversary | None = None
+    speaker_index: dict[str, int] = {}
+    if tc.speaker_adversarial > 0:
+        if speaker_of is None or any(k not in speaker_of for k in train_ids):
+            raise ValueError("train.speaker_adversarial needs the speaker of every training utterance")
+        speaker_index = {spk: i for i, spk in enumerate(sorted({speaker_of[k] for k in train_ids}))}
+        adversary = SpeakerAdversary(_embedding_dim(model, feat_dim), len(speaker_index), tc.adversary_hidden,
+                                     tc.speaker_adversarial).to(device)
+        log.info("speaker adversary over %d training speakers, gradient reversal x%g", len(speaker_index),
+                 tc.speaker_adversarial)
     log.info("model %s: %d parameters on %s%s", cfg.model.arch, n_params, device,
              f" (rank {dist_info.rank} of {dist_info.world_size})" if dist_info.enabled else "")
     # what the forward pass runs: the model itself, or its DDP wrapper that averages gradients
-    net: nn.Module = model
+    net: nn.Module = model if adversary is None else _WithAdversary(model, adversary)
     if dist_info.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     frame_shift = cfg.features.frame_shift_ms
     window = seconds_to_frames(dc.segment_length_s, frame_shift) if dc.segment_length_s > 0 else 0
@@ -123,7 +189,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed, rank=dist_info.rank,
                          world_size=dist_info.world_size)
 
-    params = list(model.parameters())
+    params = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
     if tc.weight_decay > 0:
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     else:
@@ -160,6 +226,8 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
 
             weights = load_file(str(last_path))
             model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
+            if adversary is not None:
+                adversary.load_state_dict(state["adversary"])
             _restore_optimizer(optimizer, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             rng_states = state.get("rng_torch_ranks") or [state["rng_torch"]]
@@ -190,8 +258,8 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         net.train()
         train_set.set_epoch(epoch)
         loader.batch_sampler.set_epoch(epoch)
-        # summed over the epoch on this rank: weighted loss, weight, frames
-        totals = torch.zeros(3, dtype=torch.float64)
+        # summed over the epoch on this rank: weighted loss, weight, frames, speaker loss, speakers right, items
+        totals = torch.zeros(6, dtype=torch.float64)
         t_epoch = time.time()
         batches = loader
         if progress and main:
@@ -203,19 +271,30 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             lengths = batch.lengths.to(device)
             y = batch.labels.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                out = net(x, lengths)
+                if adversary is None:
+                    out = net(x, lengths)
+                else:
+                    out, speaker_logits = net(x, lengths)
             item_losses = criterion(out.logits.float(), y)  # [B] (weighted when class_weighted)
             item_weights = weight[y] if weight is not None else torch.ones_like(item_losses)
-            # the global batch's total weight: one tiny all-reduce per step under DDP
-            batch_weight = all_reduce_sum(item_weights.sum().detach().clone(), dist_info)
-            loss = item_losses.sum() * dist_info.world_size / batch_weight.clamp_min(1e-12)
+            # the global batch's total weight and size: one tiny all-reduce per step under DDP
+            sums = all_reduce_sum(torch.stack([item_weights.sum().detach(),
+                                               torch.tensor(float(y.numel()), device=device)]), dist_info)
+            loss = item_losses.sum() * dist_info.world_size / sums[0].clamp_min(1e-12)
+            speaker_stats = [0.0, 0.0]
+            if adversary is not None:
+                spk = torch.tensor([speaker_index[speaker_of[k]] for k in batch.keys], device=device)
+                speaker_losses = nn.functional.cross_entropy(speaker_logits.float(), spk, reduction="none")  # [B]
+                loss = loss + speaker_losses.sum() * dist_info.world_size / sums[1].clamp_min(1.0)
+                speaker_stats = [float(speaker_losses.detach().sum()),
+                                 float((speaker_logits.detach().argmax(1) == spk).sum())]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()
             totals += torch.tensor([float(item_losses.detach().sum()), float(item_weights.sum()),
-                                    float(lengths.sum())], dtype=torch.float64)
+                                    float(lengths.sum()), *speaker_stats, float(y.numel())], dtype=torch.float64)
             if tc.log_every and step % tc.log_every == 0 and main:
                 log.info("epoch %d step %d loss %.4f", epoch, step, float(loss) / dist_info.world_size)
         totals = all_reduce_sum(totals.to(device), dist_info).cpu()
@@ -224,6 +303,9 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         elapsed = time.time() - t_epoch
         row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
                                "frames_per_s": frames / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+        if adversary is not None:  # how well the adversary still tells the training speakers apart
+            row["train_speaker_loss"] = float(totals[3] / totals[5].clamp_min(1.0))
+            row["train_speaker_accuracy"] = float(totals[4] / totals[5].clamp_min(1.0))
         if has_val:
             value = None
             if main:  # rank 0 validates on the whole validation set; the others wait for its figures
@@ -260,6 +342,8 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                 "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "history": history,
             }
+            if adversary is not None:
+                state["adversary"] = adversary.state_dict()
             if dist_info.enabled:
                 state["rng_torch_ranks"] = [r.clone() for r in rng_states]  # safetensors refuses shared storage
             if device.type == "cuda":
