@@ -93,6 +93,25 @@ def test_changed_config_in_same_folder_is_refused(grid):
         run_experiment(changed, out, cache_dir=root / "cache")
 
 
+def test_cells_stamped_before_an_option_existed_are_reused_at_its_default(grid, tmp_path):
+    """A cell.json written before an option was added lacks it: reused while the option keeps its default."""
+    import shutil
+
+    root, config, manifest, out, _ = grid
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for stamp in (old / "cells").rglob("cell.json"):
+        data = json.loads(stamp.read_text())
+        del data["config"]["train"]["speaker_adversarial"]  # as written by an older moma
+        stamp.write_text(json.dumps(data))
+    before = cell_results(old)
+    assert run_experiment(config, old, cache_dir=root / "cache")["cells_run_now"] == 0
+    assert cell_results(old) == before
+    changed = write_yaml(root / "adversarial.yaml", manifest, set=TINY + ["train.speaker_adversarial=0.5"])
+    with pytest.raises(ValueError, match="differs in: train.speaker_adversarial"):
+        run_experiment(changed, old, cache_dir=root / "cache")
+
+
 def test_bad_yaml_gives_clear_errors(tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("")

@@ -90,7 +90,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
-from .config import RunConfig, config_to_dict, load_run_config, replace, save_config
+from .config import RunConfig, config_to_dict, load_run_config, merge_overrides, replace, save_config
 from .corpora.base import Utterance, label_list
 from .evaluate import PAPER_NAMING_NOTE, compute_metrics, mean_std
 from .plots import add_caption, save_figure
@@ -516,7 +516,10 @@ def check_cell(cell: Cell) -> None:
     if not stamp.is_file():
         return
     old = json.loads(stamp.read_text(encoding="utf-8"))
-    diff = _diff_keys(old.get("config"), _signature(cell.config))
+    # an option added to the config after the cell ran is absent from its stamp; the cell ran with that
+    # option's default (a new option's default keeps the old behaviour), so the stamp is read over the defaults
+    stamped = merge_overrides(_signature(RunConfig()), old.get("config") or {})
+    diff = _diff_keys(stamped, _signature(cell.config))
     if old.get("fold") != cell.fold.to_dict():
         diff.append("fold (speakers)")
     if diff:
