@@ -1484,7 +1484,7 @@ def _display_path(path: str | Path) -> str:
     p = Path(path).resolve()
     package = Path(__file__).resolve().parent
     if p.is_relative_to(package):
-        return f"moma/{p.relative_to(package).as_posix()} (packaged)"
+        return f"moma/{p.relative_to(package).as_posix()}"
     return p.relative_to(Path.cwd()).as_posix() if p.is_relative_to(Path.cwd()) else str(path)
 
 
