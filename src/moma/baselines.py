@@ -43,7 +43,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, file_sha1, load_audio
 from .corpora.base import Utterance, label_list, read_manifest
-from .features import load_cached_array
+from .features import load_cached_array, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -431,10 +431,7 @@ def run_anchor(utterances: Sequence[Utterance], folds: Sequence[Any], out_path: 
     results = run_svm_cv(utterances, features, folds, normalisation=normalisation, c_grid=c_grid, seed=seed)
     data = {"key": key, "n_features": FEATURE_SETS[feature_set], "folds": results,
             "wall_time_s": round(time.time() - t0, 1)}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, out_path)
+    write_json_atomic(out_path, data)
     return data
 
 

@@ -93,6 +93,7 @@ import yaml
 from .config import RunConfig, config_to_dict, load_run_config, merge_overrides, replace, save_config
 from .corpora.base import Utterance, label_list
 from .evaluate import PAPER_NAMING_NOTE, compute_metrics, mean_std
+from .features import write_json_atomic
 from .plots import add_caption, save_figure
 from .protocols import PROTOCOLS, Fold, make_folds, validate_fold
 from .claims import paper_claims, render_claims
@@ -667,7 +668,7 @@ def aggregate_experiment(exp: Experiment, folds: Sequence[Fold], cells: Sequence
     anchor_uar: dict[str, dict[str, float]] = {}
     for fs, run in (anchors or {}).items():
         name = anchor_name(fs)
-        spec = exp.classical
+        norm = exp.classical.normalisation  # anchors exist only with a classical: section
         rows = [{"seed": None, "fold": f["name"], "test_speakers": f["test_speakers"],
                  **{m: f["test"][m] for m in METRIC_NAMES}, "n": f["test"]["n"], "chosen_C": f.get("chosen_C"),
                  "train_time_s": f.get("train_time_s"), "per_speaker": f["test"].get("per_speaker")}
@@ -676,9 +677,9 @@ def aggregate_experiment(exp: Experiment, folds: Sequence[Fold], cells: Sequence
                     for f in run["folds"] for p in f["test"]["predictions"]}
         entry = {"label": f"{fs} + linear SVM", "kind": "classical", "arch": "svm", "num_blocks": None,
                  "feature_set": fs, "n_features": run.get("n_features"),
-                 "normalisation": spec.normalisation if spec else "global", "note": "", "set": [], "base": [],
+                 "normalisation": norm, "note": "", "set": [], "base": [],
                  "description": (f"openSMILE {fs} functionals ({run.get('n_features')} per utterance), standardised "
-                                 f"({spec.normalisation if spec else 'global'}), linear SVM with balanced class "
+                                 f"({norm}), linear SVM with balanced class "
                                  "weights, C by inner leave-one-speaker-out CV on the training speakers"),
                  "parameters": None, "cells": rows, "cells_finished": len(rows), "cells_planned": len(folds),
                  "per_seed": []}
@@ -754,12 +755,6 @@ def probe_utterance_ids(fold: Fold, mode: str, utterances: Sequence[Utterance]) 
     return sorted(u.id for u in utterances)
 
 
-def _write_analysis(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_cell_analysis(cell: Cell) -> dict[str, Any]:
     path = cell.out_dir / ANALYSIS_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -830,7 +825,7 @@ def analyse_cell(cell: Cell, spec: AnalysisSpec, utterances: Sequence[Utterance]
                                          seed=spec.seed)
                 data["probe"] = {"settings": want[part], "result": res["probe"]}
             computed.append(part)
-            _write_analysis(path, data)
+            write_json_atomic(path, data)
     if spec.robustness:
         subset = select_utterances([utts[k] for k in test], spec.max_utterances, spec.seed)
         others = [utts[k] for k in sorted(cell.fold.train + cell.fold.val)]
@@ -848,9 +843,9 @@ def analyse_cell(cell: Cell, spec: AnalysisSpec, utterances: Sequence[Utterance]
             computed.append("robustness")
         data["robustness"] = rob
         if new:
-            _write_analysis(path, data)
+            write_json_atomic(path, data)
     if not path.is_file():
-        _write_analysis(path, data)
+        write_json_atomic(path, data)
     return data, computed
 
 
@@ -1473,8 +1468,7 @@ def plot_attention_maps(exp: Experiment, cells: Sequence[Cell], utterances: Sequ
                         "variant": exp.reference, "checkpoint": str(ckpt),
                         "alignment": bool(u.words), "phones": bool(u.phones)})
     if records:
-        maps_dir.mkdir(parents=True, exist_ok=True)
-        records_path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+        write_json_atomic(records_path, records)
     return records
 
 

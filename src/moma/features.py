@@ -193,6 +193,12 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (see :func:`_atomic_write`): results and caches that a
+    killed run must find whole or not at all."""
+    _atomic_write(Path(path), lambda fh: fh.write(json.dumps(data, indent=1).encode("utf-8")))
+
+
 class FeatureCache:
     """On-disk feature cache keyed by audio content and feature configuration.
 

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +42,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from .audio import load_audio, resample
+from .features import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -508,16 +508,9 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
                                    "clipped": ctx.counts.get("clipped", 0)}
         results[cond.name] = metrics
         if cond.name in keys:
-            _write_json_atomic(keys[cond.name], metrics)
+            write_json_atomic(keys[cond.name], metrics)
         log.info("robustness %s: accuracy %.3f UAR %.3f", cond.name, metrics["accuracy"], metrics["uar"])
     return results
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def file_sha1(path: Union[str, Path]) -> str:
@@ -724,7 +717,7 @@ def run_robustness(checkpoints: Sequence[Union[str, Path]], utterances: Sequence
     }
     plot_degradation({n: m["conditions"] for n, m in models.items()}, out_dir / "degradation.png",
                      title="UAR under noise, channel and room conditions", caption=f"made by: {command}")
-    _write_json_atomic(out_dir / "results.json", results)
+    write_json_atomic(out_dir / "results.json", results)
     (out_dir / "report.md").write_text(render_robustness_report(results), encoding="utf-8")
     return results
 

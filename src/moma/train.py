@@ -277,9 +277,11 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                     out, speaker_logits = net(x, lengths)
             item_losses = criterion(out.logits.float(), y)  # [B] (weighted when class_weighted)
             item_weights = weight[y] if weight is not None else torch.ones_like(item_losses)
-            # the global batch's total weight and size: one tiny all-reduce per step under DDP
-            sums = all_reduce_sum(torch.stack([item_weights.sum().detach(),
-                                               torch.tensor(float(y.numel()), device=device)]), dist_info)
+            # the global batch's total weight (and size, for the adversary): one tiny all-reduce per step under DDP
+            norms = [item_weights.sum().detach()]
+            if adversary is not None:
+                norms.append(torch.tensor(float(y.numel()), device=device))
+            sums = all_reduce_sum(torch.stack(norms), dist_info)
             loss = item_losses.sum() * dist_info.world_size / sums[0].clamp_min(1e-12)
             speaker_stats = [0.0, 0.0]
             if adversary is not None:
