@@ -10,6 +10,7 @@ from moma.cli_experiment import add_experiment_command
 from moma.corpora.base import write_manifest
 from moma.corpora.synthetic import make_synthetic_corpus
 from moma.experiment import load_experiment, run_experiment
+from moma.report import render_experiment_report
 
 TINY = ["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8", "train.max_epochs=1",
         "train.lr=0.01", "train.tensorboard=false", "train.val_speakers=1"]
@@ -64,6 +65,7 @@ def test_grid_writes_results_report_and_figures(grid):
         assert (out / fig).stat().st_size > 5000
         assert "![" in report and f"({fig})" in report
     assert report.count("Made by `moma experiment exp.yaml --out run`") == 2
+    assert render_experiment_report(saved) == report  # results.json alone re-renders the report
     assert (out / "experiment.yaml").is_file() and (out / "configs" / "mean.yaml").is_file()
     assert yaml.safe_load((out / "configs" / "mean.yaml").read_text())["model"]["arch"] == "mean"
 

@@ -174,7 +174,8 @@ def _resolve_config(name: str) -> str:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiment import main_summary, run_experiment
+    from .experiment import run_experiment
+    from .report import main_summary
 
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
