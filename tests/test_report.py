@@ -43,7 +43,7 @@ def test_verdict_names_the_direction_and_the_evidence(test, expected):
     text = verdict("mean", "moma-3", summary_of(variant("mean pooling", other_uar, vs=test)), 0.05)
     assert expected in text
     if test:  # the numbers that decided it are in the sentence
-        assert f"{test['mean_diff']:+.3f}" in text and "30 fold×seed pairs" in text
+        assert f"{test['mean_diff']:+.3f}" in text and "30 fold×seed pairs (moma-3 higher in 20, lower in 10)" in text
         assert "[" in text and "95% CI" in text
 
 
@@ -52,8 +52,8 @@ def test_verdict_says_whether_the_other_pooled_uar_is_inside_the_reference_ci():
                      0.05)
     outside = verdict("mean", "moma-3", summary_of(variant("m", 0.50, vs=paired(0.1, 0.001, 0.05, 0.15),
                                                            ci=(0.45, 0.55))), 0.05)
-    assert "0.580 is inside moma-3's CI [0.560, 0.640]" in inside
-    assert "0.500 is outside moma-3's CI" in outside
+    assert "the pooled UAR of m, 0.580, is inside the CI of moma-3, [0.560, 0.640]" in inside
+    assert "the pooled UAR of m, 0.500, is outside the CI of moma-3" in outside
 
 
 def test_mean_std_format_says_when_a_spread_means_nothing():

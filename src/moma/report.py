@@ -217,15 +217,15 @@ def verdict(name: str, ref: str, summary: dict[str, Any], alpha: float) -> str:
     v_uar = (v.get("pooled") or {}).get("uar")
     outside = (ref_ci is not None and v_uar is not None and not (ref_ci["low"] <= v_uar <= ref_ci["high"]))
     direction = "higher" if d > 0 else "lower" if d < 0 else "equal"
-    stats = (f"mean UAR difference {d:+.3f} over {t['n']} {t.get('unit', 'fold×seed')} pairs ({t['wins']} wins, "
-             f"{t['losses']} losses); "
+    stats = (f"mean UAR difference {d:+.3f} over {t['n']} {t.get('unit', 'fold×seed')} pairs ({ref} higher in "
+             f"{t['wins']}, lower in {t['losses']}); "
              f"sign-flip p = {format_p(t['permutation_p'])}, Wilcoxon p = {format_p(t['wilcoxon_p'])}")
     if dci:
         stats += (f"; paired bootstrap {100 * (1 - alpha):.0f}% CI of the pooled UAR difference "
                   f"[{dci['low']:+.3f}, {dci['high']:+.3f}]")
     if ref_ci is not None and v_uar is not None:
-        stats += (f"; {v['label']}'s pooled UAR {v_uar:.3f} is {'outside' if outside else 'inside'} "
-                  f"{ref}'s CI [{ref_ci['low']:.3f}, {ref_ci['high']:.3f}]")
+        stats += (f"; the pooled UAR of {v['label']}, {v_uar:.3f}, is {'outside' if outside else 'inside'} "
+                  f"the CI of {ref}, [{ref_ci['low']:.3f}, {ref_ci['high']:.3f}]")
     if d > 0 and sig and ci_excl:
         head = f"{ref} beats {v['label']}: significant at α = {alpha:g} and the difference's CI excludes 0"
     elif d > 0 and (sig or ci_excl):
