@@ -32,6 +32,6 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 if [ ! -f "$MANIFEST" ]; then
     "$PYTHON" -m moma prepare emodb --root "$ROOT" --out "$MANIFEST"
 fi
-"$PYTHON" -m moma.baselines --manifest "$MANIFEST" --out "$OUT" --cache "$CACHE" \
+"$PYTHON" -m moma classical --manifest "$MANIFEST" --out "$OUT" --cache "$CACHE" \
     --feature-sets eGeMAPSv02 ComParE_2016 --normalisations global speaker --protocol loso --seed 0 \
     --workers 1 -q

@@ -252,25 +252,31 @@ def test_random_labels_do_not_score_perfectly():
     assert np.mean([r["test"]["uar"] for r in results]) < 0.8
 
 
-def test_run_classical_report_writes_one_table(tmp_path, monkeypatch):
+def test_moma_classical_writes_one_table(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("opensmile")  # the command refuses to start without it
+    from moma.cli import main
+
     utts, feats = toy_corpus()
     manifest = tmp_path / "toy.jsonl"
     manifest.write_text("".join(json.dumps({"id": u.id, "path": u.path, "speaker": u.speaker, "label": u.label,
                                             "corpus": "toy", "sha1": "ab" * 20}) + "\n" for u in utts))
     fake_sets = {"eGeMAPSv02": 1.0, "ComParE_2016": 2.0}
 
-    def fake_extract(utterances, feature_set, **kwargs):
+    def fake_extract(utterances, feature_set, **kwargs):  # no audio: the toy corpus's vectors
         return {u.id: feats[u.id] * fake_sets[feature_set] for u in utterances}
 
     monkeypatch.setattr(baselines, "extract_functionals", fake_extract)
-    report = baselines.run_classical_report(manifest, tmp_path / "out", cache_dir=tmp_path / "cache",
-                                            command="python -m moma.baselines --toy", c_grid=GRID)
-    assert [(r["feature_set"], r["normalisation"]) for r in report["runs"]] == [
+    out = tmp_path / "out"
+    assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--cache", str(tmp_path / "c"),
+                 "-q"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 5 and printed[0].split()[:2] == ["eGeMAPSv02", "global:"]
+    saved = json.loads((out / "report.json").read_text())
+    assert [(r["feature_set"], r["normalisation"]) for r in saved["runs"]] == [
         ("eGeMAPSv02", "global"), ("eGeMAPSv02", "speaker"), ("ComParE_2016", "global"), ("ComParE_2016", "speaker")]
-    md = (tmp_path / "out" / "report.md").read_text()
-    saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["runs"][0]["summary"]["folds"] == 4
-    assert "python -m moma.baselines --toy" in md
+    md = (out / "report.md").read_text()
+    assert f"moma classical --manifest {manifest} --out {out}" in md  # the command that made it
     assert "| eGeMAPSv02 | speaker (transductive) |" in md
     assert "unlabelled" in md and PAPER_NAMING_NOTE in md
     assert md.count("| spk-s") >= 8  # per-fold UAR and chosen-C tables

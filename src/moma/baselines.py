@@ -21,12 +21,11 @@ This module does not import torch itself; scoring and aggregation reuse
 
 Usage::
 
-    python -m moma.baselines --manifest runs/emodb.jsonl --out reports/emodb-classical
+    moma classical --manifest runs/emodb.jsonl --out reports/emodb-classical
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -594,37 +593,3 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     (out / "report.md").write_text(render_classical_markdown(report), encoding="utf-8")
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m moma.baselines",
-                                description="openSMILE functionals + linear SVM on the MOMA folds")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--out", required=True, help="folder for report.md and report.json")
-    p.add_argument("--cache", default=DEFAULT_CACHE, help="openSMILE feature cache folder")
-    p.add_argument("--feature-sets", nargs="+", default=list(FEATURE_SETS), choices=list(FEATURE_SETS))
-    p.add_argument("--normalisations", nargs="+", default=list(NORMALISATIONS), choices=list(NORMALISATIONS))
-    p.add_argument("--protocol", default="loso", choices=["loso", "loso-session", "session-holdout",
-                                                         "speaker-kfold"])
-    p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="processes for feature extraction")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = "python -m moma.baselines " + " ".join(shlex.quote(a) for a in argv_list)
-    report = run_classical_report(args.manifest, args.out, feature_sets=args.feature_sets,
-                                  normalisations=args.normalisations, cache_dir=args.cache, command=command,
-                                  protocol=args.protocol, k=args.k, seed=args.seed, workers=args.workers,
-                                  progress=not args.quiet)
-    for run in report["runs"]:
-        s = run["summary"]
-        print(f"{run['feature_set']:>13} {run['normalisation']:>7}: UAR {_fmt(s['uar'])}  accuracy "
-              f"{_fmt(s['accuracy'])}  pooled UAR {s['pooled']['uar']:.3f}")
-    print(f"wrote {Path(args.out) / 'report.md'} and report.json")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

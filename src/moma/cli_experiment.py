@@ -1,8 +1,9 @@
 """``moma experiment CONFIG.yaml``: a grid of model variants x seeds x folds (see :mod:`moma.experiment`),
-and the analysis commands that go with it: ``moma robustness`` (:func:`moma.robustness.run_robustness`) and
-``moma analyse-attention`` (:func:`moma.analysis.run_attention_analysis`).
+and the analysis commands that go with it: ``moma robustness`` (:func:`moma.robustness.run_robustness`),
+``moma analyse-attention`` (:func:`moma.analysis.run_attention_analysis`) and ``moma classical``
+(:func:`moma.baselines.run_classical_report`).
 
-``moma.cli`` registers all three with::
+``moma.cli`` registers all four with::
 
     from .cli_experiment import add_experiment_command
     add_experiment_command(sub)
@@ -44,7 +45,7 @@ def add_experiment_command(subparsers: Any) -> None:
 
 
 def add_analysis_commands(subparsers: Any) -> None:
-    """Register ``robustness`` and ``analyse-attention`` (called by :func:`add_experiment_command`)."""
+    """Register ``robustness``, ``analyse-attention`` and ``classical`` (called by :func:`add_experiment_command`)."""
     p = subparsers.add_parser(
         "robustness", help="score checkpoints on clean and degraded audio (noise, babble, telephone, gain, reverb)",
         description="Evaluate each checkpoint on the manifest's utterances (or --speakers) under every condition; "
@@ -83,6 +84,29 @@ def add_analysis_commands(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the probe's folds")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_analyse_attention)
+
+    from .baselines import DEFAULT_CACHE, FEATURE_SETS, NORMALISATIONS  # no torch, no opensmile at import
+
+    p = subparsers.add_parser(
+        "classical", help="openSMILE functionals + linear SVM on the MOMA folds (the classical anchor)",
+        description="Extract openSMILE functionals for every utterance (cached), then for each feature set and "
+                    "normalisation train a linear SVM per fold of the protocol on its training and validation "
+                    "speakers, C chosen by inner leave-one-speaker-out CV, and test it on the fold's test "
+                    "speakers. Writes report.md and report.json. Needs the 'classical' extra (opensmile).")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and report.json")
+    p.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="openSMILE feature cache folder")
+    p.add_argument("--feature-sets", nargs="+", default=list(FEATURE_SETS), choices=list(FEATURE_SETS))
+    p.add_argument("--normalisations", nargs="+", default=list(NORMALISATIONS), choices=list(NORMALISATIONS),
+                   help="global: statistics of training speakers only; speaker: every speaker by its own "
+                        "statistics, the test speaker's unlabelled audio included (transductive)")
+    p.add_argument("--protocol", default="loso", choices=["loso", "loso-session", "session-holdout",
+                                                         "speaker-kfold"])
+    p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes for feature extraction")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_classical)
 
 
 def _select_speakers(manifest: str, speakers: list[str] | None) -> tuple[list[Any], list[Any]]:
@@ -134,6 +158,33 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         print(f"  {c:<14}{row}")
     print(f"report:  {Path(args.out) / 'report.md'}")
     print(f"figure:  {Path(args.out) / results['figure']}")
+    return 0
+
+
+def cmd_classical(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from .baselines import run_classical_report
+
+    if args.k < 2:
+        raise ValueError(f"--k must be >= 2, got {args.k}")
+    if importlib.util.find_spec("opensmile") is None:
+        raise ValueError("moma classical needs the opensmile package: pip install 'moma-ser[classical]'")
+    parts = ["moma", "classical", "--manifest", args.manifest, "--out", args.out, "--cache", args.cache,
+             "--feature-sets", *args.feature_sets, "--normalisations", *args.normalisations,
+             "--protocol", args.protocol]
+    parts += ["--k", str(args.k)] if args.protocol == "speaker-kfold" else []
+    parts += ["--seed", str(args.seed)]
+    report = run_classical_report(args.manifest, args.out, feature_sets=args.feature_sets,
+                                  normalisations=args.normalisations, cache_dir=args.cache, command=_quoted(parts),
+                                  protocol=args.protocol, k=args.k, seed=args.seed, workers=args.workers,
+                                  progress=not args.quiet)
+    for run in report["runs"]:
+        s = run["summary"]
+        print(f"{run['feature_set']:>13} {run['normalisation']:>7}: UAR {s['uar']['mean']:.3f} ± "
+              f"{s['uar']['std']:.3f}  accuracy {s['accuracy']['mean']:.3f} ± {s['accuracy']['std']:.3f}  "
+              f"pooled UAR {s['pooled']['uar']:.3f}")
+    print(f"report:  {Path(args.out) / 'report.md'}")
     return 0
 
 
