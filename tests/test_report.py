@@ -1,7 +1,10 @@
 """moma.report: the verdict sentences, the number formats and report.md on hand-made results (no training)."""
 
+import json
+
 import pytest
 
+from moma.cli import main
 from moma.report import _ms, main_summary, plot_uar_by_variant, plot_uar_vs_blocks, render_experiment_report, verdict
 
 
@@ -108,3 +111,12 @@ def test_block_and_variant_figures_are_written_with_their_caption(tmp_path):
     summary["variants"]["moma-1"]["uar"]["seeds"] = 0  # an unfinished variant is left out, not plotted as 0
     plot_uar_vs_blocks(summary, {"moma-1": 1, "moma-3": 3}, tmp_path / "b2.png", title="t", command="c", config="k")
     assert (tmp_path / "b2.png").stat().st_size > 5000
+
+
+def test_moma_report_rerenders_an_experiment_folder_from_results_json(tmp_path, capsys):
+    results = results_of([], [0, 1, 2])
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "report.md").write_text("stale")
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text() == render_experiment_report(results)
+    assert capsys.readouterr().out.startswith("hand-made: 6/6 cells")

@@ -146,6 +146,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .report import is_experiment_folder, main_summary, rewrite_experiment_report
+
+    if is_experiment_folder(args.run_dir):
+        print(main_summary(rewrite_experiment_report(args.run_dir)))
+        print(f"report: {Path(args.run_dir) / 'report.md'}")
+        return 0
     from .crossval import rebuild_report
 
     report = rebuild_report(args.run_dir)
@@ -226,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("report", help="rebuild a cv run's report from its finished folds")
+    p = sub.add_parser("report", help="rebuild a cv run's report from its finished folds, or re-render an "
+                                      "experiment's report.md from its results.json")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
 

@@ -7,6 +7,7 @@ caption, the command and config that made it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -448,3 +449,20 @@ def main_summary(results: dict[str, Any]) -> str:
     for c in results.get("claims") or []:
         out.append(f"  claim {c['text'].split(' ', 1)[0]} {c['claim']:<10} {c['verdict']}")
     return "\n".join(out)
+
+
+def is_experiment_folder(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds an experiment's ``results.json`` (a ``moma cv`` run holds ``report.json``)."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        return False
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(data, dict) and "experiment" in data and "summary" in data
+
+
+def rewrite_experiment_report(run_dir: str | Path) -> dict[str, Any]:
+    """Re-render ``run_dir/report.md`` from ``run_dir/results.json`` alone (no corpus, no checkpoints); returns
+    the results. The figures are not redrawn: they are files beside it already."""
+    results = json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8"))
+    (Path(run_dir) / "report.md").write_text(render_experiment_report(results), encoding="utf-8")
+    return results
