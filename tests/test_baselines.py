@@ -280,6 +280,8 @@ def test_moma_classical_writes_one_table(tmp_path, monkeypatch, capsys):
     assert "| eGeMAPSv02 | speaker (transductive) |" in md
     assert "unlabelled" in md and PAPER_NAMING_NOTE in md
     assert md.count("| spk-s") >= 8  # per-fold UAR and chosen-C tables
+    assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--feature-sets", "GeMAPS"]) == 2
+    assert "--feature-sets: unknown GeMAPS (choose from eGeMAPSv02, ComParE_2016)" in capsys.readouterr().err
 
 
 def test_importing_baselines_does_not_import_torch():

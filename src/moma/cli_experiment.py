@@ -85,8 +85,6 @@ def add_analysis_commands(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_analyse_attention)
 
-    from .baselines import DEFAULT_CACHE, FEATURE_SETS, NORMALISATIONS  # no torch, no opensmile at import
-
     p = subparsers.add_parser(
         "classical", help="openSMILE functionals + linear SVM on the MOMA folds (the classical anchor)",
         description="Extract openSMILE functionals for every utterance (cached), then for each feature set and "
@@ -95,11 +93,14 @@ def add_analysis_commands(subparsers: Any) -> None:
                     "speakers. Writes report.md and report.json. Needs the 'classical' extra (opensmile).")
     p.add_argument("--manifest", required=True)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and report.json")
-    p.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="openSMILE feature cache folder")
-    p.add_argument("--feature-sets", nargs="+", default=list(FEATURE_SETS), choices=list(FEATURE_SETS))
-    p.add_argument("--normalisations", nargs="+", default=list(NORMALISATIONS), choices=list(NORMALISATIONS),
+    # names checked in cmd_classical: importing moma.baselines here would slow every moma command
+    p.add_argument("--cache", default=None, metavar="DIR", help="openSMILE feature cache folder (default: "
+                                                                "cache/opensmile)")
+    p.add_argument("--feature-sets", nargs="+", default=None, metavar="NAME",
+                   help="openSMILE functionals: eGeMAPSv02, ComParE_2016 (default: both)")
+    p.add_argument("--normalisations", nargs="+", default=None, metavar="MODE",
                    help="global: statistics of training speakers only; speaker: every speaker by its own "
-                        "statistics, the test speaker's unlabelled audio included (transductive)")
+                        "statistics, the test speaker's unlabelled audio included (transductive) (default: both)")
     p.add_argument("--protocol", default="loso", choices=["loso", "loso-session", "session-holdout",
                                                          "speaker-kfold"])
     p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold")
@@ -164,8 +165,16 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 def cmd_classical(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from .baselines import run_classical_report
+    from .baselines import DEFAULT_CACHE, FEATURE_SETS, NORMALISATIONS, run_classical_report
 
+    args.cache = args.cache or DEFAULT_CACHE
+    args.feature_sets = args.feature_sets or list(FEATURE_SETS)
+    args.normalisations = args.normalisations or list(NORMALISATIONS)
+    for option, given, known in (("--feature-sets", args.feature_sets, FEATURE_SETS),
+                                 ("--normalisations", args.normalisations, NORMALISATIONS)):
+        unknown = [v for v in given if v not in known]
+        if unknown:
+            raise ValueError(f"{option}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
     if args.k < 2:
         raise ValueError(f"--k must be >= 2, got {args.k}")
     if importlib.util.find_spec("opensmile") is None:
