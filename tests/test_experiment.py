@@ -284,7 +284,8 @@ def test_bad_analysis_sections_are_refused(tmp_path):
     assert spec.attention and spec.probe and spec.robustness and len(spec.conditions) == 13 and spec.seeds == [0]
 
 
-@pytest.mark.parametrize("name,classes", [("emodb-table1", None), ("emodb-table1-4class", "4class")])
+@pytest.mark.parametrize("name,classes", [("emodb-table1", None), ("emodb-table1-4class", "4class"),
+                                          ("iemocap-table1", "4class")])
 def test_shipped_experiments_have_the_analysis_section(name, classes):
     shipped = Path(__import__("moma").__file__).with_name("configs") / "experiments" / f"{name}.yaml"
     exp = load_experiment(shipped)
@@ -298,7 +299,8 @@ def test_shipped_experiments_have_the_analysis_section(name, classes):
         from moma.corpora import resolve_label_map
 
         assert "4class" in exp.corpus["manifest"] and exp.reference == "moma-3" and len(exp.variants) == 8
-        assert sorted(set(resolve_label_map("emodb", classes).values())) == ["angry", "happy", "neutral", "sad"]
+        corpus = exp.corpus["name"]
+        assert sorted(set(resolve_label_map(corpus, classes).values())) == ["angry", "happy", "neutral", "sad"]
 
 
 def test_analysed_seeds_run_first_and_are_reported_before_the_other_seeds(grid, monkeypatch):
@@ -428,3 +430,31 @@ def test_missing_manifest_is_prepared_from_the_corpus_root(tmp_path, monkeypatch
     config.write_text(yaml.safe_dump(spec))
     with pytest.raises(FileNotFoundError):
         load_corpus(load_experiment(config))
+
+
+def test_shipped_iemocap_experiment_runs_on_a_copy_given_by_root(tmp_path, monkeypatch):
+    """--root points a shipped experiment at the user's copy: the paper's split (Session 5 tested, validation
+    speakers from Sessions 1-4), its 4 classes, and a stale manifest from another copy refused."""
+    from replicas import make_iemocap_replica
+
+    from moma.experiment import experiment_folds, load_corpus
+
+    replica = make_iemocap_replica(tmp_path / "copy")
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(__import__("moma").__file__).with_name("configs") / "experiments" / "iemocap-table1.yaml"
+    exp = load_experiment(shipped, corpus_root=replica.root)
+    assert {v.config.model.hidden_size for v in exp.variants.values()} == {512}  # the paper's model
+    utts = load_corpus(exp)
+    assert (tmp_path / "runs" / "iemocap-4class.jsonl").is_file()
+    assert {u.label for u in utts} <= {"angry", "happy", "neutral", "sad"} and "happy" in {u.label for u in utts}
+    by_id = {u.id: u for u in utts}
+    assert any(replica.raw_labels.get(u.id) == "exc" and u.label == "happy" for u in utts)  # excited merged
+    (fold,) = experiment_folds(exp, utts)
+    assert {by_id[i].session for i in fold.test} == {"Ses05"}
+    assert {by_id[i].session for i in fold.train + fold.val} == {"Ses01"}
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    with pytest.raises(ValueError, match="prepared from another copy"):
+        load_corpus(load_experiment(shipped, corpus_root=other))
+    with pytest.raises(ValueError, match="needs a corpus 'name'"):
+        load_experiment(write_yaml(tmp_path / "m.yaml", "runs/iemocap-4class.jsonl"), corpus_root=other)

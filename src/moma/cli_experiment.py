@@ -36,6 +36,9 @@ def add_experiment_command(subparsers: Any) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one option in every variant, after the variants' own (repeatable); "
                         "a changed option needs a new --out")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="the corpus folder, replacing the file's corpus.root (a shipped experiment on your copy "
+                        "of its corpus); the manifest is prepared from it when missing")
     p.add_argument("--feature-workers", type=int, default=1)
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: aggregate the finished cells into the report")
@@ -244,12 +247,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     parts = ["moma", "experiment", args.config, "--out", out]
     parts += ["--jobs", str(args.jobs)] if args.jobs > 1 else []
     parts += ["--cache", args.cache] if args.cache else []
+    parts += ["--root", args.root] if args.root else []
     for s in args.set:
         parts += ["--set", s]
     command = " ".join(shlex.quote(a) for a in parts)
     results = run_experiment(config, out, jobs=args.jobs, cache_dir=args.cache, sets=args.set, command=command,
                              progress=not args.quiet, feature_workers=args.feature_workers,
-                             train=not args.report_only)
+                             train=not args.report_only, corpus_root=args.root)
     print(main_summary(results))
     print(f"report:  {Path(out) / 'report.md'}")
     print(f"results: {Path(out) / 'results.json'}")

@@ -201,6 +201,7 @@ class Experiment:
     raw: dict[str, Any] = field(default_factory=dict)
     analysis: AnalysisSpec | None = None
     classical: ClassicalSpec | None = None
+    root_given: bool = False  # corpus.root came from the command line: an existing manifest must be from it
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved experiment, as written to ``experiment.yaml``."""
@@ -343,12 +344,15 @@ def parse_classical(data: Any, where: str) -> ClassicalSpec | None:
                          c_grid=[float(c) for c in grid])
 
 
-def load_experiment(path: str | Path, extra_sets: Sequence[str] = ()) -> Experiment:
+def load_experiment(path: str | Path, extra_sets: Sequence[str] = (), corpus_root: str | Path | None = None
+                    ) -> Experiment:
     """Read and validate an experiment file; every variant's config is resolved (unknown options fail here).
 
     ``extra_sets`` (the command line's ``--set``) apply to every variant after
-    the variant's own overrides. Raises :class:`ValueError` naming the file and
-    the offending key, variant or option.
+    the variant's own overrides. ``corpus_root`` (the command line's ``--root``)
+    replaces ``corpus.root``, so a shipped experiment runs on a copy of its
+    corpus anywhere. Raises :class:`ValueError` naming the file and the
+    offending key, variant or option.
     """
     path = Path(path)
     if not path.is_file():
@@ -363,6 +367,10 @@ def load_experiment(path: str | Path, extra_sets: Sequence[str] = ()) -> Experim
     if "manifest" not in corpus and "name" not in corpus:
         raise ValueError(f"{path}: corpus needs 'manifest', or 'name' with 'root' (or all three: the manifest is "
                          "then prepared from the corpus when it does not exist yet)")
+    if corpus_root is not None:
+        if "name" not in corpus:
+            raise ValueError(f"{path}: --root needs a corpus 'name' in the file (it reads only a manifest)")
+        corpus["root"] = str(corpus_root)
     if "name" in corpus and "root" not in corpus:
         raise ValueError(f"{path}: corpus {corpus['name']!r} needs 'root'")
     protocol = dict(_check_keys(data.get("protocol") or {"name": "loso"}, PROTOCOL_KEYS, f"{path}: protocol"))
@@ -424,7 +432,8 @@ def load_experiment(path: str | Path, extra_sets: Sequence[str] = ()) -> Experim
                       seeds=list(seeds), reference=reference, variants=variants, base=base, sets=sets,
                       cache=str(data.get("cache") or DEFAULT_CACHE), bootstrap=bootstrap, alpha=float(alpha),
                       notes=_as_list(data.get("notes"), f"{path}: notes"), raw=data,
-                      analysis=parse_analysis(data.get("analysis"), str(path), seeds), classical=classical)
+                      analysis=parse_analysis(data.get("analysis"), str(path), seeds), classical=classical,
+                      root_given=corpus_root is not None)
 
 
 def load_corpus(exp: Experiment, progress: bool = False) -> list[Utterance]:
@@ -440,7 +449,14 @@ def load_corpus(exp: Experiment, progress: bool = False) -> list[Utterance]:
     if manifest is not None:
         found = _find_path(str(manifest), base_dir)
         if found.is_file() or "name" not in exp.corpus:
-            return read_manifest(found)
+            utterances = read_manifest(found)
+            if exp.root_given:
+                root = _find_path(str(exp.corpus["root"]), base_dir).resolve()
+                elsewhere = [u.path for u in utterances if not Path(u.path).resolve().is_relative_to(root)]
+                if elsewhere:
+                    raise ValueError(f"{found} lists audio outside --root {root} (e.g. {elsewhere[0]}): it was "
+                                     "prepared from another copy of the corpus; remove it to prepare it again")
+            return utterances
     from .corpora import prepare_corpus
 
     utterances = prepare_corpus(str(exp.corpus["name"]), _find_path(str(exp.corpus["root"]), base_dir),
@@ -1107,14 +1123,15 @@ def _display_path(path: str | Path) -> str:
 
 def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *, jobs: int = 1,
                    cache_dir: str | Path | None = None, sets: Sequence[str] = (), command: str | None = None,
-                   progress: bool = False, feature_workers: int = 1, train: bool = True) -> dict[str, Any]:
+                   progress: bool = False, feature_workers: int = 1, train: bool = True,
+                   corpus_root: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) every cell of the experiment, then write results.json, report.md and the figures.
 
     ``train=False`` only aggregates the cells that have finished (a report of a
     grid still running elsewhere). Returns the content of ``results.json``.
     """
     t0 = time.time()
-    exp = load_experiment(config_path, sets)
+    exp = load_experiment(config_path, sets, corpus_root)
     out_dir = Path(out_dir) if out_dir is not None else Path("runs/experiments") / Path(config_path).stem
     command = command or "moma experiment " + " ".join(shlex.quote(a) for a in
                                                        [str(config_path), "--out", str(out_dir)])
