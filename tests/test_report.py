@@ -1,6 +1,8 @@
-"""moma.report: the verdict sentences, the number formats and report.md on hand-made results (no training)."""
+"""moma.report: the verdict sentences, the number formats and report.md on hand-made results (no training),
+and each committed experiment report against what its results.json renders to."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +122,16 @@ def test_moma_report_rerenders_an_experiment_folder_from_results_json(tmp_path, 
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").read_text() == render_experiment_report(results)
     assert capsys.readouterr().out.startswith("hand-made: 6/6 cells")
+
+
+REPORTS = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "reports").glob("*/results.json"))
+
+
+@pytest.mark.parametrize("folder", REPORTS, ids=[p.name for p in REPORTS])
+def test_committed_experiment_reports_are_what_their_results_render_to(folder):
+    """A committed report.md that drifted from its results.json (hand edits, or rendering changed without
+    `moma report FOLDER`) fails here."""
+    results = json.loads((folder / "results.json").read_text())
+    assert (folder / "report.md").read_text() == render_experiment_report(results)
+    for fig in results["figures"] + (results.get("attention_maps") or []):
+        assert (folder / fig["file"]).is_file(), fig["file"]
