@@ -33,6 +33,9 @@ declare -A variants=(
   [pitch-speaker-ens3]="--config emodb-cpu --set features.pitch=true --set train.ensemble=3 --set data.normalisation=speaker"
   [pitch-global-ens3-rotate]="--config emodb-cpu --set features.pitch=true --set train.ensemble=3 --set train.ensemble_validation=rotate"
   [pitch-global-adv]="--config emodb-cpu --set features.pitch=true --set train.speaker_adversarial=0.5"
+  [egemaps-global]="--config emodb-cpu --set features.pitch=true --set features.lld=egemaps"
+  [compare-global]="--config emodb-cpu --set features.pitch=true --set features.lld=compare"
+  [egemaps-speaker]="--config emodb-cpu --set features.pitch=true --set features.lld=egemaps --set data.normalisation=speaker"
 )
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=(pitch-global-ens3 pitch-speaker-ens3)

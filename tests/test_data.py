@@ -87,3 +87,19 @@ def test_time_stretch_changes_length_and_keeps_endpoints():
     assert fast.shape == (80, 3)
     assert fast[0, 0] == 0 and fast[-1, 0] == 99
     assert stretch_time(feats, 0.8).shape == (125, 3)
+
+
+def test_vtlp_warps_only_the_mel_columns():
+    from moma.config import DataConfig
+    from moma.data import augment
+
+    rng_feats = np.random.default_rng(0).normal(size=(50, 25)).astype(np.float32)
+    rng_feats[:, 23] = 5.0  # a log-F0 column after 23 Mel bins
+    cfg = DataConfig(vtlp=0.3, spec_augment=False)
+    out = augment(rng_feats, cfg, np.random.default_rng(1), mel_bins=23)
+    assert out.shape == rng_feats.shape
+    np.testing.assert_array_equal(out[:, 23:], rng_feats[:, 23:])  # appended columns untouched
+    assert not np.allclose(out[:, :23], rng_feats[:, :23])  # the Mel bins were warped
+    # warping all 25 columns as one axis would carry log F0 into the top Mel bins
+    seam = augment(rng_feats, cfg, np.random.default_rng(1), mel_bins=0)
+    assert not np.allclose(seam[:, 23:], rng_feats[:, 23:])

@@ -391,3 +391,46 @@ def test_pitch_features_track_f0_and_voicing():
     assert np.all(np.isfinite(feats))
     plain = compute_features(signal, FeatureConfig())
     np.testing.assert_array_equal(plain, feats[:, :23])
+
+
+def _glide(seconds: float = 1.0) -> np.ndarray:
+    """A harmonic tone gliding 120 -> 220 Hz, then half a second of faint noise."""
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 120.0 + 100.0 * t / seconds
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8)).astype(np.float32) * 0.3
+    return np.concatenate([voiced, np.random.default_rng(0).normal(0, 1e-3, SR // 2).astype(np.float32)])
+
+
+def test_opensmile_descriptors_are_aligned_to_filterbank_frames():
+    from moma.features import compute_features, feature_dim
+
+    signal = _glide()
+    plain = compute_features(signal, FeatureConfig())
+    for name, dims in (("egemaps", 25), ("compare", 65)):
+        cfg = FeatureConfig(lld=name, pitch=True)
+        feats = compute_features(signal, cfg)
+        assert feats.shape == (plain.shape[0], feature_dim(cfg)) == (plain.shape[0], 23 + 2 + dims)
+        assert np.isfinite(feats).all()
+        np.testing.assert_array_equal(feats[:, :23], plain)
+    # eGeMAPS column 10 is F0 in semitones above 27.5 Hz: it follows the glide at 0.1 s and 0.9 s
+    semitones = compute_features(signal, FeatureConfig(lld="egemaps"))[:, 23 + 10]
+    expected = 12 * np.log2(np.array([130.0, 210.0]) / 27.5)
+    assert np.all(np.abs(semitones[[10, 90]] - expected) < 1.5), semitones[[10, 90]]
+
+
+def test_unknown_descriptor_set_is_refused_before_any_file_is_read(tmp_path):
+    with pytest.raises(ValueError, match="features.lld: unknown set 'gemaps'"):
+        FeatureCache(tmp_path, FeatureConfig(lld="gemaps"))
+
+
+def test_descriptor_option_keeps_existing_cache_hashes():
+    import dataclasses
+    import hashlib
+
+    # the hash of a configuration without descriptors is what it was before the option existed
+    data = dataclasses.asdict(FeatureConfig())
+    del data["lld"]
+    before = hashlib.sha1(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    assert feature_config_hash(FeatureConfig()) == before
+    assert feature_config_hash(FeatureConfig(lld="egemaps")) not in (before, feature_config_hash(FeatureConfig(lld="compare")))

@@ -34,6 +34,7 @@ class FeatureConfig:
     pitch: bool = False  # append 2 prosodic dims per frame: log F0 (Praat autocorrelation) and voicing strength
     pitch_floor: float = 60.0  # Hz, lowest F0 searched
     pitch_ceiling: float = 600.0  # Hz, highest F0 searched (emotional speech reaches high F0)
+    lld: str = "none"  # none | egemaps (25 dims) | compare (65 dims): openSMILE low-level descriptors appended per frame
 
 
 @dataclass

@@ -169,7 +169,8 @@ def describe_model(cfg: RunConfig) -> str:
     if m.arch == "moma":
         text += f", {m.num_blocks} blocks ({'learned' if m.learn_gammas else 'fixed equal'} gammas)"
     f, d = cfg.features, cfg.data
-    extras = [f"{f.n_mels} log-Mel" + (" + pitch (log F0, voicing)" if f.pitch else "")]
+    extras = [f"{f.n_mels} log-Mel" + (" + pitch (log F0, voicing)" if f.pitch else "")
+              + (f" + openSMILE {f.lld} LLDs" if f.lld != "none" else "")]
     if d.segment_length_s > 0:
         extras.append(f"segments {d.segment_length_s:g} s / hop {d.segment_hop_s:g} s")
     if d.random_crop_s > 0:

@@ -78,8 +78,10 @@ class FeatureDataset(Dataset):
     """
 
     def __init__(self, features: dict[str, np.ndarray], items: list[Item], cfg: DataConfig | None = None,
-                 *, train: bool = False, seed: int = 0, frames_per_second: float = 100.0) -> None:
+                 *, train: bool = False, seed: int = 0, frames_per_second: float = 100.0,
+                 mel_bins: int = 0) -> None:
         self.features = features
+        self.mel_bins = mel_bins  # leading columns that are Mel bins (VTLP warps only these); 0 = all
         self.items = items
         self.cfg = cfg or DataConfig()
         self.train = train
@@ -112,7 +114,7 @@ class FeatureDataset(Dataset):
                 end = start + self.crop
         feats = self.features[it.key][start:end]
         if self.train and rng is not None:
-            feats = augment(feats, self.cfg, rng)
+            feats = augment(feats, self.cfg, rng, mel_bins=self.mel_bins)
         return np.ascontiguousarray(feats, dtype=np.float32), it.label, it.key, start
 
 
@@ -145,15 +147,22 @@ def stretch_time(feats: np.ndarray, rate: float) -> np.ndarray:
     return feats[lo] * (1 - frac) + feats[hi] * frac  # [T', F]
 
 
-def augment(feats: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
-    """Tempo and vocal-tract perturbation, SpecAugment-style masking and feature noise ([T, F] in and out)."""
+def augment(feats: np.ndarray, cfg: DataConfig, rng: np.random.Generator, *, mel_bins: int = 0) -> np.ndarray:
+    """Tempo and vocal-tract perturbation, SpecAugment-style masking and feature noise ([T, F] in and out).
+
+    VTLP warps only the first ``mel_bins`` columns (0: all): appended pitch or
+    descriptor columns are not a frequency axis, and warping across the seam
+    would copy log F0 into the top Mel bins. Frequency masks may cover any column.
+    """
     if not cfg.spec_augment and cfg.noise_std <= 0 and cfg.vtlp <= 0 and cfg.tempo <= 0:
         return feats
     out = feats.copy()
     if cfg.tempo > 0:
         out = stretch_time(out, float(rng.uniform(1 - cfg.tempo, 1 + cfg.tempo)))
     if cfg.vtlp > 0:
-        out = warp_frequency(out, float(rng.uniform(1 - cfg.vtlp, 1 + cfg.vtlp)))
+        alpha = float(rng.uniform(1 - cfg.vtlp, 1 + cfg.vtlp))
+        n_mel = mel_bins if 0 < mel_bins < out.shape[1] else out.shape[1]
+        out = np.concatenate([warp_frequency(out[:, :n_mel], alpha), out[:, n_mel:]], axis=1)
     out = np.ascontiguousarray(out, dtype=np.float32)
     n_frames, n_bins = out.shape
     if cfg.spec_augment:
