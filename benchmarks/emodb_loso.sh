@@ -35,7 +35,10 @@ declare -A variants=(
   [pitch-global-adv]="--config emodb-cpu --set features.pitch=true --set train.speaker_adversarial=0.5"
   [egemaps-global]="--config emodb-cpu --set features.pitch=true --set features.lld=egemaps"
   [compare-global]="--config emodb-cpu --set features.pitch=true --set features.lld=compare"
-  [egemaps-speaker]="--config emodb-cpu --set features.pitch=true --set features.lld=egemaps --set data.normalisation=speaker"
+  [compare-speaker]="--config emodb-cpu --set features.pitch=true --set features.lld=compare --set data.normalisation=speaker"
+  [compare-global-ens3]="--config emodb-cpu --set features.pitch=true --set features.lld=compare --set train.ensemble=3"
+  [compare-global-ens3-rotate]="--config emodb-cpu --set features.pitch=true --set features.lld=compare --set train.ensemble=3 --set train.ensemble_validation=rotate"
+  [compare-global-adv]="--config emodb-cpu --set features.pitch=true --set features.lld=compare --set train.speaker_adversarial=0.5"
 )
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=(pitch-global-ens3 pitch-speaker-ens3)

@@ -15,13 +15,14 @@ def row(path: Path) -> str:
     single_txt = f"{single['mean']:.3f} ± {single['std']:.3f}" if single else ""
     return (f"| [{path.name}]({path.name}/report.md) | {r['model']} | {norm} | {folds} | "
             f"**{s['uar']['mean']:.3f} ± {s['uar']['std']:.3f}** | {s['accuracy']['mean']:.3f} ± {s['accuracy']['std']:.3f} | "
-            f"{s['macro_f1']['mean']:.3f} | {s['pooled']['uar']:.3f} | {single_txt} |")
+            f"{s['macro_f1']['mean']:.3f} | {s['pooled']['uar']:.3f} | {single_txt} | "
+            f"{r.get('device', '?')}, {r.get('wall_time_s', 0) / 60:.0f} min |")
 
 
 def main(dirs: list[str]) -> None:
     print("| run | model and training | normalisation | folds | UAR (mean ± std over folds) | accuracy | macro-F1 | "
-          "pooled UAR | single-member UAR (mean ± std over seeds) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "pooled UAR | single-member UAR (mean ± std over seeds) | device, wall time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for d in dirs:
         if (Path(d) / "report.json").is_file():
             print(row(Path(d)))

@@ -50,3 +50,12 @@ def test_unknown_ensemble_validation_is_refused(corpus):
     cfg = load_run_config(sets=TINY + ["train.ensemble_validation=random"])
     with pytest.raises(ValueError, match="train.ensemble_validation must be one of same, rotate"):
         run_cross_validation(utts, cfg, root / "bad", protocol="loso", cache_dir=root / "cache")
+
+
+def test_model_description_names_every_input_feature_group():
+    from moma.crossval import describe_model
+
+    plain = describe_model(load_run_config(sets=["model.hidden_size=8"]))
+    assert "23 log-Mel" in plain and "pitch" not in plain and "openSMILE" not in plain
+    both = describe_model(load_run_config(sets=["features.pitch=true", "features.lld=egemaps"]))
+    assert "23 log-Mel + pitch (log F0, voicing) + openSMILE egemaps LLDs" in both

@@ -75,3 +75,11 @@ def test_paired_test_small_p_for_consistent_difference_large_for_identical():
 def test_sign_flip_exact_value():
     p, exact = sign_flip_test([1.0] * 5)
     assert exact and p == pytest.approx(2 / 32)
+
+
+def test_holm_adjustment_is_step_down_monotone_and_capped():
+    from moma.stats import holm_adjust
+
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3*0.01, max(2*0.03, 1*0.04)
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm_adjust([]) == []

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .stats import format_p, paired_test
+from .stats import format_p, holm_adjust, paired_test
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_MEASURED = "supported", "not supported", "inconclusive", "not measured"
 SMOOTHING_IDENTICAL_CORRELATION = 0.99  # mean block correlation at or above this: the blocks are copies
@@ -260,18 +260,6 @@ def claim_bias(results: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
-    order = np.argsort(pvalues)
-    m = len(pvalues)
-    adj = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
-        adj[i] = running
-    return adj
-
-
 def claim_blocks(results: dict[str, Any]) -> dict[str, Any]:
     """Claim (d); see ``CLAIM_RULES["blocks"]``."""
     alpha = results["experiment"]["alpha"]
@@ -305,7 +293,7 @@ def claim_blocks(results: dict[str, Any]) -> dict[str, Any]:
             t = paired_test([uar[a][c] for c in common], [uar[b][c] for c in common])
             pairs.append((a, b, t["mean_diff"]))
             ps.append(t["permutation_p"])
-    adj = _holm(ps) if ps else []
+    adj = holm_adjust(ps) if ps else []
     better = []  # (winner, loser, diff, adjusted p)
     for (a, b, d), p in zip(pairs, adj):
         if p < alpha and d != 0:

@@ -160,6 +160,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from .compare import compare_runs, load_run_report, render_comparison
+
+    result = compare_runs([load_run_report(r) for r in args.runs], metric=args.metric)
+    text = render_comparison(result)
+    print(text, end="")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(text, encoding="utf-8")
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
 def cmd_plot_attention(args: argparse.Namespace) -> int:
     from .inference import plot_attention_for_file
 
@@ -236,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "experiment's report.md from its results.json")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="paired comparison of cv runs on the same folds: per-fold sign-flip test "
+                                       "and a paired bootstrap CI, each run against the first")
+    p.add_argument("runs", nargs="+", help="run folders (or their report.json); the first is the reference")
+    p.add_argument("--metric", default="uar", choices=["uar", "accuracy", "macro_f1"])
+    p.add_argument("--out", default=None, help="also write OUT.md and OUT.json")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("plot-attention", help="plot a model's attention over one audio file")
     p.add_argument("checkpoint")

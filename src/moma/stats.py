@@ -208,6 +208,18 @@ def paired_test(a: Sequence[float], b: Sequence[float], *, n_perm: int = 20000, 
     }
 
 
+def holm_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order."""
+    order = np.argsort(pvalues)
+    m = len(pvalues)
+    adj = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        adj[i] = running
+    return adj
+
+
 def format_p(p: float | None) -> str:
     """A p-value for a report: 3 significant digits, scientific below 0.001, ``n/a`` when undefined."""
     if p is None or (isinstance(p, float) and np.isnan(p)):
