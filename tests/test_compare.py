@@ -5,7 +5,7 @@ import json
 import pytest
 
 from moma.cli import main
-from moma.compare import compare_pair, compare_runs, load_run_report, render_comparison
+from moma.compare import compare_pair, compare_runs, load_run_reports, render_comparison
 from moma.evaluate import compute_metrics
 
 LABELS = ["angry", "neutral", "sad"]
@@ -87,6 +87,25 @@ def test_cli_compares_run_folders_and_writes_both_files(tmp_path, capsys):
     assert "Paired comparison against ref (uar)" in out and "| new | 4 |" in out
     saved = json.loads((tmp_path / "cmp.json").read_text())
     assert saved["comparisons"][0]["test"]["wins"] == 4 and (tmp_path / "cmp.md").is_file()
-    assert load_run_report(tmp_path / "new" / "report.json")["name"] == "new"
+    assert [r["name"] for r in load_run_reports(tmp_path / "new" / "report.json")] == ["new"]
     with pytest.raises(FileNotFoundError, match="no report.json"):
-        load_run_report(tmp_path / "missing")
+        load_run_reports(tmp_path / "missing")
+
+
+def test_classical_reports_expand_to_one_run_per_feature_set_and_normalisation(tmp_path, capsys):
+    runs = []
+    for features, right in (("eGeMAPSv02", [3, 3, 3, 3]), ("ComParE_2016", [6, 6, 6, 6])):
+        run = make_report("x", right)
+        runs.append({"feature_set": features, "normalisation": "global", "folds": run["folds"]})
+    (tmp_path / "classical.json").write_text(json.dumps({"labels": LABELS, "runs": runs}))
+    names = [r["name"] for r in load_run_reports(tmp_path / "classical.json")]
+    assert names == ["eGeMAPSv02/global", "ComParE_2016/global"]
+    one = load_run_reports(f"{tmp_path / 'classical.json'}#ComParE_2016/global")
+    assert len(one) == 1 and one[0]["labels"] == LABELS
+    with pytest.raises(ValueError, match="no run named 'ComParE_2016/speaker'"):
+        load_run_reports(f"{tmp_path / 'classical.json'}#ComParE_2016/speaker")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.json").write_text(json.dumps(make_report("mine", [3, 3, 3, 3])))
+    assert main(["compare", str(tmp_path / "mine"), str(tmp_path / "classical.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| eGeMAPSv02/global | 4 | 0.500 | 0.500 | +0.000 |" in out and "| ComParE_2016/global | 4 | 1.000 |" in out

@@ -163,9 +163,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from .compare import compare_runs, load_run_report, render_comparison
+    from .compare import compare_runs, load_run_reports, render_comparison
 
-    result = compare_runs([load_run_report(r) for r in args.runs], metric=args.metric)
+    result = compare_runs([run for spec in args.runs for run in load_run_reports(spec)], metric=args.metric)
     text = render_comparison(result)
     print(text, end="")
     if args.out:
@@ -256,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="paired comparison of cv runs on the same folds: per-fold sign-flip test "
                                        "and a paired bootstrap CI, each run against the first")
-    p.add_argument("runs", nargs="+", help="run folders (or their report.json); the first is the reference")
+    p.add_argument("runs", nargs="+", help="`moma cv` run folders (or their report.json), or `moma classical` "
+                                          "reports (PATH#FEATURES/NORMALISATION picks one of their runs); the "
+                                          "first run is the reference")
     p.add_argument("--metric", default="uar", choices=["uar", "accuracy", "macro_f1"])
     p.add_argument("--out", default=None, help="also write OUT.md and OUT.json")
     p.set_defaults(func=cmd_compare)

@@ -27,18 +27,33 @@ from .stats import METRICS, format_p, holm_adjust, metric_value, paired_bootstra
 log = logging.getLogger(__name__)
 
 
-def load_run_report(path: str | Path) -> dict[str, Any]:
-    """A ``moma cv`` report from its run folder or its ``report.json``; ``name`` is set to the folder's name."""
-    path = Path(path)
+def load_run_reports(spec: str | Path) -> list[dict[str, Any]]:
+    """The cross-validation runs in a ``moma cv`` run folder or ``report.json``, or in a ``moma classical`` report.
+
+    A classical report holds one run per feature set and normalisation; each becomes a run named
+    ``FEATURES/NORMALISATION`` (e.g. ``ComParE_2016/global``), and ``PATH#FEATURES/NORMALISATION`` picks one.
+    A ``moma cv`` run is named after its folder.
+    """
+    text = str(spec)
+    path_text, _, selector = text.partition("#")
+    path = Path(path_text)
     file = path / "report.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{path}: no report.json (is it a finished `moma cv` run? `moma report` rebuilds "
                                 "one from its finished folds)")
     report = json.loads(file.read_text(encoding="utf-8"))
-    if "folds" not in report or "labels" not in report:
+    if "runs" in report and "labels" in report:  # moma classical: several runs over the same folds
+        runs = [{**run, "name": f"{run['feature_set']}/{run['normalisation']}", "labels": report["labels"]}
+                for run in report["runs"]]
+    elif "folds" in report and "labels" in report:
+        runs = [{**report, "name": file.parent.name}]
+    else:
         raise ValueError(f"{file}: not a cross-validation report (no folds or labels)")
-    report["name"] = file.parent.name
-    return report
+    if selector:
+        runs = [r for r in runs if r["name"] == selector]
+        if not runs:
+            raise ValueError(f"{file}: no run named {selector!r}")
+    return runs
 
 
 def _predictions(report: dict[str, Any], folds: Sequence[str]) -> dict[str, tuple[str, str]]:
