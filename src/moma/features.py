@@ -114,6 +114,12 @@ def compute_fbank(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return np.stack([fbank.get_frame(i) for i in range(n)]).astype(np.float32, copy=False)
 
 
+def frame_centres(n_frames: int, cfg: FeatureConfig) -> np.ndarray:
+    """Centre of each filterbank frame in seconds, shape ``(n_frames,)``: Kaldi frame i covers
+    [i * shift, i * shift + length), so features from other trackers are interpolated onto these times."""
+    return (np.arange(n_frames) * cfg.frame_shift_ms + cfg.frame_length_ms / 2.0) / 1000.0
+
+
 def compute_pitch(signal: np.ndarray, cfg: FeatureConfig, n_frames: int) -> np.ndarray:
     """Log F0 and voicing strength at the centre of each filterbank frame, shape ``(n_frames, 2)``.
 
@@ -132,8 +138,7 @@ def compute_pitch(signal: np.ndarray, cfg: FeatureConfig, n_frames: int) -> np.n
     f0 = np.asarray(pitch.selected_array["frequency"], dtype=np.float64)
     strength = np.asarray(pitch.selected_array["strength"], dtype=np.float64)
     voiced = f0 > 0
-    # Kaldi frame i covers [i * shift, i * shift + length): its centre in seconds
-    centres = (np.arange(n_frames) * cfg.frame_shift_ms + cfg.frame_length_ms / 2.0) / 1000.0
+    centres = frame_centres(n_frames, cfg)
     if voiced.sum() >= 1 and times.size:
         log_f0 = np.interp(centres, times[voiced], np.log(f0[voiced]))
     else:  # no voiced frame at all: a constant at the floor keeps the feature defined
@@ -170,7 +175,7 @@ def compute_lld(signal: np.ndarray, cfg: FeatureConfig, n_frames: int) -> np.nda
     starts = frame.index.get_level_values("start").total_seconds().to_numpy()
     ends = frame.index.get_level_values("end").total_seconds().to_numpy()
     src_centres = (starts + ends) / 2.0
-    centres = (np.arange(n_frames) * cfg.frame_shift_ms + cfg.frame_length_ms / 2.0) / 1000.0
+    centres = frame_centres(n_frames, cfg)
     values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
     out = np.stack([np.interp(centres, src_centres, values[:, j]) for j in range(values.shape[1])], axis=1)
     return out.astype(np.float32)  # [T, dims]
