@@ -41,6 +41,7 @@ from moma.corpora.cremad import load_cremad
 from moma.corpora.emodb import load_emodb
 from moma.corpora.generic import load_csv, load_folders
 from moma.corpora.iemocap import load_iemocap
+from moma.corpora.nemo import load_nemo
 from moma.corpora.ravdess import load_ravdess
 from moma.corpora.tess import load_tess
 
@@ -58,6 +59,7 @@ __all__ = [
     "load_emodb",
     "load_folders",
     "load_iemocap",
+    "load_nemo",
     "load_label_maps",
     "load_ravdess",
     "load_tess",
@@ -102,6 +104,7 @@ LOADERS: Mapping[str, Loader] = MappingProxyType(
         "ravdess": load_ravdess,
         "tess": load_tess,
         "cremad": load_cremad,
+        "nemo": load_nemo,
         "csv": load_csv,
         "folders": load_folders,
         "synthetic": _load_synthetic,
