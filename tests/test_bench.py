@@ -13,10 +13,12 @@ import math
 import numpy as np
 import pytest
 
+from capability_marks import needs_cpu_bf16
 from moma.bench import BenchOptions, SECTIONS, plan_cases
 from moma.bench.cases import realistic_lengths
 from moma.bench.report import evaluate_targets, linear_fits, render_markdown
 from moma.bench.runner import Case, run_case
+from moma.capabilities import bf16_unsupported_reason
 
 
 @pytest.mark.slow
@@ -66,6 +68,15 @@ def test_quick_bench_end_to_end(tmp_path):
     assert h2h["torch"]["speedup_median"] == 1.0 and h2h["torch"]["synthetic_max_abs_diff"] == 0.0
     assert h2h["onnx"]["synthetic_max_abs_diff"] < 1e-4 and h2h["onnx-int8"]["synthetic_max_abs_diff"] < 0.02
     assert "skipped" in sections["inference"]["accuracy"]  # no --checkpoint/--manifest/--speakers
+    # bf16 rows run where the CPU has a bf16 LSTM, and are reported as not supported (not failed) elsewhere
+    bf16_reason = bf16_unsupported_reason("cpu")
+    for section, key in (("training", "tiny-1t-bf16"), ("inference", "torch-bf16-b1")):
+        row = sections[section][key]
+        if bf16_reason:
+            assert row["unsupported"] and "not supported on this machine" in row["skipped"], row
+        else:
+            assert "unsupported" not in row and "skipped" not in row, row
+    assert ("torch-bf16" in h2h) == (bf16_reason is None)
     corpus = sections["scaling"]["corpus-0.02h"]
     assert corpus["audio_h"] == pytest.approx(0.02, rel=0.05) and math.isfinite(corpus["per_hour"]["epoch_s"])
     assert {t["target"].split(":")[0][:12] for t in results["targets"]}  # targets evaluated
@@ -190,11 +201,12 @@ def test_plan_quick_and_full(tmp_path):
                                                                for c in quick)
 
 
-def test_corpus_epoch_trains_one_full_epoch_of_a_synthetic_corpus(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_cpu_bf16)])
+def test_corpus_epoch_trains_one_full_epoch_of_a_synthetic_corpus(tmp_path, precision):
     """The IEMOCAP-sized GPU epoch case, run tiny on CPU: every batch of the epoch is trained once."""
     from moma.bench.cases import corpus_epoch
 
-    r = corpus_epoch(hours=0.01, median_duration_s=4.5, config="tiny", device="cpu", precision="bf16",
+    r = corpus_epoch(hours=0.01, median_duration_s=4.5, config="tiny", device="cpu", precision=precision,
                      max_frames=3000, batch_size=8, workers=1, scratch=str(tmp_path), seed=0)
     assert r["hours"] == pytest.approx(0.01, rel=0.1) and r["utterances"] >= 5
     assert r["batches"] >= 2 and r["epoch_s"] > 0 and r["gpu"] is None

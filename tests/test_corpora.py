@@ -287,7 +287,7 @@ def test_label_maps_are_consistent_across_corpora() -> None:
 
 
 def test_prepare_corpus_rejects_unknown_names(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown corpus 'msp'.*iemocap, emodb, ravdess, tess, cremad, csv, folders"):
+    with pytest.raises(ValueError, match="unknown corpus 'msp'.*iemocap, emodb, ravdess, tess, cremad, nemo, csv, folders"):
         prepare_corpus("msp", tmp_path)
     with pytest.raises(ValueError, match="unknown label map '5class'.*default, 4class, 7class"):
         prepare_corpus("emodb", tmp_path, label_map="5class")

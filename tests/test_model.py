@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from capability_marks import needs_cpu_bf16
 from moma.config import ModelConfig
 from moma.model import (
     ARCHS,
@@ -327,6 +328,7 @@ def test_gradient_reaches_every_parameter(arch):
 # ------------------------------------------------------------------ precision, edge cases, determinism
 
 
+@needs_cpu_bf16
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bf16_autocast_close_to_fp32(arch):
     model = make_model(arch=arch)

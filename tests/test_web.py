@@ -7,6 +7,7 @@ Skipped cleanly when Playwright or /usr/bin/chromium is missing; no browser is e
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -120,3 +121,78 @@ def test_bad_upload_shows_error(server, page, tmp_path):
     page.wait_for_selector("#status.error", timeout=20000)
     assert "415" in page.text_content("#status")
     assert page.is_hidden("#result")
+
+
+# Keeps a copy of every file the page uploads (Playwright does not expose blob request bodies).
+KEEP_UPLOADS = """
+const originalFetch = window.fetch;
+window.__uploads = [];
+window.fetch = async (resource, init) => {
+  if (init && init.body instanceof FormData && init.body.get("file")) {
+    const file = init.body.get("file");
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    window.__uploads.push({ name: file.name, type: file.type, base64: btoa(text) });
+  }
+  return originalFetch(resource, init);
+};
+"""
+
+
+@pytest.fixture()
+def microphone_page(audio_file, tmp_path):
+    """Chromium whose microphone plays ``audio_file`` (Chromium's fake capture device), permission granted."""
+    with playwright_api.sync_playwright() as pw:
+        args = CHROMIUM_ARGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                                f"--use-file-for-fake-audio-capture={audio_file}"]
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+def test_record_button_records_the_microphone_and_shows_the_services_answer(server, microphone_page, audio_file):
+    """Record about 2 s of a real utterance through the page's Record button, stop, and check that the page
+    shows exactly what /v1/predict answers for the WebM/Ogg the page uploaded."""
+    import httpx
+    import numpy as np
+
+    from moma.inference import decode_audio_bytes
+
+    url, predictor = server
+    page = microphone_page
+    page.add_init_script(KEEP_UPLOADS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')")
+    page.click("#record")
+    page.wait_for_function("document.getElementById('record').textContent === 'Stop'", timeout=15000)
+    assert "Recording" in page.text_content("#status")
+    page.wait_for_timeout(2000)
+    page.click("#record")
+    page.wait_for_selector("#bars .bar-row", timeout=30000)
+    uploads = page.evaluate("window.__uploads")
+    assert len(uploads) == 1
+    name, recorded = uploads[0]["name"], base64.b64decode(uploads[0]["base64"])
+    assert name in ("recording.webm", "recording.ogg") and len(recorded) > 1000
+    assert errors == []
+    assert page.text_content("#record") == "Record"
+
+    # The upload is real audio of about 2 s that carries the utterance's energy, not silence.
+    signal = decode_audio_bytes(recorded, predictor.sample_rate, name=name)
+    duration = signal.shape[0] / predictor.sample_rate
+    assert 1.0 < duration < 4.0, duration
+    assert float(np.sqrt(np.mean(signal ** 2))) > 1e-3
+
+    # The page shows what the service says for those very bytes.
+    answer = httpx.post(url + "/v1/predict", files={"file": (name, recorded)}, timeout=30).json()
+    rows = page.query_selector_all("#bars .bar-row")
+    shown = {r.get_attribute("data-label"): float(r.get_attribute("data-probability")) for r in rows}
+    assert set(shown) == set(answer["probabilities"])
+    for label, p in answer["probabilities"].items():
+        assert shown[label] == pytest.approx(p, abs=1e-5)
+    assert page.get_attribute("#label", "data-label") == answer["label"]
+    assert f"{answer['duration_s']:.2f} s analysed" in page.text_content("#status")

@@ -40,6 +40,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .capabilities import require_extra
 from .audio import SAMPLE_RATE, AudioError, file_sha1, load_audio
 from .corpora.base import Utterance, label_list, read_manifest
 from .features import load_cached_array, write_json_atomic
@@ -64,7 +65,7 @@ NORMALISATION_NOTES = {
 
 
 def _smile(feature_set: str):
-    import opensmile
+    opensmile = require_extra("opensmile", "classical", "the openSMILE + SVM anchor")
 
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}")

@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
+from .capabilities import check_cuda
 from .config import RunConfig, config_from_dict, config_to_dict
 from .features import Normaliser
 from .model import build_model
@@ -149,6 +150,7 @@ def existing_checkpoint_paths(checkpoints: Sequence[str | Path]) -> list[Path]:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model, config, labels and normaliser from one checkpoint file."""
+    check_cuda(str(device))  # one line for a GPU that is not there, before reading anything
     path = resolve_checkpoint_path(path)
     meta, tensors = read_checkpoint_file(path)
     config = config_from_dict(RunConfig, json.loads(meta["config"]))

@@ -81,6 +81,15 @@ def _run_cv(args: argparse.Namespace, only_folds=None) -> dict:
     from .corpora.base import read_manifest
     from .crossval import run_cross_validation
 
+    if args.test_speakers and args.protocol != "predefined":
+        raise ValueError(f"--test-speakers is for --protocol predefined, not {args.protocol}")
+    if args.test_session and args.protocol != "session-holdout":
+        raise ValueError(f"--test-session is for --protocol session-holdout, not {args.protocol}")
+    if args.resume and args.restart:
+        raise ValueError("--resume and --restart contradict each other: give one")
+    if args.resume and not (Path(args.out) / "config.yaml").is_file():
+        raise ValueError(f"--resume: {args.out} holds no earlier run to resume (drop --resume to start one)")
+
     cfg = _load_config(args)
     utts = read_manifest(args.manifest)
     return run_cross_validation(
@@ -117,13 +126,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .corpora.base import read_manifest
+    from .corpora.base import read_manifest, select_speakers
     from .inference import evaluate_checkpoint
 
-    utts = read_manifest(args.manifest)
-    if args.speakers:
-        keep = set(args.speakers)
-        utts = [u for u in utts if u.speaker in keep]
+    utts = select_speakers(read_manifest(args.manifest), args.speakers, args.manifest)
     report = evaluate_checkpoint(args.checkpoint, utts, args.out, cache_dir=args.cache, device=args.device,
                                  command=_command_line())
     _print_summary(report)
@@ -193,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="write a manifest for a corpus")
-    p.add_argument("corpus", help="iemocap, emodb, ravdess, tess, cremad, csv, folders, synthetic")
+    p.add_argument("corpus", help="iemocap, emodb, ravdess, tess, cremad, nemo, csv, folders, synthetic")
     p.add_argument("--root", required=True, help="corpus folder (or the CSV file for 'csv')")
     p.add_argument("--out", required=True, help="manifest path (.jsonl or .csv)")
     p.add_argument("--label-map", default="default", help="label map name, e.g. 4class")
@@ -225,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--feature-workers", type=int, default=1)
         p.add_argument("--cache", default=DEFAULT_CACHE, help="feature cache folder")
         p.add_argument("--restart", action="store_true", help="ignore finished folds and checkpoints")
-        p.add_argument("--resume", action="store_true", help="continue an interrupted run (the default)")
+        p.add_argument("--resume", action="store_true",
+                       help="insist on continuing an earlier run: an error if --out holds none (without it, an "
+                            "earlier run there is continued anyway and a new folder is started)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         _add_config_args(p)
         p.set_defaults(func=cmd_cv if name == "cv" else cmd_train)
@@ -292,11 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level if rank == 0 else max(level, logging.WARNING),
                         format=prefix + "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .audio import AudioError
+    from .capabilities import MissingExtraError, UnsupportedHardwareError
     from .protocols import SpeakerLeakageError
 
     try:
         return int(args.func(args) or 0)
-    except (AudioError, SpeakerLeakageError, FileNotFoundError, ValueError) as exc:
+    except (AudioError, SpeakerLeakageError, FileNotFoundError, ValueError, MissingExtraError,
+            UnsupportedHardwareError) as exc:
         # user errors get one clear line, not a traceback
         print(f"moma {args.command}: error: {exc}", file=sys.stderr)
         return 2

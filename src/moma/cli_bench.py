@@ -46,6 +46,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.checkpoint and not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"{args.checkpoint}: checkpoint not found")
+    if args.manifest and args.speakers:
+        from .corpora.base import read_manifest, select_speakers
+
+        select_speakers(read_manifest(args.manifest), args.speakers, args.manifest)  # unknown speakers: an error
     if any(n < 1 for n in args.threads):
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     opts = BenchOptions(out=Path(args.out), quick=args.quick, sections=args.sections, checkpoint=args.checkpoint,

@@ -19,6 +19,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from .capabilities import require_extra
+
 
 def add_experiment_command(subparsers: Any) -> None:
     """Register ``experiment`` on an argparse subparsers object."""
@@ -114,24 +116,11 @@ def add_analysis_commands(subparsers: Any) -> None:
 
 
 def _select_speakers(manifest: str, speakers: list[str] | None) -> tuple[list[Any], list[Any]]:
-    """(selected utterances, all utterances) of a manifest; a speaker selection that matches nothing is an
-    error naming the speakers the manifest has."""
-    from .corpora.base import read_manifest
+    """(selected utterances, all utterances) of a manifest; unknown speakers are an error naming them."""
+    from .corpora.base import read_manifest, select_speakers
 
     utts = read_manifest(manifest)
-    if not utts:
-        raise ValueError(f"{manifest}: the manifest has no utterances")
-    if speakers is None:
-        return utts, utts
-    have = sorted({u.speaker for u in utts})
-    unknown = sorted(set(speakers) - set(have))
-    if unknown:
-        raise ValueError(f"speaker(s) {', '.join(unknown)} not in {manifest} (it has {', '.join(have)})")
-    keep = set(speakers)
-    chosen = [u for u in utts if u.speaker in keep]
-    if not chosen:
-        raise ValueError(f"no utterances of speakers {', '.join(speakers)} in {manifest}")
-    return chosen, utts
+    return select_speakers(utts, speakers, manifest), utts
 
 
 def _quoted(argv: list[str]) -> str:
@@ -166,8 +155,6 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_classical(args: argparse.Namespace) -> int:
-    import importlib.util
-
     from .baselines import DEFAULT_CACHE, FEATURE_SETS, NORMALISATIONS, run_classical_report
 
     args.cache = args.cache or DEFAULT_CACHE
@@ -180,8 +167,7 @@ def cmd_classical(args: argparse.Namespace) -> int:
             raise ValueError(f"{option}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
     if args.k < 2:
         raise ValueError(f"--k must be >= 2, got {args.k}")
-    if importlib.util.find_spec("opensmile") is None:
-        raise ValueError("moma classical needs the opensmile package: pip install 'moma-ser[classical]'")
+    require_extra("opensmile", "classical", "moma classical")
     parts = ["moma", "classical", "--manifest", args.manifest, "--out", args.out, "--cache", args.cache,
              "--feature-sets", *args.feature_sets, "--normalisations", *args.normalisations,
              "--protocol", args.protocol]

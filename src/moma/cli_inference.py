@@ -217,6 +217,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .capabilities import require_extra
+
+    for module in ("fastapi", "uvicorn", "python_multipart"):  # checked before the model loads
+        require_extra(module, "serve", "moma serve")
     from .serve import ServiceSettings, run_server
 
     predictor = _predictor(args)

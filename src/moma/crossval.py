@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .capabilities import check_bf16
 from .checkpoint import load_checkpoint
 from .config import RunConfig, config_from_dict, config_to_dict, replace, save_config
 from .corpora.base import Utterance, label_list
@@ -241,6 +242,9 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
     another, each trained by all processes together; rank 0 writes every file
     and returns the report, the other ranks return ``{"summary": None}``.
     """
+    device_type = resolve_device(cfg.train.device).type  # also refuses cuda where there is none
+    if cfg.train.bf16:  # before features and folds: the answer is the same for every fold
+        check_bf16(device_type, "training")
     dist_info = DistInfo()
     if env_dist_info().enabled:
         if jobs > 1:

@@ -29,6 +29,8 @@ def run_demo(out_dir: str | Path, *, corpus: str = "synthetic", root: str | Path
              sets: Sequence[str] = ()) -> dict[str, Any]:
     t0 = time.time()
     out_dir = Path(out_dir)
+    if corpus == "synthetic" and root is not None:
+        raise ValueError("--root is for a real corpus (--corpus NAME); the synthetic demo corpus is generated")
     if corpus == "synthetic":
         from .corpora.synthetic import make_synthetic_corpus
 

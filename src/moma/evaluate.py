@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
+from .capabilities import bf16_unsupported_reason
 from .config import RunConfig
 from .corpora.base import Utterance
 from .data import FeatureDataset, make_items, make_loader, seconds_to_frames
@@ -76,8 +77,12 @@ def predict_posteriors(model: torch.nn.Module, features: dict[str, np.ndarray], 
                          max_frames=max_frames or 4 * cfg.data.max_frames_per_batch)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = defaultdict(int)
-    use_bf16 = bool(cfg.train.bf16)
     dev = torch.device(device)
+    # A checkpoint trained with bf16 on another machine is scored in fp32 where bf16 cannot run:
+    # the figures move by rounding only, and the user gets them instead of an oneDNN error.
+    use_bf16 = bool(cfg.train.bf16) and bf16_unsupported_reason(dev.type) is None
+    if cfg.train.bf16 and not use_bf16:
+        log.info("scoring in fp32: %s", bf16_unsupported_reason(dev.type))
     for batch in loader:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = model(batch.features.to(dev), batch.lengths.to(dev))

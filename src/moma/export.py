@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .capabilities import require_extra
 from .checkpoint import LoadedCheckpoint, load_checkpoint, resolve_checkpoint_path
 from .config import RunConfig, config_from_dict, config_to_dict
 from .features import Normaliser
@@ -87,6 +88,7 @@ def attention_keys_of(model: nn.Module, input_dim: int) -> tuple[str, ...]:
 
 def onnx_bytes(loaded: LoadedCheckpoint, opset: int = OPSET) -> tuple[bytes, tuple[str, ...]]:
     """Serialise a loaded checkpoint's model to ONNX; returns (model bytes, output names)."""
+    require_extra("onnx", "export", "ONNX export")
     model = loaded.model.cpu().eval()
     input_dim = loaded.config.model.input_dim
     keys = attention_keys_of(model, input_dim)
@@ -216,8 +218,9 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, opset: int = OPS
 
     ``quantize="int8"`` writes onnxruntime's dynamic int8 quantisation of the graph instead of float32.
     """
-    import onnx
-
+    onnx = require_extra("onnx", "export", "moma export")
+    if quantize == "int8":
+        require_extra("onnxruntime", "export", "int8 quantisation of an ONNX export")
     _check_quantize(quantize)
     loaded = load_checkpoint(checkpoint, device="cpu")
     data, output_names = onnx_bytes(loaded, opset)
@@ -253,7 +256,7 @@ class OnnxBackend:
     def __init__(self, model: bytes | str | Path, output_names: tuple[str, ...], num_threads: int = 0,
                  name: str = "onnx") -> None:
         self.name = name
-        import onnxruntime as ort
+        ort = require_extra("onnxruntime", "export", f"the {name!r} backend")
 
         opts = ort.SessionOptions()
         if num_threads > 0:
@@ -295,6 +298,8 @@ def load_onnx_predictor_parts(path: str | Path, *, num_threads: int = 0, quantiz
     is); an int8 export is reported as ``onnx-int8`` whatever was asked.
     """
     _check_quantize(quantize)
+    backend_name = "onnx-int8" if quantize == "int8" else "onnx"
+    require_extra("onnxruntime", "export", f"the {backend_name!r} backend")  # before any export work
     p = Path(path)
     is_export = (p.is_dir() and (p / MODEL_FILE).is_file()) or p.suffix == ".onnx"
     if is_export:

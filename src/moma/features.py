@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from moma.audio import AudioError, file_sha1, load_audio
+from moma.capabilities import require_extra
 from moma.config import FeatureConfig
 from moma.corpora.base import Utterance
 
@@ -162,8 +162,7 @@ def compute_lld(signal: np.ndarray, cfg: FeatureConfig, n_frames: int) -> np.nda
     but start at 0 with their own window lengths, so each column is linearly
     interpolated onto the Kaldi frame centres.
     """
-    import opensmile
-
+    opensmile = require_extra("opensmile", "classical", f"features.lld={cfg.lld}")
     dims = lld_dim(cfg)
     name = LLD_SETS[cfg.lld][0]
     smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, name),
@@ -269,8 +268,8 @@ class FeatureCache:
         self.root = Path(root)
         self.cfg = cfg
         # an unknown descriptor set or a missing openSMILE fails here, not once per file in the workers
-        if lld_dim(cfg) and importlib.util.find_spec("opensmile") is None:
-            raise RuntimeError(f"features.lld={cfg.lld} needs openSMILE: pip install 'moma-ser[classical]'")
+        if lld_dim(cfg):
+            require_extra("opensmile", "classical", f"features.lld={cfg.lld}")
         self.config_hash = feature_config_hash(cfg)
         self.dir = self.root / self.config_hash
 

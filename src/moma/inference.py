@@ -48,6 +48,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .capabilities import UnsupportedHardwareError, check_bf16, check_cuda, int8_unsupported_reason
 from .audio import AudioError, load_audio, prepare_signal
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .config import RunConfig
@@ -173,6 +174,8 @@ class TorchBackend:
         self.model = model.eval()
         self.device = torch.device(device)
         self.name = name
+        if autocast == torch.bfloat16:
+            check_bf16(self.device.type, f"inference backend {name!r}")
         self.autocast = autocast
 
     @torch.inference_mode()
@@ -255,6 +258,7 @@ class Predictor:
             return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path))
         if backend == "torch-int8" and torch.device(device).type != "cpu":
             raise ValueError(f"backend 'torch-int8' runs on the CPU only, not on {device!r}")
+        check_cuda(str(device))
         loaded = load_checkpoint(path, device=device)
         return cls.from_loaded(loaded, device=device, backend=backend)
 
@@ -262,6 +266,10 @@ class Predictor:
     def from_loaded(cls, loaded: LoadedCheckpoint, device: str = "cpu", backend: str = "torch") -> Predictor:
         """Wrap an already loaded checkpoint (``torch`` or ``torch-int8`` backend)."""
         if backend == "torch-int8":
+            reason = int8_unsupported_reason()
+            if reason:
+                raise UnsupportedHardwareError(f"backend 'torch-int8' is not supported here: {reason}; "
+                                               "use --backend torch or onnx-int8")
             torch_backend = TorchBackend(quantize_torch_int8(loaded.model), "cpu", name="torch-int8")
         elif backend == "torch":
             torch_backend = TorchBackend(loaded.model, device)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .capabilities import check_bf16, check_cuda
 from .checkpoint import load_training_state, save_checkpoint
 from .config import RunConfig, replace, save_config
 from .data import FeatureDataset, make_items, make_loader, seconds_to_frames
@@ -46,9 +47,8 @@ def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device
     """``auto`` -> CUDA when present; under torchrun each process takes the GPU of its local rank."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    check_cuda(name)
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
     if dev.type == "cuda" and dist_info is not None and dist_info.enabled and dev.index is None:
         dev = torch.device("cuda", dist_info.local_rank)
     return dev
@@ -154,6 +154,8 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     dist_info = init_distributed(resolve_device(tc.device).type)
     main = dist_info.is_main
     device = resolve_device(tc.device, dist_info)
+    if tc.bf16:  # refuse before the first epoch, not from inside oneDNN halfway through it
+        check_bf16(device.type, "training")
     feat_dim = int(next(iter(features.values())).shape[1])
     cfg = replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim))
     if main:

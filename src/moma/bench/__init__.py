@@ -107,9 +107,15 @@ def plan_cases(opts: BenchOptions, work: Path) -> list[Case]:
     """The cases of a run, in execution order. Inference cases read ``work/models.json`` (written by prepare)."""
     import torch
 
+    from ..capabilities import bf16_unsupported_reason, int8_unsupported_reason
+
     q = opts.quick
     seed = opts.seed
     cases: list[Case] = []
+    # Probed once here (in the parent): a case this machine cannot run is reported as such, not failed.
+    cpu_bf16 = bf16_unsupported_reason("cpu") or ""
+    backend_unsupported = {"torch-bf16": cpu_bf16, "torch-int8": int8_unsupported_reason() or ""}
+    runnable_backends = [b for b in INFERENCE_BACKENDS if not backend_unsupported.get(b)]
     model_size = "tiny" if q else "paper"
     if "features" in opts.sections:
         seconds, budget = (2.0, 0.3) if q else (10.0, 2.0)
@@ -130,19 +136,23 @@ def plan_cases(opts: BenchOptions, work: Path) -> list[Case]:
                 for precision in ("fp32", "bf16"):
                     cases.append(Case("training", f"{config}-{n}t-{precision}", _c("training_throughput"),
                                       {"config": config, "precision": precision, "device": "cpu", "batch": batch,
-                                       "seconds": 3.0, "budget_s": budget, "seed": seed}, threads=n))
+                                       "seconds": 3.0, "budget_s": budget, "seed": seed}, threads=n,
+                                      unsupported=cpu_bf16 if precision == "bf16" else ""))
         if torch.cuda.is_available():
+            cuda_bf16 = bf16_unsupported_reason("cuda") or ""
             for precision in ("fp32", "tf32", "bf16"):
                 cases.append(Case("training", f"{model_size}-cuda-{precision}", _c("training_throughput"),
                                   {"config": model_size, "precision": precision, "device": "cuda", "batch": 32,
-                                   "seconds": 3.0, "budget_s": 0.5 if q else 4.0, "seed": seed}, threads=1))
+                                   "seconds": 3.0, "budget_s": 0.5 if q else 4.0, "seed": seed}, threads=1,
+                                  unsupported=cuda_bf16 if precision == "bf16" else ""))
             # the issue's target: one IEMOCAP-sized epoch (7 h, about 5,500 utterances) of the paper model
             for precision in ("fp32", "bf16"):
                 cases.append(Case("training", f"iemocap-epoch-cuda-{precision}", _c("corpus_epoch"),
                                   {"hours": 0.05 if q else 7.0, "median_duration_s": 4.5,
                                    "config": model_size, "device": "cuda", "precision": precision,
                                    "max_frames": 96_000, "batch_size": 256, "workers": os.cpu_count() or 1,
-                                   "scratch": str(work), "seed": seed}, threads=4, timeout_s=1800))
+                                   "scratch": str(work), "seed": seed}, threads=4, timeout_s=1800,
+                                  unsupported=cuda_bf16 if precision == "bf16" else ""))
         # The whole length distribution: padding depends on how many utterances share a length range.
         lengths, source = _bucketing_lengths(opts, 535, 200_000)
         cases.append(Case("training", "bucketing", _c("bucketing"),
@@ -168,13 +178,15 @@ def plan_cases(opts: BenchOptions, work: Path) -> list[Case]:
             for backend in INFERENCE_BACKENDS:
                 cases.append(Case("inference", f"{backend}-b{batch}", _c("inference_speed"),
                                   {"backend": backend, "batch": batch, "seconds": 3.0, "threads": 1,
-                                   "budget_s": budget, "seed": seed}))
+                                   "budget_s": budget, "seed": seed}, unsupported=backend_unsupported.get(backend, "")))
+        left_out = {b: r for b, r in backend_unsupported.items() if r}
         cases.append(Case("inference", "head-to-head", _c("head_to_head"),
-                          {"backends": list(INFERENCE_BACKENDS), "seconds": 3.0, "threads": 1,
-                           "budget_s": 1.0 if q else 15.0, "seed": seed, "check_utterances": 4 if q else 16}))
+                          {"backends": runnable_backends, "seconds": 3.0, "threads": 1,
+                           "budget_s": 1.0 if q else 15.0, "seed": seed, "check_utterances": 4 if q else 16},
+                          record={"not_supported": left_out} if left_out else {}))
         if opts.checkpoint and opts.manifest and opts.speakers:
             cases.append(Case("inference", "accuracy", _c("accuracy"),
-                              {"backends": list(INFERENCE_BACKENDS), "manifest": opts.manifest,
+                              {"backends": runnable_backends, "manifest": opts.manifest,
                                "speakers": list(opts.speakers), "cache_dir": opts.cache_dir, "threads": 1},
                               timeout_s=900))
     if "scaling" in opts.sections:
@@ -229,6 +241,12 @@ def run_benchmarks(opts: BenchOptions, progress: Callable[[str], None] | None = 
                     results["sections"][case.section][case.name] = {"skipped": "model preparation failed"}
                     continue
                 case.kwargs["models"] = models
+            if case.unsupported:
+                log.info("bench case %s/%s not run: %s", case.section, case.name, case.unsupported)
+                results["sections"].setdefault(case.section, {})[case.name] = {
+                    "skipped": f"not supported on this machine: {case.unsupported}", "unsupported": True,
+                    "threads": case.threads}
+                continue
             if progress:
                 progress(f"{case.section}/{case.name}")
             result = run_case(case)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..capabilities import MissingExtraError, require_extra
 from ..config import DataConfig, FeatureConfig, RunConfig, load_run_config, replace
 from ..features import num_frames
 from ..model import build_model, count_parameters
@@ -74,9 +75,9 @@ def feature_extractor(extractor: str, seconds: float, seed: int, budget_s: float
             return compute_fbank(signal, cfg)
     elif extractor == "librosa":
         try:
-            import librosa
-        except ImportError:
-            return {"skipped": "librosa not installed (pip install 'moma-ser[bench]')"}
+            librosa = require_extra("librosa", "bench", "the librosa row of moma bench")
+        except MissingExtraError as exc:  # a reference front end: the row says so, the bench goes on
+            return {"skipped": str(exc)}
         version = f"librosa {librosa.__version__}"
 
         def run() -> np.ndarray:
@@ -86,9 +87,9 @@ def feature_extractor(extractor: str, seconds: float, seed: int, budget_s: float
             return np.log(mel + 1e-10).T
     elif extractor == "python_speech_features":
         try:
-            import python_speech_features as psf
-        except ImportError:
-            return {"skipped": "python_speech_features not installed (pip install 'moma-ser[bench]')"}
+            psf = require_extra("python_speech_features", "bench", "the python_speech_features row of moma bench")
+        except MissingExtraError as exc:
+            return {"skipped": str(exc)}
         version = "python_speech_features"
 
         def run() -> np.ndarray:

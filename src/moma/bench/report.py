@@ -323,6 +323,9 @@ def _inference(sec: dict[str, Any], features_rtf: float | None = None) -> list[s
                      "max abs Δp (random inputs)", "UAR", "accuracy", "Δ UAR points", "max abs Δp (fold)",
                      "same label", "peak MB b1", "peak MB b32"],
                     rows)
+    left_out = sec.get("head-to-head", {}).get("not_supported") or {}
+    if left_out:
+        lines += ["", "Not measured on this machine: " + "; ".join(f"{b} ({why})" for b, why in left_out.items())]
     if acc.get("skipped") or acc.get("error"):
         lines += ["", f"Accuracy: {_problem(acc)}"]
     elif acc:

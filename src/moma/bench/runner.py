@@ -51,6 +51,7 @@ class Case:
     threads: int = 1
     timeout_s: float = 300.0
     record: dict[str, Any] = field(default_factory=dict)  # stored with the result, not passed to the target
+    unsupported: str = ""  # why this machine cannot run the case (probed); such a case is reported, not run
 
 
 def read_status_kb(key: str) -> int:

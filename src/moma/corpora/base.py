@@ -114,6 +114,26 @@ def summarise(utterances: list[Utterance]) -> dict[str, Any]:
     }
 
 
+def select_speakers(utterances: list[Utterance], speakers: Iterable[str] | None, source: str = "the manifest"
+                    ) -> list[Utterance]:
+    """The utterances of ``speakers`` (all of them for ``None``).
+
+    A speaker the utterances do not have is an error naming it and the speakers
+    there are, so a typo never silently scores an empty or partial set.
+    """
+    if not utterances:
+        raise ValueError(f"{source} has no utterances")
+    if speakers is None:
+        return list(utterances)
+    wanted = list(speakers)
+    have = sorted({u.speaker for u in utterances})
+    unknown = sorted(set(wanted) - set(have))
+    if unknown:
+        raise ValueError(f"speaker(s) {', '.join(unknown)} not in {source} (it has {', '.join(have)})")
+    keep = set(wanted)
+    return [u for u in utterances if u.speaker in keep]
+
+
 def label_list(utterances: Iterable[Utterance]) -> list[str]:
     """Sorted label names: the class index order used by a model trained on them."""
     return sorted({u.label for u in utterances})
