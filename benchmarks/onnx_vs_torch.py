@@ -34,9 +34,9 @@ def main() -> None:
     torch.set_num_interop_threads(1)
     from moma.checkpoint import save_checkpoint
     from moma.config import RunConfig, replace
-    from moma.export import export_onnx
-    from moma.features import Normaliser
-    from moma.inference import Predictor
+    from moma.inference.export import export_onnx
+    from moma.features.normalise import Normaliser
+    from moma.inference.predictor import Predictor
     from moma.model import build_model
 
     with tempfile.TemporaryDirectory() as tmp:

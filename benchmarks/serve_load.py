@@ -30,8 +30,8 @@ import numpy as np
 
 SERVER = """
 import sys, torch, uvicorn
-from moma.inference import Predictor
-from moma.serve import ServiceSettings, create_app
+from moma.inference.predictor import Predictor
+from moma.serving.app import ServiceSettings, create_app
 torch.set_num_threads(int(sys.argv[4]))
 p = Predictor.from_checkpoint(sys.argv[1], backend=sys.argv[5], num_threads=int(sys.argv[4]))
 uvicorn.run(create_app(p, ServiceSettings(workers=int(sys.argv[3]))), host="127.0.0.1", port=int(sys.argv[2]),
@@ -44,7 +44,7 @@ def paper_checkpoint(folder: Path) -> Path:
 
     from moma.checkpoint import save_checkpoint
     from moma.config import RunConfig, replace
-    from moma.features import Normaliser
+    from moma.features.normalise import Normaliser
     from moma.model import build_model
 
     cfg = RunConfig()

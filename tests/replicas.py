@@ -410,3 +410,38 @@ def make_folders_replica(root: Path, *, speakers_csv: bool = False) -> Replica:
         speakers={str(Path(rel).with_suffix("").as_posix()): spk for rel, spk in speakers.items()},
         skipped=["angry/._spk1_001.wav", "angry/README.txt", ".hidden/spk9_009.wav"],
     )
+
+
+# --------------------------------------------------------------------------- nEMO
+
+NEMO_ROWS = [  # file_id, emotion, raw_text, speaker (as the release pads it), gender
+    ("EB0_anger_1.wav", "anger", "Lubię czytać przed snem.", "        EB0", "female"),
+    ("EB0_sadness_2.wav", "sadness", "Ucho wykrywa dźwięki.", "        EB0", "female"),
+    ("KS0_happiness_1.wav", "happiness", "Kupiłem nową szafę.", "        KS0", "male"),
+    ("KS0_surprised_3.wav", "surprised", "Interesuje mnie historia Polski.", "        KS0", "male"),
+    ("MP0_neutral_4.wav", "neutral", "Jutro będzie padać.", "  MP0", "male"),
+    ("MP0_fear_5.wav", "fear", "Gdzie jest dworzec?", "MP0", "male"),
+]
+
+
+def make_nemo_replica(root: Path) -> Replica:
+    """nEMO's release layout: ``data.tsv`` (UTF-8 with a BOM here, padded speaker ids, Polish transcripts) and
+    ``samples/`` at 24 kHz, with a row whose audio is missing, a row of an unknown emotion and a stray wav."""
+    lines = ["file_id\temotion\traw_text\tnormalized_text\tspeaker_id\tgender\tage"]
+    for i, (file_id, emotion, text, speaker, gender) in enumerate(NEMO_ROWS):
+        lines.append(f"{file_id}\t{emotion}\t{text}\t{text.lower().rstrip('.?')}\t{speaker}\t{gender}\t30")
+        write_wav(root / "samples" / file_id, sample_rate=24000, seed=i)
+    lines.append("EB0_anger_9.wav\tanger\tBrak pliku.\tbrak pliku\t        EB0\tfemale\t27")  # no audio
+    lines.append("EB0_boredom_1.wav\tboredom\tNudy.\tnudy\t        EB0\tfemale\t27")  # not a nEMO emotion
+    write_wav(root / "samples" / "EB0_boredom_1.wav", sample_rate=24000)
+    write_wav(root / "samples" / "stray.wav", sample_rate=24000)
+    _write(root / "data.tsv", "\ufeff" + "\n".join(lines) + "\n")
+    ids = [Path(r[0]).stem for r in NEMO_ROWS]
+    return Replica(
+        root=root,
+        raw_labels={i: r[1] for i, r in zip(ids, NEMO_ROWS)},
+        speakers={i: r[3].strip() for i, r in zip(ids, NEMO_ROWS)},
+        genders={i: r[4][0].upper() for i, r in zip(ids, NEMO_ROWS)},
+        skipped=["EB0_anger_9.wav", "EB0_boredom_1.wav", "stray.wav"],
+        extra={"transcripts": {i: r[2] for i, r in zip(ids, NEMO_ROWS)}},
+    )

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_tiny_checkpoint, write_tone
 
 from moma import capabilities
 from moma.capabilities import MissingExtraError, UnsupportedHardwareError, bf16_unsupported_reason, require_extra
-from moma.cli import main
-from test_inference import make_tiny_checkpoint, write_tone
+from moma.cli.main import main
 
 TINY = ["--set", "model.hidden_size=8", "--set", "model.context_dim=8", "--set", "model.projection_dim=8",
         "--set", "train.max_epochs=1", "--set", "train.tensorboard=false", "--set", "train.val_speakers=1"]
@@ -104,7 +104,7 @@ def no_bf16(monkeypatch):
     """Pretend this CPU has no bf16 LSTM kernel, whatever it really has."""
     reason = "this CPU has no bf16 LSTM kernel (faked by the test)"
     monkeypatch.setattr(capabilities, "bf16_unsupported_reason", lambda device_type="cpu": reason)
-    monkeypatch.setattr("moma.evaluate.bf16_unsupported_reason", lambda device_type="cpu": reason)
+    monkeypatch.setattr("moma.evaluation.metrics.bf16_unsupported_reason", lambda device_type="cpu": reason)
     return reason
 
 
@@ -119,7 +119,7 @@ def test_training_with_bf16_is_refused_before_any_work(no_bf16, manifest, tmp_pa
 
 def test_bf16_inference_backend_is_refused(no_bf16, ckpt):
     from moma.checkpoint import load_checkpoint
-    from moma.inference import TorchBackend
+    from moma.inference.backends import TorchBackend
 
     with pytest.raises(UnsupportedHardwareError, match="inference backend 'torch-bf16' with bf16 is not supported"):
         TorchBackend(load_checkpoint(ckpt).model, name="torch-bf16", autocast=torch.bfloat16)
@@ -129,7 +129,7 @@ def test_bf16_checkpoint_is_scored_in_fp32_where_bf16_cannot_run(no_bf16, ckpt, 
     """A checkpoint trained with bf16 elsewhere still evaluates here, in fp32, with the fp32 posteriors."""
     from moma.checkpoint import load_checkpoint
     from moma.config import replace
-    from moma.evaluate import predict_posteriors
+    from moma.evaluation.metrics import predict_posteriors
 
     loaded = load_checkpoint(ckpt)
     rng = np.random.default_rng(0)

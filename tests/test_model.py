@@ -10,9 +10,9 @@ import dataclasses
 
 import pytest
 import torch
+from capability_marks import needs_cpu_bf16
 from torch import nn
 
-from capability_marks import needs_cpu_bf16
 from moma.config import ModelConfig
 from moma.model import (
     ARCHS,

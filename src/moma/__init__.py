@@ -1,10 +1,11 @@
 """moma-ser: speech emotion recognition with the MOMA model (Jalal et al., Interspeech 2020).
 
-Pipeline, one module a stage: audio -> features -> corpora (manifests) ->
-protocols -> data -> model -> train / evaluate -> crossval -> plots -> cli.
+One folder per pipeline stage, imports pointing down only (pyproject.toml's import-linter contracts):
+audio, corpora -> features, data, model -> checkpoint -> evaluation -> training -> inference ->
+research, serving, bench -> cli.
 """
 
-__version__ = "0.1.0"
+from moma.version import __version__
 
 __all__ = ["Prediction", "Predictor", "__version__"]
 
@@ -12,7 +13,6 @@ __all__ = ["Prediction", "Predictor", "__version__"]
 def __getattr__(name: str):
     # lazy: `import moma` stays cheap (no torch) until the predictor is asked for
     if name in ("Predictor", "Prediction"):
-        from . import inference
-
+        import moma.inference.predictor as inference
         return getattr(inference, name)
     raise AttributeError(f"module 'moma' has no attribute {name!r}")

@@ -13,7 +13,6 @@ web service.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -25,11 +24,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import __version__
-from .capabilities import check_cuda
-from .config import RunConfig, config_from_dict, config_to_dict
-from .features import Normaliser
-from .model import build_model
+from moma.capabilities import check_cuda
+from moma.config import RunConfig, config_from_dict, config_to_dict
+from moma.features.normalise import Normaliser
+from moma.files import replace_atomically
+from moma.model import build_model
+from moma.version import __version__
 
 FORMAT = "moma-checkpoint/1"
 
@@ -74,10 +74,7 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor], as_numpy: bool) -> An
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: RunConfig, labels: list[str],
@@ -171,3 +168,18 @@ def load_training_state(path: str | Path) -> dict[str, Any] | None:
     if "training_state" not in meta:
         return None
     return _unflatten(json.loads(meta["training_state"]), tensors, as_numpy=False)
+
+
+def short_checkpoint_names(paths: Sequence[str | Path]) -> list[str]:
+    """Short unique names of checkpoints, for tables and figures: the fewest trailing folder names (``best.safetensors`` and the like dropped)."""
+    parts = []
+    for p in paths:
+        p = Path(p)
+        bits = list(p.parts[:-1]) if p.name in ("best.safetensors", "model.safetensors", "last.safetensors") \
+            else list(p.parent.parts) + [p.stem]
+        parts.append([b for b in bits if b not in ("/", "")] or [p.stem])
+    for k in range(1, max(len(b) for b in parts) + 1):
+        names = ["/".join(b[-k:]) for b in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{i + 1}:{'/'.join(b)}" for i, b in enumerate(parts)]

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from moma.config import ModelConfig
 
 __all__ = [
     "ARCHS",
@@ -417,13 +417,16 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 class ExportWrapper(nn.Module):
-    """Tensor-only view of a model for ``torch.jit.trace`` / ONNX export: (features, lengths) ->
-    (logits, embedding). Tracers cannot return a dataclass or a dict holding None."""
+    """Tensor-only view of a model for ``torch.jit.trace`` and ONNX export: (features, lengths) -> the named
+    outputs, in order. Tracers cannot return a dataclass or a dict holding None, so the names are fixed at
+    construction: ``"logits"``, ``"embedding"`` or an attention key (``"layer1"``, ``"mixture"``, ...)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, outputs: tuple[str, ...] = ("logits", "embedding")) -> None:
         super().__init__()
         self.model = model
+        self.outputs = tuple(outputs)
 
-    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
         out = self.model(features, lengths)
-        return out.logits, out.embedding
+        fields = {"logits": out.logits, "embedding": out.embedding}
+        return tuple(fields[name] if name in fields else out.attention[name] for name in self.outputs)

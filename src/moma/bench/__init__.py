@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runner import Case, machine_info, run_case
+from moma.bench.runner import Case, machine_info, run_case
+from moma.features.cache import DEFAULT_CACHE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class BenchOptions:
     checkpoint: str | None = None  # model for the inference cases (default: a random-init paper-config model)
     manifest: str | None = None  # labelled fold for the accuracy check (with speakers)
     speakers: Sequence[str] = ()
-    cache_dir: str = "cache/features"  # feature cache for the accuracy fold
+    cache_dir: str = DEFAULT_CACHE_DIR  # feature cache for the accuracy fold
     seed: int = 0
     work_dir: str | None = None  # scratch for corpora and exports (default: OUT/.work, removed afterwards)
     keep_work: bool = False
@@ -78,12 +79,12 @@ def _bucketing_lengths(opts: BenchOptions, count: int, max_total: int) -> tuple[
     """Utterance lengths (frames) for the bucketing case: the manifest's when given, else EmoDB-like."""
     import numpy as np
 
-    from .cases import realistic_lengths
+    from moma.bench.cases import realistic_lengths
 
     source = f"{count} log-normal lengths like EmoDB's (median 2.6 s, 1-9 s)"
     lengths: list[int] = []
     if opts.manifest:
-        from ..corpora.base import read_manifest
+        from moma.corpora.base import read_manifest
 
         lengths = [max(1, int(u.duration * 100.0) - 1) for u in read_manifest(opts.manifest) if u.duration > 0]
         source = f"the {len(lengths)} utterance lengths of {opts.manifest}"
@@ -107,7 +108,7 @@ def plan_cases(opts: BenchOptions, work: Path) -> list[Case]:
     """The cases of a run, in execution order. Inference cases read ``work/models.json`` (written by prepare)."""
     import torch
 
-    from ..capabilities import bf16_unsupported_reason, int8_unsupported_reason
+    from moma.capabilities import bf16_unsupported_reason, int8_unsupported_reason
 
     q = opts.quick
     seed = opts.seed
@@ -210,7 +211,7 @@ def _describe_options(opts: BenchOptions) -> dict[str, Any]:
 
 def run_benchmarks(opts: BenchOptions, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the selected sections; writes ``OUT/bench.json`` and ``OUT/README.md`` and returns the results."""
-    from .report import evaluate_targets, write_report
+    from moma.bench.report import evaluate_targets, write_report
 
     unknown = sorted(set(opts.sections) - set(SECTIONS))
     if unknown:
@@ -227,7 +228,7 @@ def run_benchmarks(opts: BenchOptions, progress: Callable[[str], None] | None = 
                                "sections": {s: {} for s in SECTIONS if s in opts.sections},
                                "notes": list(opts.extra_notes)}
     if "features" in opts.sections:
-        from ..corpora.synthetic import make_synthetic_hours
+        from moma.corpora.synthetic import make_synthetic_hours
 
         t0 = time.perf_counter()
         hours = 0.01 if opts.quick else 0.5

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..capabilities import MissingExtraError, require_extra
-from ..config import DataConfig, FeatureConfig, RunConfig, load_run_config, replace
-from ..features import num_frames
-from ..model import build_model, count_parameters
-from ..recipes import resolve_recipe
-from .runner import time_calls
+from moma.bench.runner import time_calls
+from moma.capabilities import MissingExtraError, require_extra
+from moma.config import DataConfig, FeatureConfig, RunConfig, load_run_config, replace
+from moma.features.frontend import num_frames
+from moma.model import build_model, count_parameters
+from moma.recipes import resolve_recipe
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def bench_config(name: str) -> RunConfig:
 
 def speech_signal(seconds: float, seed: int, sample_rate: int = 16000) -> np.ndarray:
     """A speech-like signal of exactly ``seconds`` from the source-filter synthesiser (deterministic)."""
-    from ..corpora.synthetic import make_speaker_voices, synthesise_utterance
+    from moma.corpora.synthetic import make_speaker_voices, synthesise_utterance
 
     voice = make_speaker_voices(2, seed)[0]
     rng = np.random.default_rng([seed, 11])
@@ -67,7 +67,7 @@ def feature_extractor(extractor: str, seconds: float, seed: int, budget_s: float
     if extractor == "moma":
         import kaldi_native_fbank
 
-        from ..features import compute_fbank
+        from moma.features.frontend import compute_fbank
 
         version = f"kaldi-native-fbank {getattr(kaldi_native_fbank, '__version__', '')}".strip()
 
@@ -104,9 +104,9 @@ def feature_extractor(extractor: str, seconds: float, seed: int, budget_s: float
 
 
 def corpus_extraction(corpus_dir: str, workers: int, scratch: str) -> dict[str, Any]:
-    """``moma.features.extract_features`` on a synthetic corpus into an empty cache (every entry computed)."""
-    from ..corpora.synthetic import load_synthetic
-    from ..features import FeatureCache, extract_features
+    """``moma.features.frontend.extract_features`` on a synthetic corpus into an empty cache (every entry computed)."""
+    from moma.corpora.synthetic import load_synthetic
+    from moma.features.cache import FeatureCache, extract_features
 
     utts = load_synthetic(corpus_dir)  # hashes the files: not part of the timed extraction
     cache_dir = Path(tempfile.mkdtemp(prefix=f"cache-w{workers}-", dir=scratch))
@@ -133,7 +133,7 @@ def corpus_extraction(corpus_dir: str, workers: int, scratch: str) -> dict[str, 
 
 def _train_step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, lengths: torch.Tensor,
                    y: torch.Tensor, precision: str, device: torch.device) -> Any:
-    """One forward + backward + clip + Adam step, as ``moma.train`` does it."""
+    """One forward + backward + clip + Adam step, as ``moma.training.train`` does it."""
     criterion = nn.CrossEntropyLoss()
     params = list(model.parameters())
 
@@ -154,7 +154,7 @@ def _train_step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, grad_clip: float = 5.0,
                 max_batches: int | None = None, device: torch.device | None = None,
                 precision: str = "fp32") -> tuple[int, int, float]:
-    """Train on ``loader`` as ``moma.train`` does; returns (batches, real frames, seconds)."""
+    """Train on ``loader`` as ``moma.training.train`` does; returns (batches, real frames, seconds)."""
     criterion = nn.CrossEntropyLoss()
     dev = device or torch.device("cpu")
     batches, real = 0, 0
@@ -227,7 +227,12 @@ def compile_speedup(config: str, batch: int, seconds: float, budget_s: float, se
     compiled_model = torch.compile(model)
     step = _train_step_fn(compiled_model, optimizer, x, lengths, y, "fp32", dev)
     t0 = time.perf_counter()
-    step()  # compiles forward and backward
+    try:
+        step()  # compiles forward and backward
+    except Exception as exc:  # noqa: BLE001 - inductor needs a C++ toolchain and a supported CPU; report, not fail
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return {"skipped": f"not supported on this machine: torch.compile failed ({type(exc).__name__}: {first})",
+                "unsupported": True}
     compile_s = time.perf_counter() - t0
     compiled = time_calls(step, budget_s=budget_s, min_repeats=2)
     model.eval()
@@ -248,7 +253,7 @@ def loader_workers(config: str, lengths: list[int], workers: list[int], rounds: 
     worker process can prepare the next batch on another core. Epochs of the
     settings alternate ``rounds`` times; the best epoch of each is reported.
     """
-    from ..data import FeatureDataset, make_items, make_loader
+    from moma.data.batching import FeatureDataset, make_items, make_loader
 
     cfg = bench_config(config)
     dim = cfg.model.input_dim
@@ -293,7 +298,7 @@ def bucketing(config: str, lengths: list[int], rounds: int, seed: int, max_frame
     of the two kinds alternate (``rounds`` each) so that a change in machine
     load hits both; each kind's best epoch is reported.
     """
-    from ..data import FeatureDataset, make_items, make_loader, padding_fraction
+    from moma.data.batching import FeatureDataset, make_items, make_loader, padding_fraction
 
     cfg = bench_config(config)
     dim = cfg.model.input_dim
@@ -351,9 +356,9 @@ def prepare_models(work_dir: str, checkpoint: str | None, config: str, seed: int
     (speed does not depend on the weights). Exports go through ``moma
     export``'s own function, so the int8 backend measured is the one users get.
     """
-    from ..checkpoint import load_checkpoint, save_checkpoint
-    from ..export import export_onnx
-    from ..features import Normaliser
+    from moma.checkpoint import load_checkpoint, save_checkpoint
+    from moma.features.normalise import Normaliser
+    from moma.inference.export import export_onnx
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -378,7 +383,8 @@ def prepare_models(work_dir: str, checkpoint: str | None, config: str, seed: int
 
 def load_predictor(models: dict[str, Any], backend: str, threads: int) -> Any:
     """A Predictor on ``backend``, built the way users build one (``torch-bf16`` is bench-only)."""
-    from ..inference import Predictor, TorchBackend
+    from moma.inference.backends import TorchBackend
+    from moma.inference.predictor import Predictor
 
     if backend == "torch-bf16":
         predictor = Predictor.from_checkpoint(models["checkpoint"], backend="torch")
@@ -459,10 +465,10 @@ def accuracy(models: dict[str, Any], backends: list[str], manifest: str, speaker
     Features are the checkpoint's own (its feature configuration, cached in
     ``cache_dir``) and normalised as ``moma evaluate`` does.
     """
-    from ..corpora.base import read_manifest
-    from ..evaluate import compute_metrics
-    from ..features import FeatureCache, extract_features
-    from ..inference import normalise_for_checkpoint
+    from moma.corpora.base import read_manifest
+    from moma.evaluation.metrics import compute_metrics
+    from moma.features.cache import FeatureCache, extract_features
+    from moma.features.normalise import normalise_for_checkpoint
 
     wanted = set(speakers)
     utts = [u for u in read_manifest(manifest) if u.speaker in wanted]
@@ -517,9 +523,10 @@ def corpus_scaling(hours: float, scratch: str, seed: int, config: str, workers: 
     extrapolated by real frames (said in the result); batch set-up (the
     sampler over all utterances) is always timed in full.
     """
-    from ..corpora.synthetic import make_synthetic_hours
-    from ..data import FeatureDataset, make_items, make_loader
-    from ..features import FeatureCache, Normaliser, extract_features
+    from moma.corpora.synthetic import make_synthetic_hours
+    from moma.data.batching import FeatureDataset, make_items, make_loader
+    from moma.features.cache import FeatureCache, extract_features
+    from moma.features.normalise import Normaliser
 
     root = Path(tempfile.mkdtemp(prefix=f"corpus-{hours:g}h-", dir=scratch))
     try:
@@ -589,9 +596,10 @@ def corpus_epoch(hours: float, median_duration_s: float, config: str, device: st
     autocast, with validation excluded; a warm-up batch runs first so that
     cuDNN set-up is not counted.
     """
-    from ..corpora.synthetic import make_synthetic_hours
-    from ..data import FeatureDataset, make_items, make_loader
-    from ..features import FeatureCache, Normaliser, NormalisedFeatures, pack_features
+    from moma.corpora.synthetic import make_synthetic_hours
+    from moma.data.batching import FeatureDataset, make_items, make_loader
+    from moma.features.cache import FeatureCache, pack_features
+    from moma.features.normalise import NormalisedFeatures, Normaliser
 
     dev = torch.device(device)
     if dev.type == "cuda":

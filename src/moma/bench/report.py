@@ -7,8 +7,8 @@ also writes to ``bench.json``, so a report can be re-rendered from the JSON.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # Issue 5's targets.
@@ -202,7 +202,7 @@ def _features(sec: dict[str, Any]) -> list[str]:
         rows.append([str(workers), _f(r["audio_h"], 3), _f(r["wall_s"], 2), _f(r["cpu_s"], 2),
                      _f(r["hours_per_core_s"], 5), _f(r["hours_per_cpu_s"], 5), _f(r["x_realtime"], 0), _mem(r)])
     if rows:
-        lines += ["", "Corpus extraction (`moma.features.extract_features`, empty cache: read, hash, fbank, write). "
+        lines += ["", "Corpus extraction (`moma.features.frontend.extract_features`, empty cache: read, hash, fbank, write). "
                   "Hours per core-second divide by wall time x workers; per CPU-second by the CPU time used "
                   "(parent and workers; robust to other load). Peak RSS is the parent's.", ""]
         lines += _table(["workers", "audio h", "wall s", "CPU s", "h audio / core-s", "h audio / CPU-s",

@@ -35,8 +35,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Imported once by the forkserver, so that every case starts from the same baseline.
-PRELOAD = ["numpy", "torch", "moma.model", "moma.data", "moma.features", "moma.inference", "moma.export",
-           "moma.evaluate", "moma.bench.cases"]
+PRELOAD = ["numpy", "torch", "moma.model", "moma.data.batching", "moma.features.frontend", "moma.inference.predictor", "moma.inference.export",
+           "moma.evaluation.metrics", "moma.bench.cases"]
 _CONTEXT: Any = None
 
 

@@ -11,9 +11,11 @@ returns utterances with absolute paths and ``raw_label`` (the corpus's own code;
 4. sets ``corpus``.
 
 Label maps are data (``labelmaps.yaml``): ``{corpus: {map_name: {raw: label}}}``,
-with the same English label names in every corpus (angry, happy, sad, neutral,
-bored, calm, disgust, fear, surprise; IEMOCAP's ``all`` adds excited,
-frustrated, other) so that the 4-class maps line up across corpora.
+every one emitting names of one vocabulary, :data:`CANONICAL_LABELS` (angry,
+happy, sad, neutral, bored, calm, disgust, fear, surprise; IEMOCAP's ``all``
+adds excited, frustrated, other), so that classes line up across corpora:
+pooled training, cross-corpus scoring and the shared classes of two corpora
+all rest on it (a test checks every map).
 """
 
 from __future__ import annotations
@@ -29,14 +31,7 @@ from typing import Any
 import yaml
 
 from moma.corpora.alignment import read_alignment
-from moma.corpora.base import (
-    Alignment,
-    Utterance,
-    label_list,
-    read_manifest,
-    summarise,
-    write_manifest,
-)
+from moma.corpora.base import Alignment, Utterance, label_list, read_manifest, summarise, write_manifest
 from moma.corpora.cremad import load_cremad
 from moma.corpora.emodb import load_emodb
 from moma.corpora.generic import load_csv, load_folders
@@ -48,6 +43,7 @@ from moma.corpora.tess import load_tess
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CANONICAL_LABELS",
     "LOADERS",
     "Alignment",
     "Utterance",
@@ -71,6 +67,11 @@ __all__ = [
     "write_manifest",
 ]
 
+# The one emotion vocabulary of every label map (adjectives, as the first loaders used them):
+# anger -> angry, happiness -> happy, sadness -> sad, boredom -> bored, surprised -> surprise.
+CANONICAL_LABELS = ("angry", "happy", "sad", "neutral", "fear", "disgust", "surprise", "bored", "calm",
+                    "excited", "frustrated", "other")
+
 Loader = Callable[..., list[Utterance]]
 LabelMap = dict[str, str] | None  # None: identity (labels kept as they are)
 
@@ -79,12 +80,12 @@ DEFAULT_MAP = "default"
 
 
 def _load_synthetic(root: Path, **options: Any) -> list[Utterance]:
-    """Entry for the synthetic corpus, written separately in ``moma/corpora/synthetic.py``.
+    """Entry for the synthetic corpus, written separately in ``moma/corpora/synthetic/``.
 
     Imported lazily so that this package works (and says clearly what is wrong)
     when that module is absent.
     """
-    # --- lazy import: moma.corpora.synthetic.load_synthetic (owned by another module) ---
+    # --- lazy import: moma.corpora.synthetic.load_synthetic  ---
     try:
         from moma.corpora.synthetic import load_synthetic
     except ModuleNotFoundError as exc:
@@ -242,7 +243,7 @@ def _fill_audio_fields(
     corpus: str, utterances: list[Utterance], *, hash_audio: bool, progress: bool
 ) -> list[Utterance]:
     """Fill ``duration`` / ``sha1`` / ``corpus``; each file is read at most once (regions share files)."""
-    from moma import audio  # imported here: loaders stay usable without the audio stack
+    import moma.audio.io as audio  # imported here: loaders stay usable without the audio stack
 
     items: Iterable[Utterance] = utterances
     if progress:

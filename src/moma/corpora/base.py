@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from moma.files import replace_atomically
+
 log = logging.getLogger(__name__)
 
 
@@ -44,19 +46,20 @@ REQUIRED_FIELDS = ("id", "path", "speaker", "label")
 def write_manifest(utterances: Iterable[Utterance], path: str | Path) -> Path:
     """Write a manifest; ``.csv`` gives CSV, anything else JSONL. Written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = [asdict(u) for u in utterances]
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix.lower() == ".csv":
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        if path.suffix.lower() == ".csv":
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    replace_atomically(path, write)
     return path
 
 

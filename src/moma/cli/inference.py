@@ -1,0 +1,231 @@
+"""Command-line front ends for using a trained model: ``predict``, ``timeline``, ``export``, ``serve``.
+
+Thin: parse, call :mod:`moma.inference.predictor` / :mod:`moma.inference.timeline` / :mod:`moma.inference.export` /
+:mod:`moma.serving.app`, print. ``moma.cli.main`` registers these with::
+
+    from moma.cli.inference import add_inference_commands
+    add_inference_commands(sub)
+
+Library errors (AudioError, FileNotFoundError, ValueError) propagate to
+``moma.cli.main.main``, which prints them as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
+_GLOB_CHARS = set("*?[")
+
+
+def add_inference_commands(subparsers: Any) -> None:
+    """Register ``predict``, ``timeline``, ``export`` and ``serve`` on an argparse subparsers object."""
+    p = subparsers.add_parser("predict", help="predict the emotion of audio files (files, folders, globs)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="audio files, folders (searched recursively) or globs")
+    _add_model_args(p)
+    p.add_argument("--out", default=None, help="results file: .csv or .jsonl (default: CSV on stdout)")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write an attention plot per file into DIR")
+    p.add_argument("--batch-size", type=int, default=16, help="files per model call (length-bucketed)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = subparsers.add_parser("timeline", help="emotion over time for a long recording (VAD + sliding windows)")
+    p.add_argument("audio", metavar="LONG_AUDIO")
+    _add_model_args(p)
+    p.add_argument("--out", default=None, help="timeline CSV (default: stdout)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the full timeline as JSON")
+    p.add_argument("--plot", default=None, metavar="PNG", help="plot of the smoothed probabilities over time")
+    p.add_argument("--window", type=float, default=2.0, help="window length in seconds")
+    p.add_argument("--hop", type=float, default=0.5, help="hop between windows in seconds")
+    p.add_argument("--smooth", type=int, default=5, help="windows in the moving average (1 = none)")
+    p.add_argument("--min-speech", type=float, default=0.3, help="speech fraction a window needs to be classified")
+    p.set_defaults(func=cmd_timeline)
+
+    p = subparsers.add_parser("export", help="export a checkpoint for onnxruntime (model.onnx + model.json)")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: onnxruntime dynamic int8 quantisation (about 4x faster on one CPU thread; "
+                        "see `moma bench`)")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("serve", help="HTTP service with an OpenAPI spec and a web page at /")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=2, help="inference threads (bounded worker pool)")
+    p.add_argument("--queue", type=int, default=64, help="requests allowed to wait for a worker before 503")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="larger uploads get HTTP 413")
+    p.add_argument("--max-duration", type=float, default=600.0, help="seconds of audio accepted per request")
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint file or run folder (or an export folder with --backend onnx); "
+                        "default: the bundled model")
+    p.add_argument("--backend", choices=["torch", "torch-int8", "onnx", "onnx-int8"], default="torch",
+                   help="torch: float32 PyTorch; torch-int8 / onnx-int8: dynamic int8 quantisation (CPU, faster, "
+                        "posteriors within ~1e-3); onnx: onnxruntime float32 (a checkpoint is exported in memory)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (0: library default)")
+
+
+def _predictor(args: argparse.Namespace):
+    from moma.inference.predictor import Predictor
+
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
+                                     num_threads=args.threads)
+
+
+def expand_inputs(items: list[str]) -> Iterator[tuple[str, str]]:
+    """(path, error) for each input: files as given, folders searched recursively for audio, globs expanded.
+
+    A glob matching nothing gives one row with the error "no file matches" so that it shows in the results.
+    A file named twice (e.g. by a folder and a glob) is predicted once.
+    """
+    seen: set[str] = set()
+    for path, error in _expand(items):
+        key = str(Path(path).resolve()) if not error else f"\0{path}"
+        if key not in seen:
+            seen.add(key)
+            yield path, error
+
+
+def _expand(items: list[str]) -> Iterator[tuple[str, str]]:
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            if not found:
+                yield item, "no audio files in folder"
+            for p in found:
+                yield str(p), ""
+        elif not path.exists() and _GLOB_CHARS & set(item):
+            matches = sorted(m for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if not matches:
+                yield item, "no file matches"
+            for m in matches:
+                yield m, ""
+        else:
+            yield item, ""  # a missing plain path is reported by the predictor as "file not found"
+
+
+class _ResultWriter:
+    """Rows to CSV or JSONL, one per input file, written as they come."""
+
+    def __init__(self, out: str | None, labels: list[str]) -> None:
+        self.labels = labels
+        self.jsonl = bool(out) and str(out).endswith(".jsonl")
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        self.fh: TextIO = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout
+        self.csv = None if self.jsonl else csv.writer(self.fh)
+        if self.csv is not None:
+            self.csv.writerow(["path", "label", *[f"p_{lab}" for lab in labels], "duration_s", "error"])
+
+    def write(self, path: str, label: str, probs: dict[str, float], duration: float, error: str) -> None:
+        if self.csv is not None:
+            self.csv.writerow([path, label, *[f"{probs[lab]:.6f}" if probs else "" for lab in self.labels],
+                               f"{duration:.3f}" if not error else "", error])
+        else:
+            self.fh.write(json.dumps({"path": path, "label": label, "probabilities": probs,
+                                      "duration_s": round(duration, 3), "error": error}) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not sys.stdout:
+            self.fh.close()
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from moma.inference.predictor import plot_prediction
+
+    predictor = _predictor(args)
+    inputs = list(expand_inputs(args.paths))
+    writer = _ResultWriter(args.out, predictor.labels)
+    failed = 0
+    try:
+        with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet, file=sys.stderr) as bar:
+            for path, error in inputs:
+                if error:
+                    writer.write(path, "", {}, 0.0, error)
+                    failed += 1
+                    bar.update(1)
+            good = [p for p, e in inputs if not e]
+            for pred in predictor.iter_predict_files(good, batch_size=args.batch_size, on_error="record"):
+                writer.write(pred.source, pred.label, pred.probabilities, pred.duration_s, pred.error)
+                if pred.error:
+                    failed += 1
+                    print(f"moma predict: {pred.source}: {pred.error}", file=sys.stderr)
+                elif args.plot:
+                    out = Path(args.plot) / f"{Path(pred.source).stem}.png"
+                    plot_prediction(predictor, pred.source, out, pred=pred)
+                bar.update(1)
+    finally:
+        writer.close()
+    if failed:
+        print(f"moma predict: {failed} of {len(inputs)} failed", file=sys.stderr)
+    if args.out:
+        print(f"wrote {args.out}: {len(inputs) - failed} predicted, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from moma.inference.timeline import TimelineConfig, plot_timeline, timeline_for_source, write_timeline_csv
+
+    predictor = _predictor(args)
+    cfg = TimelineConfig(window_s=args.window, hop_s=args.hop, smooth=args.smooth, min_speech=args.min_speech)
+    timeline = timeline_for_source(predictor, args.audio, cfg)
+    if args.out:
+        write_timeline_csv(timeline, args.out)
+        print(f"wrote {args.out}: {len(timeline.rows)} windows")
+    else:
+        write_timeline_csv(timeline, sys.stdout)
+    if args.json:
+        Path(args.json).write_text(json.dumps(timeline.to_dict()) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    if args.plot:
+        print(f"wrote {plot_timeline(timeline, args.plot, title=Path(args.audio).name)}")
+    share = ", ".join(f"{k} {v:.0%}" for k, v in sorted(timeline.summary().items(), key=lambda kv: -kv[1]))
+    print(f"{timeline.duration_s:.1f} s, {len(timeline.regions)} speech regions; {share or 'no speech found'}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from moma.inference.export import export_onnx
+
+    path = export_onnx(args.checkpoint, args.out, opset=args.opset, quantize=args.quantize)
+    print(f"wrote {path} and {path.with_name('model.json')}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from moma.capabilities import require_extra
+
+    for module in ("fastapi", "uvicorn", "python_multipart"):  # checked before the model loads
+        require_extra(module, "serve", "moma serve")
+    from moma.serving.app import ServiceSettings, run_server
+
+    predictor = _predictor(args)
+    settings = ServiceSettings(workers=args.workers, queue=args.queue,
+                               max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                               max_duration_s=args.max_duration)
+    run_server(predictor, settings, host=args.host, port=args.port)
+    return 0

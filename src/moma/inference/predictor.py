@@ -1,0 +1,434 @@
+"""Using a trained model: the :class:`Predictor` API, scoring a manifest, plotting attention.
+
+:class:`Predictor` is the one entry point for prediction from Python, the
+command line (``moma predict``), the HTTP service and the web page. It turns a
+signal or a file into features exactly as training did (the checkpoint's own
+feature configuration and normalisation statistics), runs a backend (PyTorch,
+or onnxruntime on an exported model) and returns a :class:`Prediction` with
+the label, the class probabilities and the attention weights.
+
+Backends (``backend=``): ``torch`` (the float32 model), ``torch-int8``
+(PyTorch dynamic int8 quantisation of the LSTMs and linear layers, CPU only),
+``onnx`` (onnxruntime, float32) and ``onnx-int8`` (onnxruntime dynamic int8).
+The int8 backends trade a posterior change of the order of 1e-3 for speed on
+CPU; ``moma bench`` measures both, and the change in UAR on a labelled fold.
+
+Files are predicted in length-bucketed batches: files are read a chunk at a
+time, sorted by length inside the chunk and batched with little padding. The
+model is exact under padding (``tests/test_model.py``), so batching changes
+speed, never results.
+
+A tiny model trained on random features stands in for a real one here; the
+doctests below only check the shapes of what comes back.
+
+>>> import numpy as np
+>>> predictor = Predictor.from_checkpoint(checkpoint_path)   # a .safetensors file or a run folder
+>>> predictor.labels
+['angry', 'happy', 'neutral']
+>>> signal = np.random.default_rng(0).normal(scale=0.1, size=16000).astype(np.float32)
+>>> pred = predictor.predict_signal(signal, 16000)           # 1 s of audio at 16 kHz
+>>> pred.label in predictor.labels, round(sum(pred.probabilities.values()), 4)
+(True, 1.0)
+>>> pred.num_frames, pred.attention["mixture"].shape         # one weight per 10 ms frame
+(98, (98,))
+>>> [p.label in predictor.labels for p in predictor.predict_files([wav_path, wav_path], batch_size=2)]
+[True, True]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import softmax
+
+from moma.audio.io import AudioError, load_audio, prepare_signal
+from moma.capabilities import UnsupportedHardwareError, check_cuda, int8_unsupported_reason
+from moma.checkpoint import LoadedCheckpoint, load_checkpoint
+from moma.config import RunConfig
+from moma.corpora.base import Utterance
+from moma.evaluation.metrics import (
+    aggregate_folds,
+    predict_posteriors,
+    score_posteriors,
+    shared_class_scoring,
+    write_report,
+)
+from moma.features.cache import FeatureCache, extract_features
+from moma.features.frontend import compute_features
+from moma.features.normalise import Normaliser, normalise_features, normalise_for_checkpoint
+from moma.inference.backends import Backend, TorchBackend, quantize_torch_int8
+
+log = logging.getLogger(__name__)
+
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "pretrained" / "emodb-7class.safetensors"
+BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
+ATTENTION_KEYS = ("layer1", "mixture", "blocks", "gammas")
+DEFAULT_BATCH_SIZE = 16  # files per batch in predict_files
+CHUNK_BATCHES = 8  # predict_files reads this many batches' worth of files, then sorts them by length
+MAX_BATCH_FRAMES = 60000  # frames (10 ms) per padded batch; long files get smaller batches
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint bundled with the package, or FileNotFoundError saying how to get a model."""
+    if not BUNDLED_CHECKPOINT.is_file():
+        raise FileNotFoundError(
+            f"no bundled model at {BUNDLED_CHECKPOINT}; pass --checkpoint PATH (a .safetensors file or a run "
+            "folder from `moma train`/`moma cv`)")
+    return BUNDLED_CHECKPOINT
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Prediction:
+    """One input's result.
+
+    ``attention`` holds this input's weights with the batch axis removed:
+    ``layer1`` (T,), ``mixture`` (T,), ``blocks`` (N, T), ``gammas`` (N,),
+    where T is ``num_frames`` (one frame every ``frame_shift_ms``); keys an
+    architecture lacks are absent. ``error`` is set (and ``label`` empty)
+    when ``predict_files(..., on_error="record")`` could not use a file.
+    """
+
+    label: str
+    probabilities: dict[str, float]
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
+    num_frames: int = 0
+    logits: np.ndarray | None = None
+    source: str = ""  # file path, or "" for in-memory signals
+    duration_s: float = 0.0  # seconds of audio at the model's sample rate
+    frame_shift_ms: float = 10.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def to_dict(self, *, attention: bool = False) -> dict[str, Any]:
+        """JSON-able dict; attention weights (lists of floats) only when asked, as they are long."""
+        out: dict[str, Any] = {"source": self.source, "label": self.label,
+                               "probabilities": dict(self.probabilities), "duration_s": self.duration_s,
+                               "num_frames": self.num_frames, "error": self.error}
+        if attention:
+            out["frame_shift_ms"] = self.frame_shift_ms
+            out["attention"] = {k: np.asarray(v, dtype=np.float64).round(6).tolist()
+                                for k, v in self.attention.items()}
+        return out
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class Predictor:
+    """Emotion predictions from a trained model, for signals, files and lists of files.
+
+    Build one with :meth:`from_checkpoint`; it is safe to call from several
+    threads at once (the service does), as it holds no per-call state.
+    """
+
+    def __init__(self, backend: Backend, config: RunConfig, labels: Sequence[str], normaliser: Normaliser, *,
+                 info: dict[str, Any] | None = None, source: str = "") -> None:
+        self.backend = backend
+        self.config = config
+        self.labels = list(labels)
+        self.normaliser = normaliser
+        self.info = dict(info or {})
+        self.source = source
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, *, device: str = "cpu", backend: str = "torch",
+                        num_threads: int = 0) -> Predictor:
+        """Load a model.
+
+        ``path``: a checkpoint (``.safetensors``), a run folder holding one, or
+        (``onnx``, ``onnx-int8``) a folder written by ``moma export``; ``None``
+        means the bundled model. The onnx backends on a checkpoint export it in
+        memory first; ``onnx-int8`` and ``torch-int8`` quantise in memory (a
+        second or two). ``num_threads`` > 0 pins onnxruntime's intra-op
+        threads (torch's are process-wide and left to the caller).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        path = Path(path) if path is not None else default_checkpoint()
+        if backend in ("onnx", "onnx-int8"):
+            from moma.inference.export import load_onnx_predictor_parts
+
+            onnx_backend, config, labels, normaliser, info = load_onnx_predictor_parts(
+                path, num_threads=num_threads, quantize="int8" if backend == "onnx-int8" else "none")
+            return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path))
+        if backend == "torch-int8" and torch.device(device).type != "cpu":
+            raise ValueError(f"backend 'torch-int8' runs on the CPU only, not on {device!r}")
+        check_cuda(str(device))
+        loaded = load_checkpoint(path, device=device)
+        return cls.from_loaded(loaded, device=device, backend=backend)
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedCheckpoint, device: str = "cpu", backend: str = "torch") -> Predictor:
+        """Wrap an already loaded checkpoint (``torch`` or ``torch-int8`` backend)."""
+        if backend == "torch-int8":
+            reason = int8_unsupported_reason()
+            if reason:
+                raise UnsupportedHardwareError(f"backend 'torch-int8' is not supported here: {reason}; "
+                                               "use --backend torch or onnx-int8")
+            torch_backend = TorchBackend(quantize_torch_int8(loaded.model), "cpu", name="torch-int8")
+        elif backend == "torch":
+            torch_backend = TorchBackend(loaded.model, device)
+        else:
+            raise ValueError(f"from_loaded builds the torch backends only, not {backend!r}")
+        return cls(torch_backend, loaded.config, loaded.labels, loaded.normaliser, info=loaded.info,
+                   source=loaded.path)
+
+    # ----------------------------------------------------------------- features
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.features.sample_rate)
+
+    def features(self, signal: np.ndarray, sampling_rate: int, name: str = "<signal>") -> np.ndarray:
+        """Normalised model input (frames, dims) of an in-memory signal at any rate."""
+        sig = prepare_signal(signal, sampling_rate, self.sample_rate, name=name,
+                             min_duration=self.config.features.frame_length_ms / 1000.0)
+        return self.features_of_prepared(sig)
+
+    def features_of_prepared(self, signal: np.ndarray) -> np.ndarray:
+        """Normalised features of a mono float32 signal already at :attr:`sample_rate`."""
+        return normalise_features(self.normaliser, compute_features(signal, self.config.features))
+
+    def file_features(self, path: str | Path) -> tuple[np.ndarray, float]:
+        """Normalised features of one audio file and its duration in seconds; raises AudioError."""
+        sig = load_audio(path, self.sample_rate, min_duration=self.config.features.frame_length_ms / 1000.0)
+        return self.features_of_prepared(sig), sig.shape[0] / self.sample_rate
+
+    # ----------------------------------------------------------------- prediction
+
+    def predict_batch(self, feats: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predict several normalised feature arrays as one padded batch."""
+        if not feats:
+            return []
+        lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
+        dim = feats[0].shape[1]
+        batch = np.zeros((len(feats), int(lengths.max()), dim), dtype=np.float32)
+        for i, f in enumerate(feats):
+            batch[i, :f.shape[0]] = f
+        logits, attention = self.backend.run(batch, lengths)
+        probs = softmax(np.asarray(logits, dtype=np.float64), axis=-1)
+        shift = float(self.config.features.frame_shift_ms)
+        out = []
+        for i, n in enumerate(lengths.tolist()):
+            att: dict[str, np.ndarray] = {}
+            for key, value in attention.items():
+                if key == "gammas":
+                    att[key] = np.asarray(value, dtype=np.float32)
+                elif value.ndim == 3:  # blocks (B, N, T)
+                    att[key] = value[i, :, :n].astype(np.float32)
+                else:  # (B, T)
+                    att[key] = value[i, :n].astype(np.float32)
+            out.append(Prediction(label=self.labels[int(probs[i].argmax())],
+                                  probabilities={lab: float(p) for lab, p in zip(self.labels, probs[i])},
+                                  attention=att, num_frames=int(n), logits=logits[i].astype(np.float32),
+                                  duration_s=0.0, frame_shift_ms=shift))
+        return out
+
+    def predict_features(self, feats: np.ndarray) -> Prediction:
+        """Predict one utterance's normalised features (frames, dims)."""
+        return self.predict_batch([feats])[0]
+
+    def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
+        """Predict an in-memory signal, shape (samples,) or (samples, channels), at any sampling rate."""
+        pred = self.predict_features(self.features(signal, sampling_rate))
+        pred.duration_s = np.asarray(signal).shape[0] / float(sampling_rate)
+        return pred
+
+    def predict_file(self, path: str | Path) -> Prediction:
+        """Predict one audio file (anything libsndfile reads); raises AudioError for a bad file."""
+        feats, duration = self.file_features(path)
+        pred = self.predict_features(feats)
+        pred.source, pred.duration_s = str(path), duration
+        return pred
+
+    def iter_predict_files(self, paths: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                           on_error: str = "raise") -> Iterator[Prediction]:
+        """Predictions for ``paths`` in input order, produced a chunk of files at a time.
+
+        Inside each chunk (``CHUNK_BATCHES`` batches' worth of files) files are
+        sorted by length and batched, so padding stays small while memory holds
+        one chunk's features only. ``on_error="record"`` yields a Prediction
+        with ``error`` set for an unusable file instead of raising.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if on_error not in ("raise", "record"):
+            raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+        chunk: list[str] = []
+        for path in paths:
+            chunk.append(str(path))
+            if len(chunk) >= batch_size * CHUNK_BATCHES:
+                yield from self._predict_chunk(chunk, batch_size, on_error)
+                chunk = []
+        if chunk:
+            yield from self._predict_chunk(chunk, batch_size, on_error)
+
+    def predict_files(self, paths: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                      on_error: str = "raise") -> list[Prediction]:
+        """Predictions for many files (in input order), in length-bucketed batches of up to ``batch_size``."""
+        return list(self.iter_predict_files(paths, batch_size=batch_size, on_error=on_error))
+
+    def _predict_chunk(self, paths: list[str], batch_size: int, on_error: str) -> Iterator[Prediction]:
+        results: list[Prediction | None] = [None] * len(paths)
+        loaded: list[tuple[int, np.ndarray, float]] = []
+        for i, path in enumerate(paths):
+            try:
+                feats, duration = self.file_features(path)
+            except AudioError as exc:
+                if on_error == "raise":
+                    raise
+                log.warning("%s", exc)
+                results[i] = Prediction(label="", probabilities={}, source=path, error=exc.reason)
+                continue
+            loaded.append((i, feats, duration))
+        loaded.sort(key=lambda item: item[1].shape[0])
+        batch: list[tuple[int, np.ndarray, float]] = []
+
+        def flush() -> None:
+            for (i, _, duration), pred in zip(batch, self.predict_batch([f for _, f, _ in batch])):
+                pred.source, pred.duration_s = paths[i], duration
+                results[i] = pred
+            batch.clear()
+
+        for item in loaded:
+            longest = max(item[1].shape[0], batch[-1][1].shape[0] if batch else 0)
+            if batch and (len(batch) >= batch_size or longest * (len(batch) + 1) > MAX_BATCH_FRAMES):
+                flush()
+            batch.append(item)
+        if batch:
+            flush()
+        for pred in results:
+            assert pred is not None  # every index was filled above
+            yield pred
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to know about the model: labels, configuration, provenance (the model card)."""
+        from moma.config import config_to_dict
+        from moma.version import __version__
+
+        return {"labels": self.labels, "backend": self.backend.name, "sample_rate": self.sample_rate,
+                "frame_shift_ms": float(self.config.features.frame_shift_ms),
+                "architecture": self.config.model.arch, "normalisation": self.normaliser.describe(),
+                "config": config_to_dict(self.config), "card": _model_card(self.info),
+                "moma_version": __version__, "source": Path(self.source).name if self.source else ""}
+
+
+def _model_card(info: dict[str, Any]) -> dict[str, Any]:
+    """The provenance fields of a checkpoint that are safe and useful to show a client."""
+    keep = ("moma_version", "torch_version", "created", "epoch", "corpus", "fold", "test_speakers",
+            "val_speakers", "metrics", "val_uar", "val_loss", "description", "intended_use", "limitations")
+    return {k: info[k] for k in keep if k in info}
+
+
+# --------------------------------------------------------------------------- manifests and plots
+
+
+def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance], out_dir: str | Path, *,
+                        cache_dir: str | Path, device: str = "cpu", command: str = "",
+                        label_inventory: Sequence[str] | None = None) -> dict[str, Any]:
+    """Score a checkpoint on labelled utterances; writes report.json / report.md.
+
+    The data may hold other classes than the model (another corpus). Then the model is scored over the
+    classes both have, the argmax restricted to them; utterances of classes the model cannot output are
+    counted in the report, never dropped silently, and chance level is stated. ``label_inventory`` is the
+    data's class list (default: the labels of ``utterances``); pass the whole manifest's when ``utterances``
+    is a selection of speakers, so that the classes scored do not depend on which speakers were picked.
+    """
+    t0 = time.time()
+    loaded = load_checkpoint(checkpoint, device=device)
+    labels = loaded.labels
+    inventory = sorted(set(label_inventory) if label_inventory is not None else {u.label for u in utterances})
+    scoring = shared_class_scoring(labels, inventory)
+    unscorable = Counter(u.label for u in utterances if u.label not in scoring["scored"])
+    scored_utts = [u for u in utterances if u.label in scoring["scored"]]
+    if not scored_utts:
+        raise ValueError(f"none of the {len(utterances)} utterances is of a class the model knows "
+                         f"({', '.join(labels)})")
+    trained_on = set(loaded.info.get("test_speakers", []))
+    feats = extract_features(scored_utts, FeatureCache(cache_dir, loaded.config.features))
+    utts = {u.id: u for u in scored_utts}
+    normed = normalise_for_checkpoint(loaded.normaliser, feats, scored_utts)
+    posteriors = predict_posteriors(loaded.model, normed, list(normed), loaded.config, device)
+    scored_classes = scoring["scored"] if scoring["restricted"] else None
+    fold = {"name": "evaluation", "test_speakers": sorted({u.speaker for u in scored_utts}),
+            "val_speakers": [], "best_epoch": loaded.info.get("epoch", ""),
+            "test": score_posteriors(posteriors, utts, labels, scored_classes)}
+    notes = [f"The checkpoint's own test speakers were {', '.join(sorted(trained_on)) or 'not recorded'}."]
+    if scoring["restricted"] or unscorable:
+        notes.append(f"Cross-corpus scoring: the data's classes ({', '.join(inventory)}) differ from the model's "
+                     f"({', '.join(labels)}). Scored over the {len(scoring['scored'])} shared classes "
+                     f"({', '.join(scoring['scored'])}), each prediction the argmax over those classes only; "
+                     f"chance UAR {scoring['chance_uar']:.3f}.")
+    if unscorable:
+        notes.append("Not scored (classes the model cannot output): "
+                     + ", ".join(f"{c} {n}" for c, n in sorted(unscorable.items()))
+                     + f" utterances, {sum(unscorable.values())} of {len(utterances)}.")
+    report = {
+        "title": f"Evaluation of {checkpoint}",
+        "command": command,
+        "corpus": utterances[0].corpus if utterances else "",
+        "n_utterances": len(scored_utts),
+        "n_speakers": len({u.speaker for u in scored_utts}),
+        "labels": labels,
+        "protocol": "fixed checkpoint on the given manifest",
+        "normalisation": loaded.normaliser.describe() + (
+            "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
+            if loaded.normaliser.mode == "speaker" else ""),
+        "model": loaded.config.model.arch,
+        "device": device,
+        "wall_time_s": time.time() - t0,
+        "scoring": {**scoring, "unscored": dict(sorted(unscorable.items()))},
+        "summary": aggregate_folds([fold], labels),
+        "folds": [fold],
+        "notes": notes,
+    }
+    write_report(report, out_dir)
+    return report
+
+
+def plot_prediction(predictor: Predictor, audio: str | Path, out: str | Path, *, pred: Prediction | None = None,
+                    alignment: Any = None, phones: Any = None, title: str | None = None,
+                    caption: str = "") -> Path:
+    """Plot waveform, spectrogram and attention of one file (predicting it unless ``pred`` is given)."""
+    from moma.evaluation.plots import plot_attention
+
+    cfg = predictor.config.features
+    sig = load_audio(audio, cfg.sample_rate, min_duration=cfg.frame_length_ms / 1000.0)
+    raw = compute_features(sig, cfg)
+    if pred is None:
+        pred = predictor.predict_features(normalise_features(predictor.normaliser, raw))
+    probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]))
+    return plot_attention(out, sig, cfg.sample_rate, raw[:, :cfg.n_mels], pred.attention, cfg.frame_shift_ms,
+                          title=title or f"{Path(audio).name}: {pred.label} ({probs})",
+                          alignment=alignment, phones=phones, caption=caption)
+
+
+def plot_attention_for_file(checkpoint: str | Path, audio: str | Path, out: str | Path, *,
+                            alignment: str | Path | None = None, phones: str | Path | None = None,
+                            title: str | None = None, caption: str = "") -> Path:
+    """Predict one file and plot waveform, spectrogram and both attention layers."""
+    from moma.corpora.alignment import read_alignment
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    return plot_prediction(predictor, audio, out,
+                           alignment=read_alignment(alignment) if alignment else None,
+                           phones=read_alignment(phones) if phones else None, title=title,
+                           caption=caption or f"moma plot-attention {checkpoint} {audio}")
+
+
+__all__ = ["BACKENDS", "BUNDLED_CHECKPOINT", "Prediction", "Predictor", "default_checkpoint", "evaluate_checkpoint",
+           "plot_attention_for_file", "plot_prediction"]

@@ -1,0 +1,227 @@
+"""Emotion over time for recordings of any length (``moma timeline``).
+
+The recording is read in blocks (``moma.audio.io.iter_audio_blocks``), so memory
+depends on the block and window sizes, not on the recording's length. Each
+block goes through the energy VAD (``moma.audio.vad``); fixed-length windows slide
+over the signal, and a window is classified when enough of its frames are
+speech. Windows of one recording all have the same length, so they are
+batched with no padding. Probabilities are then smoothed with a centred
+moving average over neighbouring speech windows; the smoothed argmax is the
+label, and the unsmoothed one is kept as ``raw_label``.
+
+Only per-window numbers are kept (a few floats per hop; an hour at a 0.5 s
+hop is 7200 rows), never the audio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from moma.audio.io import AudioSource, iter_audio_blocks
+from moma.audio.vad import FRAME_S, EnergyVad, VadConfig
+from moma.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TimelineConfig:
+    window_s: float = 2.0  # s, analysis window given to the model
+    hop_s: float = 0.5  # s between window starts
+    min_speech: float = 0.3  # fraction of a window's VAD frames that must be speech for it to be classified
+    smooth: int = 5  # windows in the centred moving average of probabilities (1 = none)
+    block_s: float = 30.0  # s of audio decoded at a time
+    batch_size: int = 16  # windows per model call
+    vad: VadConfig = field(default_factory=VadConfig)
+
+    def validate(self) -> None:
+        if self.window_s <= 0 or self.hop_s <= 0:
+            raise ValueError(f"window_s and hop_s must be positive, got {self.window_s} and {self.hop_s}")
+        if not 0.0 <= self.min_speech <= 1.0:
+            raise ValueError(f"min_speech must lie in [0, 1], got {self.min_speech}")
+        if self.smooth < 1 or self.batch_size < 1 or self.block_s <= 0:
+            raise ValueError("smooth and batch_size must be >= 1 and block_s positive")
+
+
+@dataclass
+class TimelineRow:
+    start_s: float
+    end_s: float
+    speech: float  # fraction of VAD frames in the window that are speech
+    label: str = ""  # smoothed argmax; "" for a window with too little speech
+    raw_label: str = ""  # argmax of this window alone
+    probabilities: dict[str, float] = field(default_factory=dict)  # smoothed
+    raw_probabilities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Timeline:
+    labels: list[str]
+    rows: list[TimelineRow]
+    regions: list[tuple[float, float]]  # speech regions (start s, end s) from the VAD
+    duration_s: float
+    config: TimelineConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": self.labels, "duration_s": round(self.duration_s, 3),
+                "config": asdict(self.config), "regions": [list(r) for r in self.regions],
+                "windows": [asdict(r) for r in self.rows]}
+
+    def summary(self) -> dict[str, float]:
+        """Share of classified speech time per label (by smoothed label)."""
+        speech = [r for r in self.rows if r.label]
+        if not speech:
+            return {}
+        return {lab: sum(r.label == lab for r in speech) / len(speech) for lab in self.labels}
+
+
+def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.ndarray]],
+                         config: TimelineConfig | None = None) -> Timeline:
+    """Build a timeline from ``(start s, mono float32 block at predictor.sample_rate)`` pairs in order."""
+    cfg = config or TimelineConfig()
+    cfg.validate()
+    sr = predictor.sample_rate
+    win = int(round(cfg.window_s * sr))
+    hop = int(round(cfg.hop_s * sr))
+    vad_per_sample = int(round(FRAME_S * sr))
+    vad = EnergyVad(sr, cfg.vad)
+    rows: list[TimelineRow] = []
+    regions: list[tuple[float, float]] = []
+    pending: list[tuple[int, np.ndarray]] = []  # (row index, window samples) awaiting the model
+    buf = np.zeros(0, dtype=np.float32)  # samples from buf_start on
+    flags = np.zeros(0, dtype=bool)  # VAD flags of frames from flag_start on
+    buf_start = 0  # sample index of buf[0]
+    flag_start = 0  # VAD frame index of flags[0]
+    next_start = 0  # sample index of the next window
+    total = 0
+
+    def flush() -> None:
+        if not pending:
+            return
+        preds = predictor.predict_batch([predictor.features_of_prepared(w) for _, w in pending])
+        for (idx, _), pred in zip(pending, preds):
+            rows[idx].raw_label = pred.label
+            rows[idx].raw_probabilities = pred.probabilities
+        pending.clear()
+
+    def emit(start: int, end: int) -> None:
+        window = buf[start - buf_start:end - buf_start]
+        f0, f1 = start // vad_per_sample, max(start // vad_per_sample + 1, end // vad_per_sample)
+        wf = flags[max(0, f0 - flag_start):max(0, f1 - flag_start)]
+        speech = float(wf.mean()) if wf.size else 0.0
+        rows.append(TimelineRow(start_s=round(start / sr, 3), end_s=round(end / sr, 3), speech=round(speech, 3)))
+        if speech >= cfg.min_speech and speech > 0 and window.shape[0] >= int(0.025 * sr):
+            pending.append((len(rows) - 1, window.copy()))
+            if len(pending) >= cfg.batch_size:
+                flush()
+
+    def windows(final: bool) -> None:
+        nonlocal next_start, buf, buf_start, flags, flag_start
+        while next_start + win <= total or (final and next_start < total and (next_start == 0 or
+                                                                             next_start + win - hop < total)):
+            emit(next_start, min(next_start + win, total))
+            next_start += hop
+        # Drop what no future window needs, so memory stays bounded by the window.
+        drop = min(next_start, total) - buf_start
+        if drop > 0:
+            buf = buf[drop:]
+            buf_start += drop
+        drop_frames = buf_start // vad_per_sample - flag_start
+        if drop_frames > 0:
+            flags = flags[drop_frames:]
+            flag_start += drop_frames
+
+    for _, block in blocks:
+        block = np.asarray(block, dtype=np.float32)
+        buf = np.concatenate([buf, block]) if buf.size else block
+        total += block.shape[0]
+        new_flags = vad.accept(block)
+        regions.extend(vad.regions(new_flags, flag_start + flags.shape[0]))
+        flags = np.concatenate([flags, new_flags]) if flags.size else new_flags
+        windows(final=False)
+    regions.extend(vad.regions(np.zeros(0, dtype=bool), flag_start + flags.shape[0], final=True))
+    windows(final=True)
+    flush()
+    _smooth(rows, predictor.labels, cfg.smooth)
+    log.info("timeline: %.1f s, %d windows (%d with speech), %d speech regions", total / sr, len(rows),
+             sum(bool(r.label) for r in rows), len(regions))
+    return Timeline(labels=list(predictor.labels), rows=rows, regions=regions, duration_s=total / sr, config=cfg)
+
+
+def _smooth(rows: list[TimelineRow], labels: list[str], width: int) -> None:
+    """Centred moving average of probabilities over speech windows within ``width // 2`` hops."""
+    half = width // 2
+    speech_idx = [i for i, r in enumerate(rows) if r.raw_probabilities]
+    if not speech_idx:
+        return
+    probs = np.array([[rows[i].raw_probabilities[lab] for lab in labels] for i in speech_idx])
+    pos = np.array(speech_idx)
+    for k, i in enumerate(speech_idx):
+        near = np.abs(pos - i) <= half  # neighbours in time, not in list order: silence breaks smoothing
+        mean = probs[near].mean(axis=0)
+        rows[i].probabilities = {lab: round(float(p), 6) for lab, p in zip(labels, mean)}
+        rows[i].label = labels[int(mean.argmax())]
+
+
+def timeline_for_source(predictor: Predictor, source: AudioSource, config: TimelineConfig | None = None) -> Timeline:
+    """Timeline of a file (path, bytes or file object libsndfile reads), read block by block."""
+    cfg = config or TimelineConfig()
+    return timeline_from_blocks(predictor, iter_audio_blocks(source, cfg.block_s, predictor.sample_rate), cfg)
+
+
+def timeline_for_signal(predictor: Predictor, signal: np.ndarray, config: TimelineConfig | None = None) -> Timeline:
+    """Timeline of a mono float32 signal already at ``predictor.sample_rate`` (e.g. a decoded upload)."""
+    cfg = config or TimelineConfig()
+    return timeline_from_blocks(predictor, _split(signal, cfg.block_s, predictor.sample_rate), cfg)
+
+
+def _split(signal: np.ndarray, block_s: float, sample_rate: int) -> Iterator[tuple[float, np.ndarray]]:
+    """``(start s, block)`` pairs of an in-memory signal, as iter_audio_blocks gives for a file."""
+    size = max(1, int(block_s * sample_rate))
+    for start in range(0, signal.shape[0], size):
+        yield start / sample_rate, signal[start:start + size]
+
+
+def write_timeline_csv(timeline: Timeline, out: str | Path | TextIO) -> None:
+    """One row per window: times, speech fraction, smoothed label and probabilities, raw label."""
+    import csv
+
+    if isinstance(out, (str, Path)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", newline="", encoding="utf-8") as fh:
+            write_timeline_csv(timeline, fh)
+        return
+    writer = csv.writer(out)
+    writer.writerow(["start_s", "end_s", "speech", "label", "raw_label", *[f"p_{lab}" for lab in timeline.labels]])
+    for r in timeline.rows:
+        writer.writerow([f"{r.start_s:.3f}", f"{r.end_s:.3f}", f"{r.speech:.3f}", r.label, r.raw_label,
+                         *[f"{r.probabilities[lab]:.6f}" if r.probabilities else "" for lab in timeline.labels]])
+
+
+def plot_timeline(timeline: Timeline, path: str | Path, title: str = "") -> Path:
+    """Stacked smoothed probabilities over time, speech regions shaded beneath."""
+    from moma.evaluation.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(12, 3.2))
+    mids = np.array([(r.start_s + r.end_s) / 2 for r in timeline.rows])
+    probs = np.array([[r.probabilities.get(lab, np.nan) for lab in timeline.labels] for r in timeline.rows]) \
+        if timeline.rows else np.zeros((0, len(timeline.labels)))
+    for start, end in timeline.regions:
+        ax.axvspan(start, end, ymin=0, ymax=0.03, color="0.3", lw=0)
+    if mids.size:
+        ax.stackplot(mids, np.nan_to_num(probs.T), labels=timeline.labels, alpha=0.85)
+    ax.set_xlim(0, max(timeline.duration_s, 1e-3))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("probability")
+    ax.set_title(title or "emotion over time (speech regions marked at the bottom)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,418 @@
+"""Cross-validation: all folds of a protocol, trained, tested and aggregated into one report.
+
+A finished fold (its ``result.json`` exists) is never recomputed, and an
+unfinished one resumes from its last checkpoint, so a killed run picks up
+where it stopped. A fold that fails does not stop the others: the report
+covers those that finished, then the failed folds are named in the error
+(see :func:`run_in_pool`, which also runs ``moma experiment``'s cells).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from moma.capabilities import check_bf16
+from moma.checkpoint import load_checkpoint
+from moma.config import RunConfig, config_from_dict, config_to_dict, replace, save_config
+from moma.corpora.base import Utterance, label_list
+from moma.data.protocols import Fold, fold_scored_classes, make_folds, rotate_validation, validate_fold
+from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
+from moma.features.cache import FeatureCache, pack_features
+from moma.features.normalise import NormalisedFeatures, Normaliser
+from moma.files import write_json_atomic
+from moma.training.distributed import (
+    DistInfo,
+    barrier,
+    broadcast_object,
+    env_dist_info,
+    init_distributed,
+    shutdown_distributed,
+)
+from moma.training.train import resolve_device, train_model
+
+log = logging.getLogger(__name__)
+
+NORMALISATION_NOTES = {
+    "global": "global mean/variance from training speakers only (test speakers' audio unused)",
+    "utterance": "per-utterance mean/variance (each utterance normalised by its own statistics)",
+    "speaker": ("per-speaker mean/variance; the TEST speaker's statistics come from its own unlabelled "
+                "test audio (transductive: the setting behind many published EmoDB figures)"),
+    "none": "no normalisation",
+}
+
+
+def fit_normaliser(mode: str, features: dict[str, np.ndarray], utterances: dict[str, Utterance],
+                   fit_ids: Sequence[str], test_ids: Sequence[str]) -> Normaliser:
+    """Statistics from ``fit_ids`` (training speakers); speaker mode also adds test speakers' own stats."""
+    norm = Normaliser(mode)
+    norm.fit([features[k] for k in fit_ids], [utterances[k].speaker for k in fit_ids])
+    if mode == "speaker":
+        by_speaker: dict[str, list[np.ndarray]] = {}
+        for k in test_ids:
+            by_speaker.setdefault(utterances[k].speaker, []).append(features[k])
+        for spk, feats in by_speaker.items():
+            norm.fit_speaker(spk, feats)
+    return norm
+
+
+def normalise_all(norm: Normaliser, features: Mapping[str, np.ndarray], utterances: dict[str, Utterance],
+                  ids: Sequence[str]) -> NormalisedFeatures:
+    """The features of ``ids`` normalised on access (no second copy of the corpus is stored)."""
+    return NormalisedFeatures(features, norm, {k: utterances[k].speaker for k in ids}, ids)
+
+
+ENSEMBLE_VALIDATION = ("same", "rotate")  # train.ensemble_validation: see protocols.rotate_validation
+
+
+@dataclass
+class FoldJob:
+    cfg: RunConfig
+    fold: Fold
+    features: Mapping[str, np.ndarray]  # PackedFeatures: pickles as a path, so worker processes share pages
+    utterances: dict[str, Utterance]
+    labels: list[str]
+    out_dir: Path
+    resume: bool
+    progress: bool
+    corpus: str
+    # cross-corpus folds (a pool): the argmax is taken over the test corpus's classes only; None: every class
+    scored_classes: list[str] | None = None
+
+
+def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] | None:
+    """Train on one fold, test its best checkpoint, write ``result.json``.
+
+    Under torchrun every rank trains; rank 0 alone tests and writes, and the
+    other ranks return None.
+    """
+    dist_info = dist_info or DistInfo()
+    main = dist_info.is_main
+    out_dir = job.out_dir
+    result_path = out_dir / "result.json"
+    # rank 0's view decides, so all ranks agree on whether this fold trains
+    if broadcast_object(result_path.is_file(), dist_info):
+        log.info("fold %s already finished: reusing %s", job.fold.name, result_path)
+        return json.loads(result_path.read_text(encoding="utf-8")) if main else None
+    fold, utts = job.fold, job.utterances
+    norm = fit_normaliser(job.cfg.data.normalisation, job.features, utts, fold.train + fold.val, fold.test)
+    feats = normalise_all(norm, job.features, utts, fold.train + fold.val + fold.test)
+    label_of = {k: job.labels.index(utts[k].label) for k in feats}
+    info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
+            "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "fold.json").write_text(json.dumps(fold.to_dict(), indent=1), encoding="utf-8")
+    t0 = time.time()
+    device = resolve_device(job.cfg.train.device)
+    n_models = max(1, job.cfg.train.ensemble)
+    seeds, posteriors, trained = [], None, None
+    if job.cfg.train.ensemble_validation not in ENSEMBLE_VALIDATION:
+        raise ValueError(f"train.ensemble_validation must be one of {', '.join(ENSEMBLE_VALIDATION)}, "
+                         f"got {job.cfg.train.ensemble_validation!r}")
+    rotate = job.cfg.train.ensemble_validation == "rotate"
+    for i in range(n_models):
+        # an ensemble trains the same recipe from different seeds; its members' test
+        # posteriors are averaged, and each member's own score is kept for mean +- std over seeds
+        cfg = replace(job.cfg, train=replace(job.cfg.train, seed=job.cfg.train.seed + i))
+        member_dir = out_dir if n_models == 1 else out_dir / f"seed{cfg.train.seed}"
+        split = rotate_validation(fold, list(utts.values()), i, seed=job.cfg.train.seed) if rotate else fold
+        member = train_model(cfg, feats, job.labels, label_of, split.train, split.val, member_dir, norm,
+                             resume=job.resume, info={**info, "val_speakers": split.val_speakers},
+                             progress=job.progress, speaker_of={k: utts[k].speaker for k in split.train})
+        seed_row = {"seed": cfg.train.seed, "val_speakers": split.val_speakers, "best_epoch": member.best_epoch,
+                    "epochs_run": member.epochs_run}
+        trained = trained or member
+        if not main:
+            continue  # testing and writing are rank 0's
+        if not fold.test:  # protocol "all": a model to ship, nothing to score
+            seeds.append(seed_row)
+            continue
+        best = load_checkpoint(member.best_checkpoint, device=device)
+        post = predict_posteriors(best.model, feats, fold.test, best.config, device)
+        scored = score_posteriors(post, utts, job.labels, job.scored_classes)
+        seeds.append({**seed_row, **{m: scored[m] for m in ("accuracy", "uar", "macro_f1")}})
+        posteriors = post if posteriors is None else {k: posteriors[k] + post[k] for k in post}
+    if not main:
+        barrier(dist_info)  # wait until rank 0 has written result.json
+        return None
+    if posteriors is not None:
+        posteriors = {k: v / n_models for k, v in posteriors.items()}
+    result = {
+        **fold.to_dict(),
+        "best_epoch": trained.best_epoch,
+        "epochs_run": trained.epochs_run,
+        "parameters": trained.parameters,
+        "train_time_s": round(time.time() - t0, 1),
+        "normalisation": norm.describe(),
+        "seeds": seeds,
+        "test": (score_posteriors(posteriors, utts, job.labels, job.scored_classes)
+                 if posteriors is not None else None),
+    }
+    write_json_atomic(result_path, result)
+    if result["test"] is not None:
+        log.info("fold %s: test accuracy %.3f UAR %.3f (best epoch %d)", fold.name, result["test"]["accuracy"],
+                 result["test"]["uar"], trained.best_epoch)
+    barrier(dist_info)
+    return result
+
+
+def _run_fold_in_subprocess(job: FoldJob) -> dict[str, Any]:
+    import torch
+
+    # each worker process gets its share of the cores so parallel folds do not oversubscribe
+    torch.set_num_threads(max(1, job.cfg.train.num_threads or 1))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return run_fold(job)
+
+
+def run_in_pool(jobs: Sequence[FoldJob], workers: int, names: Sequence[str], *, what: str = "fold",
+                dist_info: DistInfo | None = None) -> tuple[list[dict[str, Any] | None], dict[str, BaseException]]:
+    """Train every job with :func:`run_fold`: in up to ``workers`` spawned processes when ``workers > 1`` and
+    there is more than one job, else one after another in this process. ``moma cv`` (folds) and
+    ``moma experiment`` (cells) both run their jobs here.
+
+    Returns ``(results, failures)``: each job's result in job order (None where it failed, and on the ranks
+    other than 0 under torchrun) and ``{name: exception}`` of the jobs that raised, ``names[i]`` naming job ``i``
+    (its fold or cell) in logs and errors.
+
+    On failure: a job that raises is logged with its name and traceback, and the other jobs run on, in
+    parallel and serially alike. This was the experiment grid's behaviour and it won over ``moma cv``'s old
+    one (the first error stopped the run, cancelled the folds still queued, wrote no report and named no
+    fold): one bad fold or cell (out of memory, an unreadable file) should cost neither the others' work
+    nor their report. The caller writes its report over what finished, then calls :func:`raise_failures`.
+    Under torchrun the error is raised at once instead: all processes train each fold together and must
+    stay in step.
+    """
+    if len(names) != len(jobs):
+        raise ValueError(f"run_in_pool: {len(jobs)} jobs but {len(names)} names")
+    dist_info = dist_info or DistInfo()
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    failures: dict[str, BaseException] = {}
+
+    def failed(i: int, exc: BaseException) -> None:
+        log.error("%s %s failed (the others run on): %s: %s", what, names[i], type(exc).__name__, exc,
+                  exc_info=exc)
+        failures[names[i]] = exc
+
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        # spawn, not fork: forking a process whose OpenMP pool is running can deadlock
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_fold_in_subprocess, job): i for i, job in enumerate(jobs)}
+            for done, fut in enumerate(as_completed(futures), 1):
+                i = futures[fut]
+                try:
+                    results[i] = fut.result()
+                    log.info("%s %d/%d done: %s", what, done, len(jobs), names[i])
+                except Exception as exc:  # noqa: BLE001 - the other jobs keep running; the caller raises
+                    failed(i, exc)
+    else:
+        for i, job in enumerate(jobs):
+            if len(jobs) > 1:
+                log.info("%s %d/%d: %s", what, i + 1, len(jobs), names[i])
+            try:
+                results[i] = run_fold(job, dist_info)
+            except Exception as exc:  # noqa: BLE001 - as above, except under torchrun
+                if dist_info.enabled:
+                    raise
+                failed(i, exc)
+    return results, failures
+
+
+def raise_failures(failures: Mapping[str, BaseException], what: str, finished: int) -> None:
+    """Raise for the failed jobs of :func:`run_in_pool`, once the caller has saved the report of the ``finished``
+    ones; nothing when none failed.
+
+    With nothing finished, the first failure's own exception is raised: there is no partial report to point
+    to, and the usual cause is one error every job shares (a bad option), whose type and message say more than
+    a count. Otherwise a :class:`RuntimeError` names each failed job with its error.
+    """
+    if not failures:
+        return
+    if not finished:
+        raise next(iter(failures.values()))
+    detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in failures.items())
+    raise RuntimeError(f"{len(failures)} {what}(s) failed ({detail}); the report covers the others. "
+                       "Rerun the same command to retry them.")
+
+
+def describe_model(cfg: RunConfig) -> str:
+    m = cfg.model
+    text = f"{m.arch}, BLSTM {m.num_layers}x{m.hidden_size} per direction, context {m.context_dim}"
+    if m.arch == "moma":
+        text += f", {m.num_blocks} blocks ({'learned' if m.learn_gammas else 'fixed equal'} gammas)"
+    f, d = cfg.features, cfg.data
+    extras = [f"{f.n_mels} log-Mel" + (" + pitch (log F0, voicing)" if f.pitch else "")
+              + (f" + openSMILE {f.lld} LLDs" if f.lld != "none" else "")]
+    if d.segment_length_s > 0:
+        extras.append(f"segments {d.segment_length_s:g} s / hop {d.segment_hop_s:g} s")
+    if d.random_crop_s > 0:
+        extras.append(f"random crops of {d.random_crop_s:g} s")
+    if d.spec_augment:
+        extras.append("SpecAugment")
+    if d.vtlp > 0 or d.tempo > 0:
+        extras.append(f"VTLP ±{d.vtlp:g} / tempo ±{d.tempo:g}")
+    if cfg.train.speaker_adversarial > 0:
+        extras.append(f"speaker-adversarial (gradient reversal ×{cfg.train.speaker_adversarial:g})")
+    t = cfg.train
+    if t.ensemble > 1:
+        extras.append(f"ensemble of {t.ensemble} seeds (posteriors averaged"
+                      + (", validation speakers rotated)" if t.ensemble_validation == "rotate" else ")"))
+    extras.append(f"lr {t.lr:g}, max {t.max_epochs} epochs, dropout {m.dropout:g}, seed {t.seed}")
+    return text + "; " + ", ".join(extras)
+
+
+def build_report(meta: dict[str, Any], results: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[str, Any]:
+    """Aggregate fold results into report.json / report.md; says so when folds are missing."""
+    summary = aggregate_folds(results, meta["labels"])
+    report = {k: v for k, v in meta.items() if k != "started"}
+    report.update({"wall_time_s": time.time() - meta["started"] if "started" in meta else meta.get("wall_time_s", 0),
+                   "summary": summary, "folds": list(results)})
+    missing = [n for n in meta.get("fold_names", []) if n not in {r["name"] for r in results}]
+    if missing:
+        report["notes"] = report.get("notes", []) + [
+            f"**Partial run: {len(results)} of {len(meta['fold_names'])} folds finished** "
+            f"(missing: {', '.join(missing)}); means are over the finished folds only."]
+    restricted = {r["name"]: r["test"]["scored_classes"] for r in results
+                  if r.get("test") and r["test"].get("scored_classes")}
+    if restricted:
+        classes = sorted({", ".join(c) for c in restricted.values()})
+        report["notes"] = report.get("notes", []) + [
+            f"Cross-corpus scoring: {len(restricted)} fold(s) scored over their test corpus's classes only "
+            f"({'; '.join(classes)}), the argmax restricted to them; the model's other outputs are ignored."]
+    write_report(report, out_dir)
+    log.info("%s: UAR %.3f ± %.3f, accuracy %.3f ± %.3f over %d folds", report["title"],
+             summary["uar"]["mean"], summary["uar"]["std"], summary["accuracy"]["mean"],
+             summary["accuracy"]["std"], summary["folds"])
+    return report
+
+
+def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
+    """Rewrite a run's report from its ``run.json`` and whatever folds have finished (``moma report``)."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no run.json (not a moma cv run folder)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    results = []
+    for name in meta["fold_names"]:
+        path = run_dir / name / "result.json"
+        if path.is_file():
+            res = json.loads(path.read_text(encoding="utf-8"))
+            res["name"] = name
+            results.append(res)
+    if not results:
+        raise ValueError(f"{run_dir}: no finished fold yet")
+    meta.pop("started", None)
+    if "config" in meta:  # descriptions follow the current wording of describe_model
+        meta["model"] = describe_model(config_from_dict(RunConfig, meta["config"]))
+    return build_report(meta, results, run_dir)
+
+
+def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, *,
+                         protocol: str, cache_dir: str | Path, k: int = 5, test_session: str | None = None,
+                         test_speakers: Sequence[str] | None = None, only_folds: Sequence[str] | None = None,
+                         jobs: int = 1, resume: bool = True, progress: bool = False, feature_workers: int = 1,
+                         title: str | None = None, command: str | None = None,
+                         corpus: str | None = None, test_corpus: str | None = None) -> dict[str, Any]:
+    """Run every fold of ``protocol`` and write ``report.json`` / ``report.md`` in ``out_dir``.
+
+    Under ``torchrun`` (see :mod:`moma.training.distributed`) the folds run one after
+    another, each trained by all processes together; rank 0 writes every file
+    and returns the report, the other ranks return ``{"summary": None}``.
+    """
+    device_type = resolve_device(cfg.train.device).type  # also refuses cuda where there is none
+    if cfg.train.bf16:  # before features and folds: the answer is the same for every fold
+        check_bf16(device_type, "training")
+    dist_info = DistInfo()
+    if env_dist_info().enabled:
+        if jobs > 1:
+            raise ValueError("--jobs > 1 cannot be combined with torchrun: the processes already share each fold")
+        dist_info = init_distributed(resolve_device(cfg.train.device).type)
+    try:
+        return _run_cross_validation(utterances, cfg, out_dir, protocol=protocol, cache_dir=cache_dir, k=k,
+                                     test_session=test_session, test_speakers=test_speakers, only_folds=only_folds,
+                                     jobs=jobs, resume=resume, progress=progress, feature_workers=feature_workers,
+                                     title=title, command=command, corpus=corpus, test_corpus=test_corpus,
+                                     dist_info=dist_info)
+    finally:
+        if dist_info.enabled:
+            shutdown_distributed()
+
+
+def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, *,
+                          protocol: str, cache_dir: str | Path, k: int, test_session: str | None,
+                          test_speakers: Sequence[str] | None, only_folds: Sequence[str] | None, jobs: int,
+                          resume: bool, progress: bool, feature_workers: int, title: str | None,
+                          command: str | None, corpus: str | None, test_corpus: str | None,
+                          dist_info: DistInfo) -> dict[str, Any]:
+    t0 = time.time()
+    main = dist_info.is_main
+    out_dir = Path(out_dir)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    utts = {u.id: u for u in utterances}
+    labels = label_list(utterances)
+    corpus = corpus or (utterances[0].corpus if utterances else "") or "corpus"
+    cache = FeatureCache(cache_dir, cfg.features)
+    # rank 0 fills the cache first; the others then read it (or, on a machine that does not
+    # share the cache folder, compute their own copy)
+    if not main:
+        barrier(dist_info)
+    # one memory-mapped file for the corpus: training memory no longer grows with corpus size
+    features = pack_features(list(utterances), cache, workers=feature_workers, progress=progress and main)
+    if main:
+        barrier(dist_info)
+    folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
+                       test_session=test_session, test_speakers=test_speakers, test_corpus=test_corpus)
+    if only_folds:
+        wanted = set(only_folds)
+        folds = [f for f in folds if f.name in wanted or any(s in wanted for s in f.test_speakers)]
+        if not folds:
+            raise ValueError(f"no fold matches {', '.join(only_folds)}")
+    for fold in folds:
+        validate_fold(fold, utterances)
+    meta = {
+        "title": title or f"{corpus}: {protocol} cross-validation",
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "corpus": corpus,
+        "n_utterances": len(utterances),
+        "n_speakers": len({u.speaker for u in utterances}),
+        "labels": labels,
+        "protocol": protocol,
+        "fold_names": [f.name for f in folds],
+        "normalisation": NORMALISATION_NOTES.get(cfg.data.normalisation, cfg.data.normalisation),
+        "model": describe_model(cfg),
+        "device": str(resolve_device(cfg.train.device)),
+        "started": t0,
+        "config": config_to_dict(cfg),
+    }
+    if main:
+        (out_dir / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    jobs_list = [FoldJob(cfg, fold, features, utts, labels, out_dir / fold.name, resume, progress and jobs == 1,
+                         corpus, fold_scored_classes(fold, utterances, labels)) for fold in folds]
+    outcomes, failures = run_in_pool(jobs_list, jobs, [f.name for f in folds], dist_info=dist_info)
+    if not main:
+        return {**meta, "summary": None, "folds": []}
+    results = []
+    for fold, res in zip(folds, outcomes):
+        if res is not None:  # a failed fold is left out: the report says it is missing
+            res["name"] = fold.name
+            results.append(res)
+    report = {**meta, "summary": None, "folds": results}  # nothing was tested: no report to write
+    if any(res["test"] is not None for res in results):
+        report = build_report(meta, results, out_dir)
+    raise_failures(failures, "fold", finished=len(results))
+    return report

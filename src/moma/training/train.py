@@ -1,0 +1,380 @@
+"""Training one model on one fold: Adam, ReduceLROnPlateau, early stopping, resumable checkpoints.
+
+The loop follows nanoGPT's train.py in spirit: one function, explicit state,
+everything that can change a result in the config. Resuming restores the
+model, optimizer, scheduler, counters, history and the torch RNG, and batch
+order and augmentation are derived from (seed, epoch), so a run killed with
+SIGKILL and resumed ends where an uninterrupted run ends (tested on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from moma.capabilities import check_bf16, check_cuda
+from moma.checkpoint import load_training_state, save_checkpoint
+from moma.config import RunConfig, replace, save_config
+from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
+from moma.evaluation.metrics import compute_metrics, predict_posteriors
+from moma.features.normalise import Normaliser
+from moma.model import build_model, count_parameters
+from moma.training.distributed import DistInfo, all_reduce_sum, broadcast_object, gather_objects, init_distributed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int  # 1-based epoch whose weights are in best.safetensors
+    epochs_run: int
+    best_checkpoint: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    parameters: int = 0
+    train_time_s: float = 0.0
+
+
+def resolve_device(name: str, dist_info: DistInfo | None = None) -> torch.device:
+    """``auto`` -> CUDA when present; under torchrun each process takes the GPU of its local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    check_cuda(name)
+    dev = torch.device(name)
+    if dev.type == "cuda" and dist_info is not None and dist_info.enabled and dev.index is None:
+        dev = torch.device("cuda", dist_info.local_rank)
+    return dev
+
+
+def class_weights(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 (classes absent from training get weight 0)."""
+    counts = np.bincount(np.asarray(label_ids, dtype=int), minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class _GradientReversal(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by ``-scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+class SpeakerAdversary(nn.Module):
+    """A speaker classifier on the utterance embedding behind a gradient-reversal layer (Ganin and Lempitsky,
+    2015): the classifier learns to tell the training speakers apart, and the reversed gradient, scaled by
+    ``scale``, pushes the encoder to remove what it uses. Training only; checkpoints for inference hold the
+    emotion model alone."""
+
+    def __init__(self, dim: int, num_speakers: int, hidden: int, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, num_speakers))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.net(_GradientReversal.apply(embedding, self.scale))  # [B, num_speakers]
+
+
+class _WithAdversary(nn.Module):
+    """The model and its adversary as one module, so DDP averages the adversary's gradients too."""
+
+    def __init__(self, model: nn.Module, adversary: SpeakerAdversary):
+        super().__init__()
+        self.model = model
+        self.adversary = adversary
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        out = self.model(features, lengths)
+        return out, self.adversary(out.embedding)
+
+
+def _embedding_dim(model: nn.Module, input_dim: int) -> int:
+    """Width of the model's utterance embedding, from one tiny forward pass (eval mode: no dropout draws)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        dim = int(model(torch.zeros(1, 4, input_dim), torch.tensor([4])).embedding.shape[1])
+    model.train(was_training)
+    return dim
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    sd = opt.state_dict()
+    return {"state": {str(k): v for k, v in sd["state"].items()}, "param_groups": sd["param_groups"]}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    opt.load_state_dict({"state": {int(k): v for k, v in state["state"].items()},
+                         "param_groups": state["param_groups"]})
+
+
+def _scheduler_state(sched: torch.optim.lr_scheduler.ReduceLROnPlateau) -> dict[str, Any]:
+    # keep only plain values: the state dict also holds a reference-free copy of the optimizer settings
+    return {k: (float(v) if isinstance(v, float) else v) for k, v in sched.state_dict().items()
+            if isinstance(v, (int, float, str, bool, list)) or v is None}
+
+
+def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[str], label_of: dict[str, int],
+                train_ids: Sequence[str], val_ids: Sequence[str], out_dir: str | Path, normaliser: Normaliser,
+                *, resume: bool = False, info: dict[str, Any] | None = None, progress: bool = False,
+                speaker_of: dict[str, str] | None = None) -> TrainResult:
+    """Train on ``train_ids`` and select on ``val_ids`` (training speakers only); features are normalised.
+
+    Writes ``config.yaml``, ``metrics.jsonl``, ``best.safetensors`` (the selected
+    model, self-describing), ``last.safetensors`` (resumable) and TensorBoard
+    events under ``out_dir/tb``.
+
+    ``train.speaker_adversarial`` > 0 adds a :class:`SpeakerAdversary` over the
+    training speakers (``speaker_of`` maps each training utterance to its
+    speaker); its weights and optimizer state live in ``last.safetensors`` only.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the
+    same arguments: each trains on its share of every global batch, gradients
+    are averaged by DDP, and rank 0 alone validates and writes files (so
+    ``out_dir`` must be on a filesystem all ranks see for ``resume``).
+    """
+    out_dir = Path(out_dir)
+    tc, dc = cfg.train, cfg.data
+    if tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)
+    dist_info = init_distributed(resolve_device(tc.device).type)
+    main = dist_info.is_main
+    device = resolve_device(tc.device, dist_info)
+    if tc.bf16:  # refuse before the first epoch, not from inside oneDNN halfway through it
+        check_bf16(device.type, "training")
+    feat_dim = int(next(iter(features.values())).shape[1])
+    cfg = replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim))
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg.model).to(device)
+    n_params = count_parameters(model)
+    adversary: SpeakerAdversary | None = None
+    speaker_index: dict[str, int] = {}
+    if tc.speaker_adversarial > 0:
+        if speaker_of is None or any(k not in speaker_of for k in train_ids):
+            raise ValueError("train.speaker_adversarial needs the speaker of every training utterance")
+        speaker_index = {spk: i for i, spk in enumerate(sorted({speaker_of[k] for k in train_ids}))}
+        adversary = SpeakerAdversary(_embedding_dim(model, feat_dim), len(speaker_index), tc.adversary_hidden,
+                                     tc.speaker_adversarial).to(device)
+        log.info("speaker adversary over %d training speakers, gradient reversal x%g", len(speaker_index),
+                 tc.speaker_adversarial)
+    log.info("model %s: %d parameters on %s%s", cfg.model.arch, n_params, device,
+             f" (rank {dist_info.rank} of {dist_info.world_size})" if dist_info.enabled else "")
+    # what the forward pass runs: the model itself, or its DDP wrapper that averages gradients
+    net: nn.Module = model if adversary is None else _WithAdversary(model, adversary)
+    if dist_info.enabled:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    frame_shift = cfg.features.frame_shift_ms
+    window = seconds_to_frames(dc.segment_length_s, frame_shift) if dc.segment_length_s > 0 else 0
+    hop = seconds_to_frames(dc.segment_hop_s, frame_shift) if window else 0
+    train_items = make_items(features, train_ids, label_of, window, hop)
+    train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
+                               frames_per_second=1000.0 / frame_shift, mel_bins=cfg.features.n_mels)
+    loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed, rank=dist_info.rank,
+                         world_size=dist_info.world_size)
+
+    params = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
+    if tc.weight_decay > 0:
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=tc.lr)
+    has_val = len(val_ids) > 0
+    monitor = tc.monitor if has_val else "train_loss"
+    if not has_val:
+        log.warning("no validation speakers: the schedule follows the training loss and the last epoch is kept")
+    mode = "max" if monitor in ("uar", "accuracy") else "min"
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=tc.lr_factor,
+                                                           patience=tc.lr_patience, min_lr=tc.min_lr)
+    weight = class_weights([it.label for it in train_items], len(labels)).to(device) if tc.class_weighted else None
+    # per-item losses, summed and divided by the GLOBAL batch's total weight below: this equals
+    # CrossEntropyLoss's weighted mean on one process, and on N processes (whose shares of a
+    # batch differ in size) DDP's gradient average then still equals the single-process gradient
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing, reduction="none")
+
+    writer = None
+    if tc.tensorboard and main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out_dir / "tb"))
+        except ImportError:  # tensorboard is optional at run time
+            log.warning("tensorboard not installed: no event files written")
+
+    start_epoch, best_value, best_epoch, bad_epochs = 1, None, 0, 0
+    history: list[dict[str, Any]] = []
+    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
+    if resume and last_path.is_file():
+        state = load_training_state(last_path)
+        if state is not None:
+            from safetensors.torch import load_file
+
+            weights = load_file(str(last_path))
+            model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
+            if adversary is not None:
+                adversary.load_state_dict(state["adversary"])
+            _restore_optimizer(optimizer, state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            rng_states = state.get("rng_torch_ranks") or [state["rng_torch"]]
+            if len(rng_states) != dist_info.world_size:
+                log.warning("resuming a %d-process run on %d processes: dropout draws will differ from an "
+                            "uninterrupted run", len(rng_states), dist_info.world_size)
+            torch.set_rng_state(rng_states[dist_info.rank % len(rng_states)])
+            if device.type == "cuda" and "rng_cuda" in state:
+                torch.cuda.set_rng_state(state["rng_cuda"])
+            start_epoch = int(state["epoch"]) + 1
+            best_value, best_epoch = state["best_value"], int(state["best_epoch"])
+            bad_epochs = int(state["bad_epochs"])
+            history = list(state["history"])
+            log.info("resumed %s at epoch %d", out_dir, start_epoch)
+    # the log is rewritten from the checkpoint's history, so an epoch logged after the
+    # last checkpoint (then killed) is not counted twice
+    if main:
+        with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+            for row in history:
+                fh.write(json.dumps(row) + "\n")
+
+    stopped_early = bool(history and history[-1].get("stop"))
+    t0 = time.time()
+    epoch = start_epoch
+    for epoch in range(start_epoch, tc.max_epochs + 1):
+        if stopped_early:
+            break
+        net.train()
+        train_set.set_epoch(epoch)
+        loader.batch_sampler.set_epoch(epoch)
+        # summed over the epoch on this rank: weighted loss, weight, frames, speaker loss, speakers right, items
+        totals = torch.zeros(6, dtype=torch.float64)
+        t_epoch = time.time()
+        batches = loader
+        if progress and main:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(loader, desc=f"{out_dir.name} epoch {epoch}", leave=False, unit="batch")
+        for step, batch in enumerate(batches):
+            x = batch.features.to(device, non_blocking=True)
+            lengths = batch.lengths.to(device)
+            y = batch.labels.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+                if adversary is None:
+                    out = net(x, lengths)
+                else:
+                    out, speaker_logits = net(x, lengths)
+            item_losses = criterion(out.logits.float(), y)  # [B] (weighted when class_weighted)
+            item_weights = weight[y] if weight is not None else torch.ones_like(item_losses)
+            # the global batch's total weight (and size, for the adversary): one tiny all-reduce per step under DDP
+            norms = [item_weights.sum().detach()]
+            if adversary is not None:
+                norms.append(torch.tensor(float(y.numel()), device=device))
+            sums = all_reduce_sum(torch.stack(norms), dist_info)
+            loss = item_losses.sum() * dist_info.world_size / sums[0].clamp_min(1e-12)
+            speaker_stats = [0.0, 0.0]
+            if adversary is not None:
+                spk = torch.tensor([speaker_index[speaker_of[k]] for k in batch.keys], device=device)
+                speaker_losses = nn.functional.cross_entropy(speaker_logits.float(), spk, reduction="none")  # [B]
+                loss = loss + speaker_losses.sum() * dist_info.world_size / sums[1].clamp_min(1.0)
+                speaker_stats = [float(speaker_losses.detach().sum()),
+                                 float((speaker_logits.detach().argmax(1) == spk).sum())]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            optimizer.step()
+            totals += torch.tensor([float(item_losses.detach().sum()), float(item_weights.sum()),
+                                    float(lengths.sum()), *speaker_stats, float(y.numel())], dtype=torch.float64)
+            if tc.log_every and step % tc.log_every == 0 and main:
+                log.info("epoch %d step %d loss %.4f", epoch, step, float(loss) / dist_info.world_size)
+        totals = all_reduce_sum(totals.to(device), dist_info).cpu()
+        train_loss = float(totals[0] / totals[1].clamp_min(1e-12))
+        frames = float(totals[2])
+        elapsed = time.time() - t_epoch
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
+                               "frames_per_s": frames / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+        if adversary is not None:  # how well the adversary still tells the training speakers apart
+            row["train_speaker_loss"] = float(totals[3] / totals[5].clamp_min(1.0))
+            row["train_speaker_accuracy"] = float(totals[4] / totals[5].clamp_min(1.0))
+        if has_val:
+            value = None
+            if main:  # rank 0 validates on the whole validation set; the others wait for its figures
+                post = predict_posteriors(model, features, val_ids, cfg, device)
+                y_true = [label_of[k] for k in val_ids]
+                probs = np.stack([post[k] for k in val_ids])
+                val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
+                m = compute_metrics(y_true, probs.argmax(1).tolist(), labels)
+                row.update({"val_loss": val_loss, "val_accuracy": m["accuracy"], "val_uar": m["uar"]})
+                value = {"uar": m["uar"], "accuracy": m["accuracy"], "loss": val_loss}[monitor]
+            row, value = broadcast_object((row, value), dist_info)
+        else:
+            value = train_loss
+        scheduler.step(value)
+        improved = best_value is None or (value > best_value if mode == "max" else value < best_value)
+        if improved:
+            best_value, best_epoch, bad_epochs = value, epoch, 0
+            if main:
+                save_checkpoint(best_path, model, cfg, labels, normaliser,
+                                info={**(info or {}), "epoch": epoch, "monitor": monitor, "value": value,
+                                      "parameters": n_params, "processes": dist_info.world_size})
+        else:
+            bad_epochs += 1
+        stop = tc.early_stop_patience > 0 and bad_epochs >= tc.early_stop_patience
+        row.update({"best_epoch": best_epoch, "stop": stop})
+        history.append(row)
+        # every rank's RNG state (dropout draws differ per rank), saved by rank 0
+        rng_states = gather_objects(torch.get_rng_state(), dist_info)
+        if main:
+            state = {
+                "optimizer": _optimizer_state(optimizer),
+                "scheduler": _scheduler_state(scheduler),
+                "rng_torch": rng_states[0],
+                "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "history": history,
+            }
+            if adversary is not None:
+                state["adversary"] = adversary.state_dict()
+            if dist_info.enabled:
+                state["rng_torch_ranks"] = [r.clone() for r in rng_states]  # safetensors refuses shared storage
+            if device.type == "cuda":
+                state["rng_cuda"] = torch.cuda.get_rng_state()
+            save_checkpoint(last_path, model, cfg, labels, normaliser, info={**(info or {}), "epoch": epoch},
+                            training_state=state)
+            with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for key, val in row.items():
+                if isinstance(val, (int, float)) and not isinstance(val, bool) and key != "epoch":
+                    writer.add_scalar(key, val, epoch)
+            writer.flush()
+        if main:
+            log.info("%s epoch %d: train loss %.4f%s lr %.1e (%.0f frames/s)", out_dir.name, epoch, train_loss,
+                     f", val UAR {row['val_uar']:.3f}" if has_val else "", row["lr"], row["frames_per_s"])
+        if stop:
+            log.info("early stop after %d epochs without improvement", bad_epochs)
+            break
+    if writer is not None:
+        writer.close()
+    if main and not best_path.is_file():
+        raise RuntimeError(f"{out_dir}: training produced no checkpoint (max_epochs={tc.max_epochs})")
+    return TrainResult(best_epoch=best_epoch, epochs_run=len(history), best_checkpoint=best_path,
+                       history=history, parameters=n_params, train_time_s=time.time() - t0)
+
+
+def is_finite_history(history: list[dict[str, Any]]) -> bool:
+    """True if no logged loss is NaN or infinite (a diverged run should be flagged, not reported)."""
+    return all(math.isfinite(r.get("train_loss", 0.0)) for r in history)

@@ -1,0 +1,272 @@
+"""Tests for moma.inference.predictor: the Predictor API (signals, files, length-bucketed batches), its doctests,
+``moma predict`` (files, folders, globs, bad files, CSV/JSONL output, exit status), upload decoding.
+
+A tiny MOMA (hidden 8) is trained for 2 epochs on filterbanks of synthetic noise whose level depends
+on the class, so the checkpoint is real (trained by moma.training.train, saved by moma.checkpoint) and fast.
+Other test files reuse ``make_tiny_checkpoint`` and ``write_tone``.
+"""
+
+from __future__ import annotations
+
+import csv
+import doctest
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import (  # noqa: F401
+    LABELS,
+    LEVELS,
+    make_tiny_checkpoint,
+    make_webm_opus,
+    run_cli,
+    write_tone,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"))
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_checkpoint):
+    from moma.inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(tiny_checkpoint)
+
+
+@pytest.fixture()
+def audio_dir(tmp_path) -> Path:
+    d = tmp_path / "audio"
+    d.mkdir()
+    for i, secs in enumerate([0.4, 1.3, 0.7, 2.1, 0.9]):
+        write_tone(d / f"f{i}.wav", secs, seed=i, sr=16000 if i % 2 else 22050)
+    return d
+
+
+# --------------------------------------------------------------------------- Python API
+
+
+def test_predict_signal_returns_label_probabilities_attention(predictor):
+    sig = np.random.default_rng(1).normal(scale=0.1, size=12000).astype(np.float32)
+    pred = predictor.predict_signal(sig, 16000)
+    assert pred.label in LABELS
+    assert set(pred.probabilities) == set(LABELS)
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    assert pred.label == max(pred.probabilities, key=pred.probabilities.get)
+    # 12000 samples -> 1 + (12000 - 400) // 160 = 73 frames of 10 ms
+    assert pred.num_frames == 73
+    assert pred.attention["mixture"].shape == (73,)
+    assert pred.attention["layer1"].shape == (73,)
+    assert pred.attention["blocks"].shape == (3, 73)
+    assert pred.attention["gammas"].shape == (3,)
+    assert pred.attention["mixture"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert pred.duration_s == pytest.approx(0.75)
+
+
+def test_predict_signal_resamples_and_downmixes(predictor):
+    """A stereo 44.1 kHz signal is the same as its mono 16 kHz version (to resampler accuracy)."""
+    import soxr
+
+    mono = np.random.default_rng(2).normal(scale=0.1, size=44100).astype(np.float32)
+    stereo = np.stack([mono, mono], axis=1)
+    a = predictor.predict_signal(stereo, 44100)
+    b = predictor.predict_signal(soxr.resample(mono, 44100, 16000, quality="HQ"), 16000)
+    assert a.num_frames == b.num_frames
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
+
+
+def test_learned_cue_is_used(predictor):
+    """The tiny model learned the noise level: loud noise and near-silence get different labels."""
+    rng = np.random.default_rng(3)
+    loud = predictor.predict_signal((rng.normal(size=8000) * LEVELS["angry"]).astype(np.float32), 16000)
+    quiet = predictor.predict_signal((rng.normal(size=8000) * LEVELS["neutral"]).astype(np.float32), 16000)
+    assert loud.probabilities["angry"] > quiet.probabilities["angry"]
+
+
+def test_predict_files_matches_one_by_one_and_keeps_order(predictor, audio_dir):
+    paths = sorted(audio_dir.glob("*.wav"))
+    batched = predictor.predict_files(paths, batch_size=2)
+    assert [p.source for p in batched] == [str(p) for p in paths]
+    for path, pred in zip(paths, batched):
+        alone = predictor.predict_file(path)
+        assert pred.num_frames == alone.num_frames
+        np.testing.assert_allclose(pred.logits, alone.logits, atol=1e-5)
+        np.testing.assert_allclose(pred.attention["mixture"], alone.attention["mixture"], atol=1e-5)
+        assert pred.duration_s == pytest.approx(alone.duration_s)
+
+
+def test_predict_files_buckets_by_length(predictor, audio_dir, monkeypatch):
+    """Batches hold files of neighbouring lengths, not files in input order."""
+    seen: list[list[int]] = []
+    original = predictor.predict_batch
+
+    def spy(feats):
+        seen.append([f.shape[0] for f in feats])
+        return original(feats)
+
+    monkeypatch.setattr(predictor, "predict_batch", spy)
+    predictor.predict_files(sorted(audio_dir.glob("*.wav")), batch_size=2)
+    assert [len(b) for b in seen] == [2, 2, 1]
+    flat = [n for b in seen for n in b]
+    assert flat == sorted(flat)
+
+
+def test_predict_files_bad_file_raise_or_record(predictor, audio_dir):
+    bad = audio_dir / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wav")
+    paths = [audio_dir / "f0.wav", bad, audio_dir / "missing.wav"]
+    from moma.audio.io import AudioError
+
+    with pytest.raises(AudioError):
+        predictor.predict_files(paths)
+    preds = predictor.predict_files(paths, on_error="record")
+    assert preds[0].ok and preds[0].label in LABELS
+    assert not preds[1].ok and ("malformed" in preds[1].error or "recognised" in preds[1].error)
+    assert preds[2].error == "file not found"
+
+
+def test_predict_file_rejects_too_short(predictor, tmp_path):
+    from moma.audio.io import AudioError
+
+    path = write_tone(tmp_path / "short.wav", 0.01)
+    with pytest.raises(AudioError, match="too short"):
+        predictor.predict_file(path)
+
+
+def test_bundled_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
+    import moma.inference.predictor as inf
+
+    monkeypatch.setattr(inf, "BUNDLED_CHECKPOINT", tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError, match="--checkpoint"):
+        inf.Predictor.from_checkpoint(None)
+
+
+def test_doctests(tiny_checkpoint, tmp_path):
+    import moma.inference.predictor
+
+    wav = write_tone(tmp_path / "doc.wav", 0.8)
+    result = doctest.testmod(moma.inference.predictor, extraglobs={"checkpoint_path": tiny_checkpoint, "wav_path": wav},
+                             optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 6
+    assert result.failed == 0
+
+
+def test_describe_is_json_able(predictor):
+    card = predictor.describe()
+    json.dumps(card)
+    assert card["labels"] == LABELS
+    assert card["sample_rate"] == 16000
+    assert card["architecture"] == "moma"
+
+
+def test_cli_predict_folder_glob_csv(tiny_checkpoint, audio_dir, tmp_path):
+    out = tmp_path / "results.csv"
+    (audio_dir / "notes.txt").write_text("not audio")  # folders yield audio extensions only
+    res = run_cli("predict", str(audio_dir), str(audio_dir / "f1.wav"), "--checkpoint", str(tiny_checkpoint),
+                  "--out", str(out), "--batch-size", "2")
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["path"]).name for r in rows] == ["f0.wav", "f1.wav", "f2.wav", "f3.wav", "f4.wav"]
+    for r in rows:
+        assert r["label"] in LABELS and r["error"] == ""
+        assert sum(float(r[f"p_{lab}"]) for lab in LABELS) == pytest.approx(1.0, abs=1e-4)
+    res = run_cli("predict", str(audio_dir / "f[13].wav"), "--checkpoint", str(tiny_checkpoint),
+                  "--out", str(tmp_path / "g.csv"))
+    assert res.returncode == 0, res.stderr
+    assert [Path(r["path"]).name for r in csv.DictReader((tmp_path / "g.csv").open())] == ["f1.wav", "f3.wav"]
+
+
+def test_cli_predict_bad_file_jsonl_and_plots(tiny_checkpoint, audio_dir, tmp_path):
+    (audio_dir / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
+    out = tmp_path / "results.jsonl"
+    res = run_cli("predict", str(audio_dir), str(tmp_path / "nothing-*.wav"), "--checkpoint",
+                  str(tiny_checkpoint), "--out", str(out), "--plot", str(tmp_path / "plots"))
+    assert res.returncode == 1  # some inputs failed, the rest were written
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name["broken.wav"]["error"] and by_name["broken.wav"]["label"] == ""
+    assert by_name["nothing-*.wav"]["error"] == "no file matches"
+    assert all(by_name[f"f{i}.wav"]["label"] in LABELS for i in range(5))
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [f"f{i}.png" for i in range(5)]
+    assert "2 of 7 failed" in res.stderr
+
+
+def test_cli_predict_without_checkpoint_or_bundle(tmp_path, monkeypatch, audio_dir):
+    import moma.inference.predictor as inference
+
+    if inference.BUNDLED_CHECKPOINT.is_file():
+        pytest.skip("a bundled model is installed")
+    res = run_cli("predict", str(audio_dir / "f0.wav"))
+    assert res.returncode == 2
+    assert "no bundled model" in res.stderr and "--checkpoint" in res.stderr
+
+
+@pytest.mark.parametrize("backend", ["torch-int8", "onnx", "onnx-int8"])
+def test_fast_backends_agree_with_torch(tmp_path, backend):
+    """Every Predictor backend gives the float32 torch model's posteriors (int8 within 0.02) on a batch of
+    different lengths, and reports its name."""
+    pytest.importorskip("onnxruntime")
+    from moma.inference.predictor import Predictor
+
+    ckpt = make_tiny_checkpoint(tmp_path)
+    ref = Predictor.from_checkpoint(ckpt, backend="torch")
+    fast = Predictor.from_checkpoint(ckpt, backend=backend, num_threads=1)
+    assert fast.backend.name == backend and fast.labels == ref.labels
+    rng = np.random.default_rng(5)
+    feats = [rng.normal(size=(n, 23)).astype(np.float32) for n in (30, 120, 64)]
+    tol = 1e-4 if backend == "onnx" else 0.02
+    for a, b in zip(ref.predict_batch(feats), fast.predict_batch(feats)):
+        pa = np.array([a.probabilities[k] for k in ref.labels])
+        pb = np.array([b.probabilities[k] for k in ref.labels])
+        assert np.abs(pa - pb).max() < tol
+        assert b.attention["mixture"].shape == (a.num_frames,)
+
+
+def test_torch_int8_quantises_lstms_and_linears_only():
+    import torch
+
+    from moma.config import ModelConfig
+    from moma.inference.backends import quantize_torch_int8
+    from moma.model import build_model
+
+    model = build_model(ModelConfig(hidden_size=8, context_dim=4, projection_dim=8, num_classes=3))
+    q = quantize_torch_int8(model)
+    kinds = {type(m).__module__ for m in q.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.Linear))
+             or "quantized" in type(m).__module__}
+    assert any("quantized.dynamic" in k for k in kinds)
+    assert not any(isinstance(m, torch.nn.LSTM) and "quantized" not in type(m).__module__ for m in q.modules())
+    assert all(isinstance(m, torch.nn.LSTM) for m in model.encoder.forward_lstms)  # the original is untouched
+
+
+def test_unknown_backend_and_gpu_int8_are_rejected(tmp_path):
+    from moma.inference.predictor import Predictor
+
+    with pytest.raises(ValueError, match="unknown backend"):
+        Predictor.from_checkpoint(tmp_path / "x.safetensors", backend="tensorrt")
+    with pytest.raises(ValueError, match="CPU only"):
+        Predictor.from_checkpoint(tmp_path / "x.safetensors", backend="torch-int8", device="cuda")
+
+
+def test_evaluate_on_another_corpus_scores_the_shared_classes(tiny_checkpoint, tmp_path, capsys):
+    """A manifest with a class the model lacks (sad) and without one it has (happy): scored over angry and
+    neutral, argmax restricted to them; the sad utterances are counted, not silently dropped."""
+    from moma.cli.main import main
+
+    rows = ["id,path,speaker,label"]
+    for i, label in enumerate(["angry", "neutral", "sad", "angry", "neutral", "sad", "sad"]):
+        write_tone(tmp_path / f"c{i}.wav", 0.8, seed=i, level=LEVELS.get(label, 0.1))
+        rows.append(f"c{i},c{i}.wav,s{i % 2},{label}")
+    (tmp_path / "other.csv").write_text("\n".join(rows) + "\n")
+    assert main(["evaluate", str(tiny_checkpoint), "--manifest", str(tmp_path / "other.csv"), "--out",
+                 str(tmp_path / "e"), "--cache", str(tmp_path / "cache")]) == 0
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["scoring"]["scored"] == ["angry", "neutral"] and report["scoring"]["unscored"] == {"sad": 3}
+    assert report["scoring"]["chance_uar"] == 0.5 and report["n_utterances"] == 4
+    preds = report["folds"][0]["test"]["predictions"]
+    assert {p["predicted"] for p in preds} <= {"angry", "neutral"}
+    md = (tmp_path / "e" / "report.md").read_text()
+    assert "Scored over the 2 shared classes (angry, neutral)" in md and "sad 3 utterances, 3 of 7" in md
+    assert "chance UAR 0.500" in capsys.readouterr().out

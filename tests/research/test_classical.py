@@ -1,0 +1,343 @@
+"""The classical anchor (openSMILE functionals + linear SVM): leakage, C selection, normalisation, report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import moma.research.classical as classical
+from moma.corpora.base import Utterance
+from moma.data.protocols import make_folds
+from moma.evaluation.metrics import PAPER_NAMING_NOTE, aggregate_folds
+from moma.research.classical import run_svm_cv, select_c, standardise
+
+LABELS = ("angry", "neutral", "sad")
+SPEAKERS = ("s1", "s2", "s3", "s4")
+GRID = (0.01, 1.0)
+
+
+def toy_corpus(per_class: int = 6, dim: int = 5, separation: float = 4.0, seed: int = 0):
+    """Utterances of 4 speakers x 3 classes with class means far apart and a per-speaker offset and scale."""
+    rng = np.random.default_rng(seed)
+    utts, feats = [], {}
+    for si, spk in enumerate(SPEAKERS):
+        offset = rng.normal(0, 3.0, dim)
+        scale = 1.0 + si
+        for ci, lab in enumerate(LABELS):
+            for j in range(per_class):
+                uid = f"{spk}-{lab}-{j}"
+                utts.append(Utterance(id=uid, path=f"{uid}.wav", speaker=spk, label=lab))
+                x = rng.normal(0, 0.3, dim)
+                x[ci] += separation
+                feats[uid] = (offset + scale * x).astype(np.float32)
+    return utts, feats
+
+
+def loso(utts):
+    return make_folds(utts, "loso", val_speakers=0)
+
+
+def test_global_standardisation_uses_training_speakers_only():
+    rng = np.random.default_rng(1)
+    x = rng.normal(5.0, 2.0, (40, 3))
+    spk = np.array(["a"] * 10 + ["b"] * 10 + ["c"] * 10 + ["test"] * 10)
+    train = spk != "test"
+    out = standardise(x, spk, train, "global")
+    np.testing.assert_allclose(out[train].mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(out[train].std(axis=0), 1.0, atol=1e-12)
+    changed = x.copy()
+    changed[~train] = changed[~train] * 100.0 + 1e3  # wildly different test features
+    out2 = standardise(changed, spk, train, "global")
+    np.testing.assert_array_equal(out[train], out2[train])  # the scaler did not move
+    mean, std = x[train].mean(axis=0), x[train].std(axis=0)
+    np.testing.assert_allclose(out2[~train], (changed[~train] - mean) / std)
+    # a feature constant over the training speakers is centred and left unscaled, whatever the test rows do
+    const = x.copy()
+    const[train, 1] = 7.0
+    out3 = standardise(const, spk, train, "global")
+    np.testing.assert_array_equal(out3[train, 1], 0.0)
+    np.testing.assert_allclose(out3[~train, 1], const[~train, 1] - 7.0)
+
+
+def test_run_svm_cv_never_fits_global_statistics_on_the_test_speaker(monkeypatch):
+    utts, feats = toy_corpus()
+    speaker_of = {u.id: u.speaker for u in utts}
+    folds = loso(utts)
+    calls = []
+    original = classical.standardise
+
+    def spy(x, speakers, fit_rows, mode, corpora=None):
+        calls.append(set(np.asarray(speakers)[np.asarray(fit_rows, dtype=bool)].tolist()))
+        return original(x, speakers, fit_rows, mode, corpora)
+
+    monkeypatch.setattr(classical, "standardise", spy)
+    # run fold by fold so each call is attributed to its fold's test speaker
+    for fold in folds:
+        calls.clear()
+        run_svm_cv(utts, feats, [fold], normalisation="global", c_grid=GRID)
+        test_speaker = {speaker_of[k] for k in fold.test}
+        assert calls, "no standardisation was fitted"
+        assert all(not (c & test_speaker) for c in calls), (fold.name, calls)
+
+
+@pytest.mark.parametrize("mode", ["global", "speaker"])
+def test_inner_cv_never_sees_the_test_speaker(monkeypatch, mode):
+    utts, feats = toy_corpus()
+    folds = loso(utts)
+    seen = []
+    original = classical.select_c
+
+    def spy(x, y, speakers, **kwargs):
+        seen.append((x.copy(), set(np.asarray(speakers).tolist())))
+        return original(x, y, speakers, **kwargs)
+
+    monkeypatch.setattr(classical, "select_c", spy)
+    run_svm_cv(utts, feats, folds, normalisation=mode, c_grid=GRID)
+    assert len(seen) == len(folds)
+    for fold, (x, speakers) in zip(folds, seen):
+        assert speakers == set(fold.train_speakers)
+        assert not speakers & set(fold.test_speakers)
+        test_rows = np.stack([feats[k] for k in fold.test])
+        # the raw test features are not among the rows handed to the inner CV
+        assert not any((x == row).all(axis=1).any() for row in test_rows)
+        assert x.shape[0] == len(fold.train) + len(fold.val)
+
+
+def test_inner_cv_holds_out_each_training_speaker_once(monkeypatch):
+    utts, feats = toy_corpus()
+    ids = [u.id for u in utts if u.speaker != "s4"]
+    x = np.stack([feats[k] for k in ids]).astype(np.float64)
+    y = np.array([LABELS.index(k.split("-")[1]) for k in ids])
+    spk = np.array([k.split("-")[0] for k in ids])
+    predicted_rows = []
+
+    class SpySVC:
+        def __init__(self, c, seed):
+            from sklearn.svm import LinearSVC
+
+            self.inner = LinearSVC(C=c, class_weight="balanced", dual="auto", random_state=seed)
+
+        def fit(self, xs, ys):
+            self.inner.fit(xs, ys)
+            self.C = self.inner.C
+            return self
+
+        def predict(self, xs):
+            predicted_rows.append(xs.shape[0])
+            return self.inner.predict(xs)
+
+    monkeypatch.setattr(classical, "_make_svm", lambda c, seed, dual="auto": SpySVC(c, seed))
+    best, scores = select_c(x, y, spk, normalisation="global", c_grid=GRID)
+    assert best in GRID
+    assert sorted(scores) == sorted(GRID)
+    # 3 inner folds (one per training speaker) x 2 values of C, each predicting one speaker's 18 rows
+    assert predicted_rows == [18] * 6
+
+
+def test_inner_folds_refit_global_statistics_without_their_held_out_speaker(monkeypatch):
+    utts, feats = toy_corpus()
+    ids = [u.id for u in utts if u.speaker != "s4"]
+    x = np.stack([feats[k] for k in ids]).astype(np.float64)
+    y = np.array([LABELS.index(k.split("-")[1]) for k in ids])
+    spk = np.array([k.split("-")[0] for k in ids])
+    calls = []
+    original = classical.standardise
+
+    def spy(rows, speakers, fit_rows, mode, corpora=None):
+        calls.append(frozenset(np.asarray(speakers)[np.asarray(fit_rows, dtype=bool)].tolist()))
+        return original(rows, speakers, fit_rows, mode, corpora)
+
+    monkeypatch.setattr(classical, "standardise", spy)
+    select_c(x, y, spk, normalisation="global", c_grid=GRID)
+    assert len(calls) == 3  # one fit per inner fold, each without its held-out speaker
+    assert set(calls) == {frozenset({"s2", "s3"}), frozenset({"s1", "s3"}), frozenset({"s1", "s2"})}
+
+
+def test_c_is_chosen_from_the_grid():
+    utts, feats = toy_corpus(separation=1.0)
+    grid = (1e-4, 3e-3, 0.1, 1.0)
+    results = run_svm_cv(utts, feats, loso(utts), normalisation="global", c_grid=grid)
+    for r in results:
+        assert r["chosen_C"] in grid
+        assert set(r["inner_uar"]) == {f"{c:g}" for c in grid}
+    single = run_svm_cv(utts, feats, loso(utts)[:1], normalisation="global", c_grid=(0.37,))
+    assert single[0]["chosen_C"] == 0.37
+
+
+def test_select_c_prefers_the_best_inner_uar_then_the_smallest_c(monkeypatch):
+    spk = np.repeat(list(SPEAKERS), 6)
+    y = np.tile([0, 1, 2], 8)
+    x = np.eye(3)[y] * 10.0  # argmax of a row is its class, before and after standardisation
+    good_from = {"value": 0.1}
+
+    class FakeSVC:
+        """Predicts perfectly when C >= good_from, else always class 0 (UAR 1/3)."""
+
+        def __init__(self, c, seed):
+            self.C = c
+
+        def fit(self, xs, ys):
+            return self
+
+        def predict(self, xs):
+            if self.C >= good_from["value"]:
+                return np.array([int(np.argmax(r[:3])) for r in xs])
+            return np.zeros(len(xs), dtype=int)
+
+    monkeypatch.setattr(classical, "_make_svm", lambda c, seed, dual="auto": FakeSVC(c, seed))
+    best, scores = select_c(x, y, spk, normalisation="global", c_grid=(1.0, 1e-3, 0.1))
+    assert scores[1e-3] == pytest.approx(1 / 3)
+    assert scores[0.1] == scores[1.0] == 1.0
+    assert best == 0.1  # tie: the smaller C
+    good_from["value"] = 1.0
+    best, scores = select_c(x, y, spk, normalisation="global", c_grid=(1e-3, 0.1, 1.0))
+    assert best == 1.0
+
+
+def test_row_space_projection_leaves_the_svm_unchanged():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 200))  # more features than rows, as ComParE on EmoDB
+    y = np.arange(30) % 3
+    x[np.arange(30), y] += 2.0
+    x_new = rng.normal(size=(10, 200))
+    plain = classical._make_svm(0.1, 0).fit(x, y).decision_function(x_new)
+    x_fit, x_other, dual = classical.row_space(x, x_new)
+    assert x_fit.shape == (30, 30) and x_other.shape == (10, 30) and dual is True
+    projected = classical._make_svm(0.1, 0, dual).fit(x_fit, y).decision_function(x_other)
+    np.testing.assert_allclose(projected, plain, atol=1e-8)
+    small = rng.normal(size=(30, 5))
+    same = classical.row_space(small, x_new[:, :5])
+    assert same[0] is small and same[2] == "auto"
+
+
+def test_speaker_mode_normalises_every_speaker_to_zero_mean():
+    utts, feats = toy_corpus()
+    ids = [u.id for u in utts]
+    x = np.stack([feats[k] for k in ids]).astype(np.float64)
+    spk = np.array([k.split("-")[0] for k in ids])
+    train = spk != "s4"
+    out = standardise(x, spk, train, "speaker")
+    for s in SPEAKERS:  # the test speaker s4 included, from its own statistics
+        np.testing.assert_allclose(out[spk == s].mean(axis=0), 0.0, atol=1e-9)
+        np.testing.assert_allclose(out[spk == s].std(axis=0), 1.0, atol=1e-9)
+    # global mode does not: the per-speaker offsets survive
+    glob = standardise(x, spk, train, "global")
+    assert np.abs(glob[spk == "s4"].mean(axis=0)).max() > 0.1
+
+
+def test_constant_feature_does_not_divide_by_zero():
+    x = np.ones((6, 2))
+    x[:, 1] = np.arange(6)
+    out = standardise(x, ["a"] * 3 + ["b"] * 3, np.array([True] * 6), "global")
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[:, 0], 0.0)
+
+
+@pytest.mark.parametrize("mode", ["global", "speaker"])
+def test_separable_toy_problem_gets_uar_one(mode):
+    utts, feats = toy_corpus(separation=6.0)
+    results = run_svm_cv(utts, feats, loso(utts), normalisation=mode, c_grid=GRID)
+    assert [r["name"] for r in results] == [f"spk-{s}" for s in SPEAKERS]
+    for r in results:
+        assert r["test"]["uar"] == 1.0
+        assert r["val_speakers"] == [] and r["best_epoch"] == ""
+        for p in r["test"]["predictions"]:
+            assert abs(sum(p["posteriors"]) - 1.0) < 1e-4
+    summary = aggregate_folds(results, list(LABELS))
+    assert summary["uar"]["mean"] == 1.0 and summary["pooled"]["uar"] == 1.0
+
+
+def test_random_labels_do_not_score_perfectly():
+    utts, feats = toy_corpus(separation=0.0)
+    results = run_svm_cv(utts, feats, loso(utts), normalisation="global", c_grid=GRID)
+    assert np.mean([r["test"]["uar"] for r in results]) < 0.8
+
+
+def test_moma_classical_writes_one_table(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("opensmile")  # the command refuses to start without it
+    from moma.cli.main import main
+
+    utts, feats = toy_corpus()
+    manifest = tmp_path / "toy.jsonl"
+    manifest.write_text("".join(json.dumps({"id": u.id, "path": u.path, "speaker": u.speaker, "label": u.label,
+                                            "corpus": "toy", "sha1": "ab" * 20}) + "\n" for u in utts))
+    fake_sets = {"eGeMAPSv02": 1.0, "ComParE_2016": 2.0}
+
+    def fake_extract(utterances, feature_set, **kwargs):  # no audio: the toy corpus's vectors
+        return {u.id: feats[u.id] * fake_sets[feature_set] for u in utterances}
+
+    monkeypatch.setattr(classical, "extract_functionals", fake_extract)
+    out = tmp_path / "out"
+    assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--cache", str(tmp_path / "c"),
+                 "-q"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 5 and printed[0].split()[:2] == ["eGeMAPSv02", "global:"]
+    saved = json.loads((out / "report.json").read_text())
+    assert [(r["feature_set"], r["normalisation"]) for r in saved["runs"]] == [
+        ("eGeMAPSv02", "global"), ("eGeMAPSv02", "speaker"), ("ComParE_2016", "global"), ("ComParE_2016", "speaker")]
+    assert saved["runs"][0]["summary"]["folds"] == 4
+    md = (out / "report.md").read_text()
+    assert f"moma classical --manifest {manifest} --out {out}" in md  # the command that made it
+    assert "| eGeMAPSv02 | speaker (transductive) |" in md
+    assert "unlabelled" in md and PAPER_NAMING_NOTE in md
+    assert md.count("| spk-s") >= 8  # per-fold UAR and chosen-C tables
+    assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--feature-sets", "GeMAPS"]) == 2
+    assert "--feature-sets: unknown GeMAPS (choose from eGeMAPSv02, ComParE_2016)" in capsys.readouterr().err
+
+
+def test_importing_baselines_does_not_import_torch():
+    code = "import sys, moma.research.classical; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_opensmile_egemaps_on_a_tone(tmp_path, monkeypatch):
+    pytest.importorskip("opensmile")
+    import soundfile as sf
+
+    t = np.arange(16000) / 16000.0
+    tone = (0.3 * np.sin(2 * np.pi * 220.0 * t) * (1 + 0.2 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    values = classical.compute_functionals(tone, "eGeMAPSv02")
+    assert values.shape == (88,) and values.dtype == np.float32
+    assert np.isfinite(values).all()
+    # through a file and the cache: a second call loads without computing
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, tone, 16000, subtype="FLOAT")
+    utt = Utterance(id="tone", path=str(wav), speaker="x", label="neutral")
+    first = classical.extract_functionals([utt], "eGeMAPSv02", cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(first["tone"], values, rtol=1e-5, atol=1e-5)
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+    monkeypatch.setattr(classical, "compute_functionals", lambda *a, **k: pytest.fail("cache miss"))
+    second = classical.extract_functionals([utt], "eGeMAPSv02", cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(first["tone"], second["tone"])
+
+
+def _two_corpora(shift: float):
+    """Two copies of the toy corpus as two corpora; the second one's features shifted by a constant (another
+    channel or language), its speakers renamed so the pool keeps them apart."""
+    import dataclasses
+
+    a_utts, a_feats = toy_corpus(seed=1)
+    b_utts, b_feats = toy_corpus(seed=2)
+    utts = [dataclasses.replace(u, corpus="a", speaker=f"a.{u.speaker}", id=f"a.{u.id}") for u in a_utts]
+    utts += [dataclasses.replace(u, corpus="b", speaker=f"b.{u.speaker}", id=f"b.{u.id}") for u in b_utts]
+    feats = {f"a.{k}": v for k, v in a_feats.items()} | {f"b.{k}": v + shift for k, v in b_feats.items()}
+    return utts, feats
+
+
+def test_leave_one_corpus_out_and_per_corpus_standardisation():
+    """Across a channel shift, global (training-corpus) statistics leave the test corpus off-centre; each corpus
+    standardised by its own statistics (transductive over the corpus) brings it back."""
+    utts, feats = _two_corpora(shift=25.0)
+    folds = make_folds(utts, "loco", val_speakers=0)
+    assert [f.name for f in folds] == ["corpus-a", "corpus-b"]
+    glob = run_svm_cv(utts, feats, folds, normalisation="global", c_grid=GRID)
+    corp = run_svm_cv(utts, feats, folds, normalisation="corpus", c_grid=GRID)
+    for g, c in zip(glob, corp):
+        assert {s.split(".")[0] for s in c["train_speakers"]} != {s.split(".")[0] for s in c["test_speakers"]}
+        assert c["test"]["uar"] > 0.9 and c["test"]["uar"] > g["test"]["uar"] + 0.2
+    with pytest.raises(ValueError, match="needs the corpus of every row"):
+        standardise(np.zeros((2, 3)), ["s1", "s2"], np.array([True, False]), "corpus")

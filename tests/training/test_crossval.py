@@ -1,0 +1,85 @@
+"""moma.training.crossval: seed ensembles per fold, with the fold's validation speakers or rotated ones."""
+
+import json
+
+import pytest
+
+from moma.config import load_run_config
+from moma.corpora.synthetic import make_synthetic_corpus
+from moma.training.crossval import run_cross_validation
+
+TINY = ["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8", "train.max_epochs=1",
+        "train.lr=0.01", "train.tensorboard=false", "train.val_speakers=1", "train.ensemble=3"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return root, make_synthetic_corpus(root / "corpus", num_speakers=5, utterances_per_emotion=1, seed=2,
+                                       max_duration=1.2)
+
+
+@pytest.mark.parametrize("mode", ["same", "rotate"])
+def test_ensemble_members_average_and_validate_on_the_chosen_speakers(corpus, mode):
+    root, utts = corpus
+    cfg = load_run_config(sets=TINY + [f"train.ensemble_validation={mode}"])
+    out = root / mode
+    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
+                                  only_folds=["spk-spk01"])
+    fold = report["folds"][0]
+    result = json.loads((out / fold["name"] / "result.json").read_text())
+    members = result["seeds"]
+    assert [m["seed"] for m in members] == [0, 1, 2]
+    vals = [tuple(m["val_speakers"]) for m in members]
+    training_side = set(fold["train_speakers"]) | set(fold["val_speakers"])
+    for m, val in zip(members, vals):
+        assert len(val) == 1 and set(val) <= training_side and not set(val) & set(fold["test_speakers"])
+        ckpt_dir = out / fold["name"] / f"seed{m['seed']}"
+        assert (ckpt_dir / "best.safetensors").is_file()
+    if mode == "same":
+        assert len(set(vals)) == 1 and vals[0] == tuple(fold["val_speakers"])
+    else:
+        assert len(set(vals)) == 3 and vals[0] == tuple(fold["val_speakers"])  # 4 training-side speakers
+    # the fold's test posteriors are the members' average: its pooled metrics cover every test utterance once
+    assert result["test"]["n"] == fold["n_test"]
+    assert ("validation speakers rotated" in report["model"]) == (mode == "rotate")
+
+
+def test_unknown_ensemble_validation_is_refused(corpus):
+    root, utts = corpus
+    cfg = load_run_config(sets=TINY + ["train.ensemble_validation=random"])
+    with pytest.raises(ValueError, match="train.ensemble_validation must be one of same, rotate"):
+        run_cross_validation(utts, cfg, root / "bad", protocol="loso", cache_dir=root / "cache")
+
+
+def test_model_description_names_every_input_feature_group():
+    from moma.training.crossval import describe_model
+
+    plain = describe_model(load_run_config(sets=["model.hidden_size=8"]))
+    assert "23 log-Mel" in plain and "pitch" not in plain and "openSMILE" not in plain
+    both = describe_model(load_run_config(sets=["features.pitch=true", "features.lld=egemaps"]))
+    assert "23 log-Mel + pitch (log F0, voicing) + openSMILE egemaps LLDs" in both
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failing_fold_is_named_and_the_other_folds_are_kept(corpus, jobs):
+    """One fold fails (a file blocks its folder): the others still finish and are reported, and the error names
+    the failed fold, serially and in parallel worker processes alike (moma experiment's cells share this pool)."""
+    import re
+
+    root, utts = corpus
+    cfg = load_run_config(sets=[s for s in TINY if not s.startswith("train.ensemble")])
+    out = root / f"failing-{jobs}"
+    speakers = sorted({u.speaker for u in utts})[:3]
+    bad = f"spk-{speakers[1]}"
+    out.mkdir()
+    (out / bad).write_text("a file where the fold's folder goes")
+    with pytest.raises(RuntimeError, match=re.escape(f"1 fold(s) failed ({bad}: FileExistsError")):
+        run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=speakers,
+                             jobs=jobs)
+    kept = [f"spk-{speakers[0]}", f"spk-{speakers[2]}"]
+    for name in kept:
+        assert (out / name / "result.json").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert [f["name"] for f in report["folds"]] == kept and report["summary"]["folds"] == 2
+    assert any(f"missing: {bad}" in note for note in report["notes"])

@@ -1,0 +1,112 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from moma.checkpoint import load_checkpoint, load_training_state
+from moma.training.train import class_weights
+
+JOB = Path(__file__).with_name("train_job.py")
+
+
+def run_job(out_dir, mode="fresh", slow=0.0, adversarial=0.0):
+    return subprocess.Popen([sys.executable, str(JOB), str(out_dir), mode, str(slow), str(adversarial)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def weights(path):
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weights([0, 0, 0, 1], 3).numpy()
+    assert w[2] == 0 and w[1] == pytest.approx(3 * w[0])
+
+
+def test_training_writes_self_describing_checkpoints_and_learns(tmp_path):
+    assert run_job(tmp_path / "run").wait(120) == 0
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 9))
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert max(r["val_uar"] for r in rows) > 0.6  # the cue is learnable
+    loaded = load_checkpoint(tmp_path / "run")  # a folder resolves to best.safetensors
+    assert loaded.labels == ["a", "b", "c"]
+    assert loaded.config.model.hidden_size == 8 and loaded.config.model.num_classes == 3
+    assert loaded.info["epoch"] == max(rows, key=lambda r: r["val_uar"])["epoch"]
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("adversarial", [0.0, 0.5], ids=["plain", "speaker-adversarial"])
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, adversarial):
+    assert run_job(tmp_path / "full", adversarial=adversarial).wait(120) == 0
+    proc = run_job(tmp_path / "killed", slow=0.3, adversarial=adversarial)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_training_state(tmp_path / "killed" / "last.safetensors")
+    assert 2 <= state["epoch"] < 8  # really interrupted mid-run
+    assert run_job(tmp_path / "killed", mode="resume", adversarial=adversarial).wait(120) == 0
+    full_rows = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    resumed_rows = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("frames_per_s", "epoch_time_s")}
+                          for r in rows]
+    assert strip(resumed_rows) == strip(full_rows)
+    for name in ("best.safetensors", "last.safetensors"):
+        a, b = weights(tmp_path / "full" / name), weights(tmp_path / "killed" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    if adversarial:  # the adversary resumed too: its weights are part of the resumable state
+        full = load_training_state(tmp_path / "full" / "last.safetensors")["adversary"]
+        resumed = load_training_state(tmp_path / "killed" / "last.safetensors")["adversary"]
+        assert full.keys() == resumed.keys() and len(full) == 4
+        for k in full:
+            np.testing.assert_array_equal(np.asarray(full[k]), np.asarray(resumed[k]))
+        assert "train_speaker_accuracy" in json.loads(full_rows[-1])
+        assert not any(k.startswith("model.adversary") for k in weights(tmp_path / "full" / "best.safetensors"))
+
+
+def test_gradient_reversal_flips_and_scales_the_encoder_gradient():
+    import torch
+
+    from moma.training.train import SpeakerAdversary
+
+    torch.manual_seed(0)
+    adv = SpeakerAdversary(dim=5, num_speakers=3, hidden=4, scale=0.5)
+    x = torch.randn(2, 5, requires_grad=True)
+    target = torch.tensor([0, 2])
+    torch.nn.functional.cross_entropy(adv(x), target).backward()
+    reversed_grad = x.grad.clone()
+    head_grad = adv.net[0].weight.grad.clone()
+    x.grad = None
+    adv.zero_grad()
+    torch.nn.functional.cross_entropy(adv.net(x), target).backward()  # the same head without reversal
+    torch.testing.assert_close(reversed_grad, -0.5 * x.grad)
+    torch.testing.assert_close(head_grad, adv.net[0].weight.grad)  # the head itself learns normally
+
+
+def test_speaker_adversary_needs_every_training_speaker(tmp_path):
+    from train_job import tiny_problem
+
+    from moma.config import load_run_config
+    from moma.features.normalise import Normaliser
+    from moma.training.train import train_model
+
+    feats, label_of, train_ids, val_ids = tiny_problem()
+    cfg = load_run_config(sets=["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8",
+                                "train.max_epochs=1", "train.tensorboard=false", "train.speaker_adversarial=1"])
+    with pytest.raises(ValueError, match="needs the speaker of every training utterance"):
+        train_model(cfg, feats, ["a", "b", "c"], label_of, train_ids, val_ids, tmp_path, Normaliser("none"),
+                    speaker_of={k: "s0" for k in train_ids[:-1]})
