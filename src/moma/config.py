@@ -100,6 +100,10 @@ class TrainConfig:
     speaker_adversarial: float = 0.0  # lambda of a gradient-reversal speaker classifier on the embedding; 0 = off
     adversary_hidden: int = 128  # hidden units of that speaker classifier (one ReLU layer)
     monitor: str = "uar"  # validation metric that drives the schedule and checkpoint choice: uar | loss
+    monitor_smoothing: float = 0.0  # EMA weight of the previous epochs on the monitored value (0 = raw; 0.5
+    #   halves an epoch's weight each epoch): a fluke epoch on few validation speakers cannot win or stall alone
+    min_epochs: int = 0  # epochs before the schedule, early stopping and model choice start counting (0 = from
+    #   the first): an early, lucky epoch is never kept while the training loss still falls
     val_speakers: int = 2  # number of training speakers held out for validation (gender-balanced when possible)
     ensemble: int = 1  # models per fold trained with seeds seed, seed+1, ...; test posteriors are averaged
     ensemble_validation: str = "same"  # same: every member validates on the fold's speakers; rotate: member m

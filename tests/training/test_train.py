@@ -110,3 +110,28 @@ def test_speaker_adversary_needs_every_training_speaker(tmp_path):
     with pytest.raises(ValueError, match="needs the speaker of every training utterance"):
         train_model(cfg, feats, ["a", "b", "c"], label_of, train_ids, val_ids, tmp_path, Normaliser("none"),
                     speaker_of={k: "s0" for k in train_ids[:-1]})
+
+
+def test_min_epochs_and_smoothed_monitor_steady_the_model_choice(tmp_path):
+    """With min_epochs the schedule, patience and model choice ignore the first epochs; with monitor_smoothing
+    the value they follow is an exponential moving average of the validation metric."""
+    from moma.config import load_run_config
+    from moma.features.normalise import Normaliser
+    from moma.training.train import train_model
+    from train_job import tiny_problem
+
+    feats, label_of, train_ids, val_ids = tiny_problem()
+    sets = ["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8", "train.lr=0.01",
+            "train.max_epochs=6", "train.tensorboard=false", "train.num_threads=1", "train.lr_patience=0"]
+    cfg = load_run_config(sets=sets + ["train.min_epochs=4", "train.monitor_smoothing=0.5"])
+    train_model(cfg, feats, ["a", "b", "c"], label_of, train_ids, val_ids, tmp_path / "run", Normaliser("none"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert load_checkpoint(tmp_path / "run").info["epoch"] >= 4
+    # lr_patience 0: the rate would drop after any epoch that does not improve, but not before epoch 4
+    assert all(r["lr"] == 0.01 for r in rows[:4])
+    assert rows[0]["monitor_value"] == rows[0]["val_uar"]
+    for prev, row in zip(rows, rows[1:]):
+        assert row["monitor_value"] == pytest.approx(0.5 * prev["monitor_value"] + 0.5 * row["val_uar"])
+    with pytest.raises(ValueError, match="monitor_smoothing must be in"):
+        train_model(load_run_config(sets=sets + ["train.monitor_smoothing=1.0"]), feats, ["a", "b", "c"], label_of,
+                    train_ids, val_ids, tmp_path / "bad", Normaliser("none"))

@@ -196,6 +196,9 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     else:
         optimizer = torch.optim.Adam(params, lr=tc.lr)
+    if not 0.0 <= tc.monitor_smoothing < 1.0 or tc.min_epochs < 0:
+        raise ValueError(f"train.monitor_smoothing must be in [0, 1) and train.min_epochs >= 0, got "
+                         f"{tc.monitor_smoothing} and {tc.min_epochs}")
     has_val = len(val_ids) > 0
     monitor = tc.monitor if has_val else "train_loss"
     if not has_val:
@@ -323,15 +326,22 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             row, value = broadcast_object((row, value), dist_info)
         else:
             value = train_loss
-        scheduler.step(value)
-        improved = best_value is None or (value > best_value if mode == "max" else value < best_value)
+        if tc.monitor_smoothing > 0 and len(history) > 0:  # EMA over epochs, restored from history on resume
+            value = tc.monitor_smoothing * history[-1].get("monitor_value", value) + (1 - tc.monitor_smoothing) * value
+        row["monitor_value"] = value
+        # Before min_epochs (and always on the last allowed epoch if nothing was kept) nothing counts: the
+        # schedule does not step, no patience is used up and no checkpoint is chosen.
+        eligible = epoch >= tc.min_epochs or (epoch == tc.max_epochs and best_value is None)
+        if eligible:
+            scheduler.step(value)
+        improved = eligible and (best_value is None or (value > best_value if mode == "max" else value < best_value))
         if improved:
             best_value, best_epoch, bad_epochs = value, epoch, 0
             if main:
                 save_checkpoint(best_path, model, cfg, labels, normaliser,
                                 info={**(info or {}), "epoch": epoch, "monitor": monitor, "value": value,
                                       "parameters": n_params, "processes": dist_info.world_size})
-        else:
+        elif eligible:
             bad_epochs += 1
         stop = tc.early_stop_patience > 0 and bad_epochs >= tc.early_stop_patience
         row.update({"best_epoch": best_epoch, "stop": stop})
