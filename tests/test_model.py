@@ -213,6 +213,24 @@ def test_gamma_norm_none_starts_equal():
     torch.testing.assert_close(model.attention2.gammas(), torch.tensor([2.0, -1.0, 0.5]))
 
 
+@pytest.mark.parametrize("norm", ["softmax", "none"])
+def test_random_gamma_init_is_unequal_positive_normalised_and_seeded(norm):
+    """The paper's "randomly initialised" gammas: unequal at the start, still a convex mixture, the same
+    for the same seed and different for another; the `paper` recipe uses them, without gradient clipping."""
+    from moma.config import load_run_config
+    from moma.recipes import resolve_recipe
+
+    g = make_model(0, gamma_norm=norm, gamma_init="random").attention2.gammas().detach()
+    assert torch.all(g > 0) and float(g.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert float(g.max() - g.min()) > 1e-3  # not the equal 1/N start
+    torch.testing.assert_close(make_model(0, gamma_norm=norm, gamma_init="random").attention2.gammas().detach(), g)
+    assert not torch.allclose(make_model(1, gamma_norm=norm, gamma_init="random").attention2.gammas().detach(), g)
+    with pytest.raises(ValueError, match="gamma_init"):
+        make_model(gamma_init="uniform")
+    paper = load_run_config([resolve_recipe("paper")])
+    assert paper.model.gamma_init == "random" and paper.train.grad_clip == 0
+
+
 def test_blocks_initialised_differently():
     model = make_model()
     x, lens = padded_batch([15, 15], extra=0)

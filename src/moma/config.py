@@ -51,6 +51,7 @@ class ModelConfig:
     num_blocks: int = 3  # N attention blocks in the MOMA layer
     learn_gammas: bool = True  # False fixes the mixture weights gamma_n = 1/N
     gamma_norm: str = "softmax"  # softmax | none: how raw gamma parameters become mixture weights
+    gamma_init: str = "equal"  # equal (gamma_n = 1/N) | random (the paper's "randomly initialised"; docs/model.md)
     residual: bool = True  # attention layer 1 adds its output back to Y (the paper's residual)
     layer1_output: str = "scale"  # scale: y'_t = L*a_t*y_t | weight: y'_t = a_t*y_t | context: y'_t = sum_s a_s y_s (docs/model.md)
     projection_dim: int = 1024  # size of the MOMA projection before the classifier
@@ -79,6 +80,9 @@ class DataConfig:
     noise_std: float = 0.0  # std of Gaussian noise added to normalised training features
     vtlp: float = 0.0  # > 0: warp the Mel axis by a random factor in [1 - vtlp, 1 + vtlp] (vocal tract length perturbation)
     tempo: float = 0.0  # > 0: stretch time by a random factor in [1 - tempo, 1 + tempo] (tempo perturbation)
+    augment_copies: int = 0  # > 0: channel-perturbed copies of every training utterance (features.augment),
+    #   computed once and cached; each epoch an utterance is replaced by one of its copies or kept, at random
+    augment_conditions: str = "white,babble,reverb,telephone,gain"  # channel families the copies draw from
     num_workers: int = 0  # DataLoader worker processes
 
 
@@ -96,6 +100,8 @@ class TrainConfig:
     early_stop_patience: int = 10  # epochs without validation improvement before stopping; 0 disables
     grad_clip: float = 5.0  # max global gradient norm; 0 disables
     class_weighted: bool = False  # weight cross-entropy by inverse training class frequency
+    balance: str = "none"  # none | class | corpus | corpus-class: weight each training item's loss so that every
+    #   class, corpus or (corpus, class) pair carries the same total weight (a pool of corpora of unequal size)
     label_smoothing: float = 0.0
     speaker_adversarial: float = 0.0  # lambda of a gradient-reversal speaker classifier on the embedding; 0 = off
     adversary_hidden: int = 128  # hidden units of that speaker classifier (one ReLU layer)
@@ -105,6 +111,8 @@ class TrainConfig:
     min_epochs: int = 0  # epochs before the schedule, early stopping and model choice start counting (0 = from
     #   the first): an early, lucky epoch is never kept while the training loss still falls
     val_speakers: int = 2  # number of training speakers held out for validation (gender-balanced when possible)
+    calibrate: bool = True  # fit a softmax temperature on the validation speakers after training and store it in
+    #   best.safetensors (evaluation.calibration); the argmax, so accuracy and UAR, never changes
     ensemble: int = 1  # models per fold trained with seeds seed, seed+1, ...; test posteriors are averaged
     ensemble_validation: str = "same"  # same: every member validates on the fold's speakers; rotate: member m
     #   validates on other training speakers (protocols.rotate_validation), so the members together train on all

@@ -55,6 +55,7 @@ __all__ = [
 ARCHS = ("moma", "attention", "mean")
 LAYER1_OUTPUTS = ("scale", "weight", "context")
 GAMMA_NORMS = ("softmax", "none")
+GAMMA_INITS = ("equal", "random")  # equal: gamma_n = 1/N at the start; random: the paper's random initialisation
 PROJECTION_ACTIVATIONS = ("relu", "tanh")
 # Initialisation scheme of MOMA block n is BLOCK_INITS[n % 3]; see MixtureOfAttention.
 BLOCK_INITS = ("xavier_uniform", "kaiming_normal", "orthogonal")
@@ -264,11 +265,13 @@ class MixtureOfAttention(nn.Module):
     from the global torch RNG, so blocks beyond the third (same scheme) still get different
     values. Gammas: a raw vector g (N,); mixture weights are softmax(g) (gamma_norm="softmax",
     g starts at 0 so gamma_n = 1/N) or g itself (gamma_norm="none", g starts at 1/N). With
-    learn_gammas=False, g is a buffer (saved in the state dict, never trained).
+    gamma_init="random" (the paper: "randomly initialised") g starts at N(0, 1) draws under softmax,
+    or at U(0, 1) draws divided by their sum without it, so the weights start unequal but positive and
+    summing to 1 either way. With learn_gammas=False, g is a buffer (saved in the state dict, never trained).
     """
 
     def __init__(self, input_dim: int, context_dim: int, num_blocks: int, learn_gammas: bool = True,
-                 gamma_norm: str = "softmax", bias: bool = False) -> None:
+                 gamma_norm: str = "softmax", bias: bool = False, gamma_init: str = "equal") -> None:
         super().__init__()
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
@@ -278,7 +281,13 @@ class MixtureOfAttention(nn.Module):
         self.blocks = nn.ModuleList(ContextAttention(input_dim, context_dim, bias) for _ in range(num_blocks))
         for n, block in enumerate(self.blocks):
             block.reset_parameters_with(BLOCK_INITS[n % len(BLOCK_INITS)])
-        init = torch.zeros(num_blocks) if gamma_norm == "softmax" else torch.full((num_blocks,), 1.0 / num_blocks)
+        if gamma_init not in GAMMA_INITS:
+            raise ValueError(f"unknown gamma_init {gamma_init!r}; known: {', '.join(GAMMA_INITS)}")
+        if gamma_init == "random":  # drawn after the blocks, from the same seeded global torch RNG
+            init = torch.randn(num_blocks) if gamma_norm == "softmax" else torch.rand(num_blocks)
+            init = init if gamma_norm == "softmax" else init / init.sum()
+        else:
+            init = torch.zeros(num_blocks) if gamma_norm == "softmax" else torch.full((num_blocks,), 1.0 / num_blocks)
         if learn_gammas:
             self.gamma_raw = nn.Parameter(init)
         else:
@@ -382,7 +391,7 @@ class MOMA(_EncoderModel):
         # Layer-1 attention keeps PyTorch's default Linear initialisation (uniform +-1/sqrt(fan_in)).
         self.attention1 = ContextAttention(d, cfg.context_dim, cfg.attention_bias)
         self.attention2 = MixtureOfAttention(d, cfg.context_dim, cfg.num_blocks, cfg.learn_gammas,
-                                             cfg.gamma_norm, cfg.attention_bias)
+                                             cfg.gamma_norm, cfg.attention_bias, cfg.gamma_init)
         self.projection = nn.Linear(d, cfg.projection_dim)
         self.classifier = nn.Linear(cfg.projection_dim, cfg.num_classes)
 

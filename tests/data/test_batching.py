@@ -110,3 +110,23 @@ def test_vtlp_warps_only_the_mel_columns():
     # warping all 25 columns as one axis would carry log F0 into the top Mel bins
     seam = augment(rng_feats, cfg, np.random.default_rng(1), mel_bins=0)
     assert not np.allclose(seam[:, 23:], rng_feats[:, 23:])
+
+
+def test_training_reads_an_utterance_or_one_of_its_copies_at_random_per_epoch():
+    from moma.data.batching import FeatureDataset, Item
+
+    feats = {"u": np.zeros((10, 2), np.float32), "u~aug1": np.ones((10, 2), np.float32),
+             "u~aug2": np.full((10, 2), 2.0, np.float32)}
+    items = [Item("u", 0, 10, 0)]
+    train = FeatureDataset(feats, items, DataConfig(), train=True, seed=1, variants={"u": ["u~aug1", "u~aug2"]})
+    seen = []
+    for epoch in range(30):
+        train.set_epoch(epoch)
+        x, label, key, _ = train[0]
+        seen.append(float(x[0, 0]))
+        assert key == "u" and label == 0  # the item still names the original (speaker lookups, predictions)
+    assert set(seen) == {0.0, 1.0, 2.0}
+    train.set_epoch(3)
+    assert float(train[0][0][0, 0]) == seen[3]  # reproducible per (seed, epoch, index)
+    test = FeatureDataset(feats, items, DataConfig(), train=False, variants={"u": ["u~aug1", "u~aug2"]})
+    assert all(float(test[0][0][0, 0]) == 0.0 for _ in range(5))  # evaluation never reads a copy

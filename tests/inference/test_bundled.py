@@ -1,5 +1,5 @@
 """Tests for the model bundled with the package (``src/moma/pretrained/emodb-7class.safetensors``):
-it is small, self-describing (config, labels, provenance, model card fields), ships with its MODEL_CARD.md,
+it is small, self-describing (config, labels, provenance, model card fields), ships with its model card (NAME.md beside it),
 and ``moma predict`` uses it when no ``--checkpoint`` is given.
 
 The whole module is skipped when the bundled model is absent (e.g. a checkout made before it was added).
@@ -37,7 +37,7 @@ def run_moma(*args: str) -> subprocess.CompletedProcess:
 
 def test_bundled_model_is_small_and_packaged():
     assert BUNDLED_CHECKPOINT.stat().st_size <= 10 * 1024 * 1024
-    card = BUNDLED_CHECKPOINT.with_name("MODEL_CARD.md")
+    card = BUNDLED_CHECKPOINT.with_suffix(".md")
     assert card.is_file()
     text = card.read_text(encoding="utf-8")
     for needle in ("EmoDB", "UAR", "leave-one-speaker-out", "calibrated"):

@@ -144,6 +144,31 @@ def test_bundled_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
         inf.Predictor.from_checkpoint(None)
 
 
+def test_models_are_chosen_by_path_or_bundled_name(monkeypatch, tmp_path, tiny_checkpoint, capsys):
+    """A bundled model is named by its file stem; a path wins over a name; an unknown name lists the bundled
+    ones; ``moma models`` lists them with their labels and cards."""
+    import shutil
+
+    import moma.inference.predictor as inf
+    from moma.cli.main import main
+
+    shutil.copy(tiny_checkpoint, tmp_path / "tiny-3class.safetensors")
+    (tmp_path / "tiny-3class.md").write_text("# card\n")
+    monkeypatch.setattr(inf, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(inf, "DEFAULT_MODEL", "tiny-3class")
+    monkeypatch.setattr(inf, "BUNDLED_CHECKPOINT", tmp_path / "tiny-3class.safetensors")
+    assert inf.bundled_models() == {"tiny-3class": tmp_path / "tiny-3class.safetensors"}
+    assert inf.resolve_model("tiny-3class") == tmp_path / "tiny-3class.safetensors"
+    assert inf.resolve_model(None) == tmp_path / "tiny-3class.safetensors"
+    assert inf.resolve_model(tiny_checkpoint) == tiny_checkpoint
+    assert inf.Predictor.from_checkpoint("tiny-3class").labels == inf.Predictor.from_checkpoint(tiny_checkpoint).labels
+    with pytest.raises(FileNotFoundError, match="not a bundled model .bundled: tiny-3class"):
+        inf.resolve_model("emodb-9class")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tiny-3class (default): 3 classes") and "tiny-3class.md" in out
+
+
 def test_doctests(tiny_checkpoint, tmp_path):
     import moma.inference.predictor
 
@@ -270,3 +295,33 @@ def test_evaluate_on_another_corpus_scores_the_shared_classes(tiny_checkpoint, t
     md = (tmp_path / "e" / "report.md").read_text()
     assert "Scored over the 2 shared classes (angry, neutral)" in md and "sad 3 utterances, 3 of 7" in md
     assert "chance UAR 0.500" in capsys.readouterr().out
+
+
+def test_batch_adaptation_normalises_files_with_their_own_statistics(predictor, audio_dir, tmp_path, capsys):
+    """``adapt="batch"`` equals predicting with a normaliser fitted on all the files' raw features; without it
+    the checkpoint's statistics are used; ``moma evaluate --adapt`` says in its report that it was transductive."""
+    from moma.cli.main import main
+    from moma.features.normalise import Normaliser
+
+    paths = sorted(audio_dir.glob("*.wav"))
+    raw = [predictor.raw_file_features(p)[0] for p in paths]
+    own = Normaliser("global").fit(raw)
+    expected = predictor.predict_batch([own.transform(f) for f in raw])
+    adapted = predictor.predict_files(paths, batch_size=2, adapt="batch")
+    plain = predictor.predict_files(paths, batch_size=2)
+    for e, a, p in zip(expected, adapted, plain):
+        np.testing.assert_allclose(a.logits, e.logits, atol=1e-4)
+        assert not np.allclose(a.logits, p.logits, atol=1e-3)
+    with pytest.raises(ValueError, match="adapt"):
+        predictor.predict_files(paths, adapt="speaker")
+
+    rows = ["id,path,speaker,label"]
+    for i, label in enumerate(["angry", "neutral", "angry", "neutral"]):
+        write_tone(tmp_path / f"c{i}.wav", 0.8, seed=i, level=LEVELS[label] * 4)  # a louder channel
+        rows.append(f"c{i},c{i}.wav,s{i % 2},{label}")
+    (tmp_path / "loud.csv").write_text("\n".join(rows) + "\n")
+    assert main(["evaluate", str(predictor.source), "--manifest", str(tmp_path / "loud.csv"), "--out",
+                 str(tmp_path / "e"), "--cache", str(tmp_path / "cache"), "--adapt", "batch"]) == 0
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert "tested with global mean/variance from the 4 inputs together" in report["normalisation"]
+    assert "transductive" in report["normalisation"]

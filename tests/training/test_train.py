@@ -41,6 +41,18 @@ def test_training_writes_self_describing_checkpoints_and_learns(tmp_path):
     assert loaded.config.model.hidden_size == 8 and loaded.config.model.num_classes == 3
     assert loaded.info["epoch"] == max(rows, key=lambda r: r["val_uar"])["epoch"]
     assert (tmp_path / "run" / "config.yaml").is_file()
+    # a temperature fitted on the validation speakers, which can only lower their NLL, and the predictor uses it
+    cal = loaded.info["calibration"]
+    assert cal["temperature"] > 0 and cal["nll_after"] <= cal["nll_before"] + 1e-4
+    assert cal["n"] > 0 and cal["fitted_on"].startswith("validation")
+    from moma.inference.predictor import Predictor
+
+    predictor = Predictor.from_loaded(loaded)
+    assert predictor.temperature == pytest.approx(cal["temperature"])
+    feats = np.random.default_rng(0).normal(size=(50, loaded.config.model.input_dim)).astype(np.float32)
+    pred = predictor.predict_features(feats)
+    hot = np.exp(pred.logits / cal["temperature"] - np.max(pred.logits / cal["temperature"]))
+    np.testing.assert_allclose(list(pred.probabilities.values()), hot / hot.sum(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("adversarial", [0.0, 0.5], ids=["plain", "speaker-adversarial"])
@@ -135,3 +147,34 @@ def test_min_epochs_and_smoothed_monitor_steady_the_model_choice(tmp_path):
     with pytest.raises(ValueError, match="monitor_smoothing must be in"):
         train_model(load_run_config(sets=sets + ["train.monitor_smoothing=1.0"]), feats, ["a", "b", "c"], label_of,
                     train_ids, val_ids, tmp_path / "bad", Normaliser("none"))
+
+
+def test_balance_weights_make_every_group_weigh_the_same():
+    from moma.training.train import balance_weights
+
+    groups = ["big"] * 8 + ["small"] * 2
+    w = balance_weights(groups)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[:8].sum() == pytest.approx(w[8:].sum())  # the 2-item corpus weighs as much as the 8-item one
+    pairs = [("a", 0)] * 6 + [("a", 1)] * 2 + [("b", 0)] * 1 + [("b", 1)] * 3
+    w = balance_weights(pairs)
+    totals = {g: sum(x for x, h in zip(w, pairs) if h == g) for g in set(pairs)}
+    assert max(totals.values()) == pytest.approx(min(totals.values()))
+
+
+def test_balance_option_is_checked_before_training(tmp_path):
+    from moma.config import load_run_config
+    from moma.features.normalise import Normaliser
+    from moma.training.train import train_model
+
+    feats = {f"u{i}": np.random.default_rng(i).normal(size=(20, 4)).astype(np.float32) for i in range(4)}
+    cfg = load_run_config(sets=["model.hidden_size=4", "model.context_dim=4", "model.projection_dim=4",
+                                "train.max_epochs=1", "train.tensorboard=false", "train.balance=speaker"])
+    with pytest.raises(ValueError, match="train.balance must be one of"):
+        train_model(cfg, feats, ["a", "b"], {k: i % 2 for i, k in enumerate(feats)}, list(feats), [],
+                    tmp_path, Normaliser("none"))
+    cfg = load_run_config(sets=["model.hidden_size=4", "model.context_dim=4", "model.projection_dim=4",
+                                "train.max_epochs=1", "train.tensorboard=false", "train.balance=corpus-class"])
+    result = train_model(cfg, feats, ["a", "b"], {k: i % 2 for i, k in enumerate(feats)}, list(feats), [],
+                         tmp_path / "ok", Normaliser("none"), corpus_of={"u0": "x", "u1": "x", "u2": "x", "u3": "y"})
+    assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_loss"])

@@ -33,6 +33,9 @@ def add_inference_commands(subparsers: Any) -> None:
     p.add_argument("--out", default=None, help="results file: .csv or .jsonl (default: CSV on stdout)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write an attention plot per file into DIR")
     p.add_argument("--batch-size", type=int, default=16, help="files per model call (length-bucketed)")
+    p.add_argument("--adapt", choices=["none", "batch"], default="none",
+                   help="batch: normalise with the statistics of all the given files together instead of the "
+                        "model's (transductive; for many files from one source, e.g. one microphone or corpus)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
@@ -48,8 +51,11 @@ def add_inference_commands(subparsers: Any) -> None:
     p.add_argument("--min-speech", type=float, default=0.3, help="speech fraction a window needs to be classified")
     p.set_defaults(func=cmd_timeline)
 
+    p = subparsers.add_parser("models", help="list the models bundled with the package")
+    p.set_defaults(func=cmd_models)
+
     p = subparsers.add_parser("export", help="export a checkpoint for onnxruntime (model.onnx + model.json)")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint file, run folder or bundled model name")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--opset", type=int, default=17)
@@ -71,8 +77,8 @@ def add_inference_commands(subparsers: Any) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
-                   help="checkpoint file or run folder (or an export folder with --backend onnx); "
-                        "default: the bundled model")
+                   help="checkpoint file, run folder or bundled model name (see `moma models`); an export folder "
+                        "with --backend onnx; default: the default bundled model")
     p.add_argument("--backend", choices=["torch", "torch-int8", "onnx", "onnx-int8"], default="torch",
                    help="torch: float32 PyTorch; torch-int8 / onnx-int8: dynamic int8 quantisation (CPU, faster, "
                         "posteriors within ~1e-3); onnx: onnxruntime float32 (a checkpoint is exported in memory)")
@@ -168,7 +174,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     failed += 1
                     bar.update(1)
             good = [p for p, e in inputs if not e]
-            for pred in predictor.iter_predict_files(good, batch_size=args.batch_size, on_error="record"):
+            for pred in predictor.iter_predict_files(good, batch_size=args.batch_size, on_error="record",
+                                                     adapt=args.adapt):
                 writer.write(pred.source, pred.label, pred.probabilities, pred.duration_s, pred.error)
                 if pred.error:
                     failed += 1
@@ -184,6 +191,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {args.out}: {len(inputs) - failed} predicted, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from moma.checkpoint import read_checkpoint_file
+    from moma.inference.predictor import DEFAULT_MODEL, bundled_models
+
+    for name, path in bundled_models().items():
+        meta, _ = read_checkpoint_file(path)
+        labels = json.loads(meta["labels"])
+        card = path.with_suffix(".md")
+        print(f"{name}{' (default)' if name == DEFAULT_MODEL else ''}: {len(labels)} classes ({', '.join(labels)}), "
+              f"{path.stat().st_size / 1e6:.1f} MB; card: {card if card.is_file() else 'none'}")
+    return 0
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
@@ -210,8 +230,9 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from moma.inference.export import export_onnx
+    from moma.inference.predictor import resolve_model
 
-    path = export_onnx(args.checkpoint, args.out, opset=args.opset, quantize=args.quantize)
+    path = export_onnx(resolve_model(args.checkpoint), args.out, opset=args.opset, quantize=args.quantize)
     print(f"wrote {path} and {path.with_name('model.json')}")
     return 0
 

@@ -127,7 +127,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     utts, every = manifest_speakers(args.manifest, args.speakers)
     report = evaluate_checkpoint(args.checkpoint, utts, args.out, cache_dir=args.cache, device=args.device,
-                                 command=command_line(args), label_inventory=[u.label for u in every])
+                                 command=command_line(args), label_inventory=[u.label for u in every],
+                                 adapt=args.adapt)
     _print_summary(report)
     for note in report["notes"][1:]:  # the cross-corpus scoring, when there is any to report
         print(f"  {note}")
@@ -254,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--speakers", nargs="+", default=None, help="only these speakers")
     p.add_argument("--out", required=True)
+    p.add_argument("--adapt", choices=["none", "batch", "speaker"], default="none",
+                   help="normalise the data with its own statistics instead of the checkpoint's: batch over all "
+                        "of it, speaker per speaker (transductive: the test audio, never its labels; the report "
+                        "says so)")
     add_cache_arg(p)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)

@@ -1,6 +1,6 @@
 """From normalised feature matrices to padded, masked, length-bucketed batches.
 
-Batches are padded (not packed: packed LSTMs are 25-30x slower on CPU) and
+Batches are padded (not packed: a packed BLSTM training step was about 4x slower on CPU, docs/model.md) and
 carry explicit lengths; the model masks padded frames. Utterances of similar
 length are grouped so that padding stays a small share of the frames.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -79,8 +79,11 @@ class FeatureDataset(Dataset):
 
     def __init__(self, features: dict[str, np.ndarray], items: list[Item], cfg: DataConfig | None = None,
                  *, train: bool = False, seed: int = 0, frames_per_second: float = 100.0,
-                 mel_bins: int = 0) -> None:
+                 mel_bins: int = 0, variants: Mapping[str, Sequence[str]] | None = None) -> None:
         self.features = features
+        # utterance id -> keys of its perturbed copies in ``features``: in training each item is read from
+        # the original or one of its copies, chosen at random per epoch (channel augmentation)
+        self.variants = dict(variants or {}) if train else {}
         self.mel_bins = mel_bins  # leading columns that are Mel bins (VTLP warps only these); 0 = all
         self.items = items
         self.cfg = cfg or DataConfig()
@@ -107,12 +110,17 @@ class FeatureDataset(Dataset):
         it = self.items[index]
         start, end = it.start, it.end
         rng = None
+        key = it.key
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
+            copies = self.variants.get(it.key)
+            if copies:  # drawn only when there are copies, so runs without them keep their random streams
+                pick = int(rng.integers(0, len(copies) + 1))
+                key = copies[pick - 1] if pick else it.key
             if self.crop > 0 and end - start > self.crop:
                 start = start + int(rng.integers(0, end - start - self.crop + 1))
                 end = start + self.crop
-        feats = self.features[it.key][start:end]
+        feats = self.features[key][start:end]  # a copy has the original's frame count (lengths kept)
         if self.train and rng is not None:
             feats = augment(feats, self.cfg, rng, mel_bins=self.mel_bins)
         return np.ascontiguousarray(feats, dtype=np.float32), it.label, it.key, start

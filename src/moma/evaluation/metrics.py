@@ -156,6 +156,10 @@ def aggregate_folds(fold_results: Sequence[dict[str, Any]], labels: Sequence[str
             per_seed = [float(np.mean([r["seeds"][i][metric] for r in fold_results])) for i in range(n_seeds)]
             ms = mean_std(per_seed)
             summary[f"single_model_{metric}"] = {"mean": ms["mean"], "std": ms["std"], "seeds": n_seeds}
+    if fold_results and all("calibration" in r for r in fold_results):
+        # test-fold calibration of the posteriors, raw and after each fold's validation-fitted temperature
+        summary["calibration"] = {key: mean_std(r["calibration"][key] for r in fold_results)
+                                  for key in ("ece_before", "ece_after", "nll_before", "nll_after")}
     per_speaker: dict[str, Any] = {}
     for r in fold_results:
         per_speaker.update(r["test"]["per_speaker"])
@@ -200,6 +204,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         p = summary["pooled"]
         lines += [f"| pooled over all test utterances: accuracy / UAR / macro-F1 | "
                   f"{p['accuracy']:.3f} / {p['uar']:.3f} / {p['macro_f1']:.3f} |"]
+    if "calibration" in summary:
+        c = summary["calibration"]
+        lines += [f"| expected calibration error of the test posteriors, raw -> temperature-scaled (15 bins) | "
+                  f"{_fmt(c['ece_before'])} -> {_fmt(c['ece_after'])} |",
+                  f"| test negative log-likelihood, raw -> temperature-scaled (nats) | "
+                  f"{_fmt(c['nll_before'])} -> {_fmt(c['nll_after'])} |"]
     lines += ["", "## Folds", "", "| fold | test speakers | validation speakers | n | best epoch | accuracy | UAR | macro-F1 |",
               "|---|---|---|---|---|---|---|---|"]
     for fold in report["folds"]:

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # feature showed at test time by 1e5; the classical anchor's rule (kept here) cannot.
 STD_FLOOR = 1e-10
 NORMALISATION_MODES = ("global", "speaker", "utterance", "none")
+# Where a checkpoint's statistics may come from at test time: its training set (none), all of the inputs
+# together (batch: the files a user passes from one source), or each input speaker/recording (speaker).
+ADAPTATIONS = ("none", "batch", "speaker")
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -87,6 +90,7 @@ class Normaliser:
         self.frames = 0  # training frames behind the global statistics
         self.num_speakers = 0  # training speakers seen by fit
         self.speakers: dict[str, dict[str, Any]] = {}  # speaker -> {"mean", "std", "frames", "transductive"}
+        self.adapted_to = ""  # set when the statistics come from the test inputs themselves (transductive)
 
     def fit(self, features: Sequence[np.ndarray], speakers: Sequence[str] | None = None) -> Normaliser:
         """Fit statistics on the training features (``speakers[i]`` is the speaker of ``features[i]``)."""
@@ -170,6 +174,7 @@ class Normaliser:
             "num_speakers": self.num_speakers,
             "speakers": {spk: {"mean": s["mean"].copy(), "std": s["std"].copy(), "frames": s["frames"],
                                "transductive": s["transductive"]} for spk, s in self.speakers.items()},
+            "adapted_to": self.adapted_to,
         }
 
     @classmethod
@@ -187,6 +192,7 @@ class Normaliser:
         norm.speakers = {str(spk): {"mean": arr(s["mean"]), "std": arr(s["std"]), "frames": int(s.get("frames", 0)),
                                     "transductive": bool(s.get("transductive", False))}
                          for spk, s in (state.get("speakers") or {}).items()}
+        norm.adapted_to = str(state.get("adapted_to", ""))
         return norm
 
     def describe(self) -> str:
@@ -195,6 +201,8 @@ class Normaliser:
             return "no feature normalisation"
         if self.mode == "utterance":
             return "per-utterance mean/variance (each utterance normalised by its own statistics)"
+        if self.adapted_to:
+            return f"{self.mode} mean/variance from {self.adapted_to} ({self.frames} frames; transductive)"
         if self.mode == "global":
             who = _plural(self.num_speakers, "training speaker") if self.num_speakers else "training speakers"
             return f"global mean/variance from {who} only ({self.frames} frames)"
@@ -249,14 +257,55 @@ def normalise_features(normaliser: Normaliser, feats: np.ndarray, speaker: str |
     return normaliser.transform(feats, speaker).astype(np.float32, copy=False)
 
 
+def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], adapt: str,
+                     speakers: Sequence[str] | None = None) -> Normaliser:
+    """A copy of a checkpoint's normaliser with statistics from the test inputs themselves (transductive).
+
+    ``batch``: one mean/variance over all of ``features`` (the files a user passes from one source, a test
+    corpus); ``speaker``: one per speaker or recording in ``speakers``. Models normalised per utterance, or
+    not at all, have no statistics to replace and come back unchanged; ``none`` returns ``normaliser``.
+    """
+    if adapt not in ADAPTATIONS:
+        raise ValueError(f"unknown adaptation {adapt!r}; choose one of {', '.join(ADAPTATIONS)}")
+    if adapt == "none":
+        return normaliser
+    if normaliser.mode in ("utterance", "none"):
+        log.info("adaptation %r does not apply: the model uses %s", adapt, normaliser.describe())
+        return normaliser
+    feats = list(features)
+    if adapt == "batch":
+        adapted = Normaliser("global").fit(feats)
+        adapted.adapted_to = f"the {_plural(len(feats), 'input')} together"
+        return adapted
+    if speakers is None or len(speakers) != len(feats):
+        raise ValueError("adaptation 'speaker' needs the speaker (or recording) of every input")
+    adapted = Normaliser("speaker")
+    groups: dict[str, list[np.ndarray]] = {}
+    for f, spk in zip(feats, speakers):
+        groups.setdefault(spk, []).append(f)
+    for spk, group in groups.items():
+        adapted.fit_speaker(spk, group)
+    adapted.frames = sum(s["frames"] for s in adapted.speakers.values())
+    adapted.adapted_to = f"each input speaker's own audio ({_plural(len(groups), 'speaker')})"
+    return adapted
+
+
 def normalise_for_checkpoint(normaliser: Normaliser, features: dict[str, np.ndarray],
-                             utterances: Sequence[Utterance]) -> dict[str, np.ndarray]:
+                             utterances: Sequence[Utterance], adapt: str = "none") -> dict[str, np.ndarray]:
     """Normalise labelled test features the way a checkpoint was trained.
 
     A speaker-normalised checkpoint has no statistics for unseen speakers: they
     are fitted from each speaker's own (unlabelled) features, transductively,
-    on a copy so the checkpoint's normaliser is left as it was.
+    on a copy so the checkpoint's normaliser is left as it was. ``adapt``
+    (:func:`adapt_normaliser`) replaces a checkpoint's statistics with the test
+    data's own, over all of it or per speaker.
     """
+    speaker_of = {u.id: u.speaker for u in utterances}
+    if adapt != "none":
+        keys = list(features)
+        normaliser = adapt_normaliser(normaliser, [features[k] for k in keys], adapt, [speaker_of[k] for k in keys])
+        if normaliser.mode != "speaker":
+            return {k: normaliser.transform(v).astype(np.float32, copy=False) for k, v in features.items()}
     if normaliser.mode == "speaker":
         normaliser = Normaliser.from_state(normaliser.state_dict())
         by_speaker: dict[str, list[np.ndarray]] = {}
@@ -265,5 +314,4 @@ def normalise_for_checkpoint(normaliser: Normaliser, features: dict[str, np.ndar
                 by_speaker.setdefault(u.speaker, []).append(features[u.id])
         for spk, feats in by_speaker.items():
             normaliser.fit_speaker(spk, feats)
-    speaker_of = {u.id: u.speaker for u in utterances}
     return {k: normaliser.transform(v, speaker_of[k]).astype(np.float32, copy=False) for k, v in features.items()}

@@ -63,17 +63,24 @@ from moma.evaluation.metrics import (
 )
 from moma.features.cache import FeatureCache, extract_features
 from moma.features.frontend import compute_features
-from moma.features.normalise import Normaliser, normalise_features, normalise_for_checkpoint
+from moma.features.normalise import Normaliser, adapt_normaliser, normalise_features, normalise_for_checkpoint
 from moma.inference.backends import Backend, TorchBackend, quantize_torch_int8
 
 log = logging.getLogger(__name__)
 
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "pretrained" / "emodb-7class.safetensors"
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"  # NAME.safetensors + NAME.md (its card)
+DEFAULT_MODEL = "emodb-7class"  # the bundled model used when no checkpoint is named
+BUNDLED_CHECKPOINT = PRETRAINED_DIR / f"{DEFAULT_MODEL}.safetensors"
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 ATTENTION_KEYS = ("layer1", "mixture", "blocks", "gammas")
 DEFAULT_BATCH_SIZE = 16  # files per batch in predict_files
 CHUNK_BATCHES = 8  # predict_files reads this many batches' worth of files, then sorts them by length
 MAX_BATCH_FRAMES = 60000  # frames (10 ms) per padded batch; long files get smaller batches
+
+
+def bundled_models() -> dict[str, Path]:
+    """The models shipped with the package, by name (their file stem)."""
+    return {p.stem: p for p in sorted(PRETRAINED_DIR.glob("*.safetensors"))}
 
 
 def default_checkpoint() -> Path:
@@ -83,6 +90,20 @@ def default_checkpoint() -> Path:
             f"no bundled model at {BUNDLED_CHECKPOINT}; pass --checkpoint PATH (a .safetensors file or a run "
             "folder from `moma train`/`moma cv`)")
     return BUNDLED_CHECKPOINT
+
+
+def resolve_model(name_or_path: str | Path | None) -> Path:
+    """A checkpoint path from a path, a bundled model's name (``emodb-7class``) or None (the default model)."""
+    if name_or_path is None:
+        return default_checkpoint()
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    bundled = bundled_models()
+    if str(name_or_path) in bundled:
+        return bundled[str(name_or_path)]
+    raise FileNotFoundError(f"{name_or_path}: no such checkpoint file or run folder, and not a bundled model "
+                            f"(bundled: {', '.join(bundled) or 'none'})")
 
 
 # --------------------------------------------------------------------------- results
@@ -143,6 +164,8 @@ class Predictor:
         self.normaliser = normaliser
         self.info = dict(info or {})
         self.source = source
+        # softmax temperature fitted on validation speakers after training (1: an uncalibrated checkpoint)
+        self.temperature = float((self.info.get("calibration") or {}).get("temperature", 1.0))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: str = "cpu", backend: str = "torch",
@@ -151,22 +174,23 @@ class Predictor:
 
         ``path``: a checkpoint (``.safetensors``), a run folder holding one, or
         (``onnx``, ``onnx-int8``) a folder written by ``moma export``; ``None``
-        means the bundled model. The onnx backends on a checkpoint export it in
+        means the default bundled model, and a bundled model's name (see
+        :func:`bundled_models`) that model. The onnx backends on a checkpoint export it in
         memory first; ``onnx-int8`` and ``torch-int8`` quantise in memory (a
         second or two). ``num_threads`` > 0 pins onnxruntime's intra-op
         threads (torch's are process-wide and left to the caller).
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        path = Path(path) if path is not None else default_checkpoint()
+        if backend == "torch-int8" and torch.device(device).type != "cpu":
+            raise ValueError(f"backend 'torch-int8' runs on the CPU only, not on {device!r}")
+        path = resolve_model(path)
         if backend in ("onnx", "onnx-int8"):
             from moma.inference.export import load_onnx_predictor_parts
 
             onnx_backend, config, labels, normaliser, info = load_onnx_predictor_parts(
                 path, num_threads=num_threads, quantize="int8" if backend == "onnx-int8" else "none")
             return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path))
-        if backend == "torch-int8" and torch.device(device).type != "cpu":
-            raise ValueError(f"backend 'torch-int8' runs on the CPU only, not on {device!r}")
         check_cuda(str(device))
         loaded = load_checkpoint(path, device=device)
         return cls.from_loaded(loaded, device=device, backend=backend)
@@ -205,8 +229,13 @@ class Predictor:
 
     def file_features(self, path: str | Path) -> tuple[np.ndarray, float]:
         """Normalised features of one audio file and its duration in seconds; raises AudioError."""
+        raw, duration = self.raw_file_features(path)
+        return normalise_features(self.normaliser, raw), duration
+
+    def raw_file_features(self, path: str | Path) -> tuple[np.ndarray, float]:
+        """Features of one audio file before normalisation, and its duration in seconds; raises AudioError."""
         sig = load_audio(path, self.sample_rate, min_duration=self.config.features.frame_length_ms / 1000.0)
-        return self.features_of_prepared(sig), sig.shape[0] / self.sample_rate
+        return compute_features(sig, self.config.features), sig.shape[0] / self.sample_rate
 
     # ----------------------------------------------------------------- prediction
 
@@ -220,7 +249,7 @@ class Predictor:
         for i, f in enumerate(feats):
             batch[i, :f.shape[0]] = f
         logits, attention = self.backend.run(batch, lengths)
-        probs = softmax(np.asarray(logits, dtype=np.float64), axis=-1)
+        probs = softmax(np.asarray(logits, dtype=np.float64) / self.temperature, axis=-1)
         shift = float(self.config.features.frame_shift_ms)
         out = []
         for i, n in enumerate(lengths.tolist()):
@@ -256,38 +285,48 @@ class Predictor:
         return pred
 
     def iter_predict_files(self, paths: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                           on_error: str = "raise") -> Iterator[Prediction]:
+                           on_error: str = "raise", adapt: str = "none") -> Iterator[Prediction]:
         """Predictions for ``paths`` in input order, produced a chunk of files at a time.
 
         Inside each chunk (``CHUNK_BATCHES`` batches' worth of files) files are
         sorted by length and batched, so padding stays small while memory holds
         one chunk's features only. ``on_error="record"`` yields a Prediction
         with ``error`` set for an unusable file instead of raising.
+        ``adapt="batch"`` normalises with statistics of all the given files
+        together instead of the checkpoint's (transductive: for many files from
+        one source, e.g. one microphone or one corpus); it reads every file
+        before the first prediction.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+        if adapt not in ("none", "batch"):
+            raise ValueError(f"adapt must be 'none' or 'batch' for files, got {adapt!r}")
+        if adapt == "batch":
+            yield from self._predict_chunk([str(p) for p in paths], batch_size, on_error, adapt)
+            return
         chunk: list[str] = []
         for path in paths:
             chunk.append(str(path))
             if len(chunk) >= batch_size * CHUNK_BATCHES:
-                yield from self._predict_chunk(chunk, batch_size, on_error)
+                yield from self._predict_chunk(chunk, batch_size, on_error, adapt)
                 chunk = []
         if chunk:
-            yield from self._predict_chunk(chunk, batch_size, on_error)
+            yield from self._predict_chunk(chunk, batch_size, on_error, adapt)
 
     def predict_files(self, paths: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                      on_error: str = "raise") -> list[Prediction]:
+                      on_error: str = "raise", adapt: str = "none") -> list[Prediction]:
         """Predictions for many files (in input order), in length-bucketed batches of up to ``batch_size``."""
-        return list(self.iter_predict_files(paths, batch_size=batch_size, on_error=on_error))
+        return list(self.iter_predict_files(paths, batch_size=batch_size, on_error=on_error, adapt=adapt))
 
-    def _predict_chunk(self, paths: list[str], batch_size: int, on_error: str) -> Iterator[Prediction]:
+    def _predict_chunk(self, paths: list[str], batch_size: int, on_error: str,
+                       adapt: str = "none") -> Iterator[Prediction]:
         results: list[Prediction | None] = [None] * len(paths)
         loaded: list[tuple[int, np.ndarray, float]] = []
         for i, path in enumerate(paths):
             try:
-                feats, duration = self.file_features(path)
+                feats, duration = self.raw_file_features(path)
             except AudioError as exc:
                 if on_error == "raise":
                     raise
@@ -295,6 +334,11 @@ class Predictor:
                 results[i] = Prediction(label="", probabilities={}, source=path, error=exc.reason)
                 continue
             loaded.append((i, feats, duration))
+        normaliser = self.normaliser
+        if adapt == "batch" and loaded:
+            normaliser = adapt_normaliser(self.normaliser, [f for _, f, _ in loaded], "batch")
+            log.info("normalisation: %s", normaliser.describe())
+        loaded = [(i, normalise_features(normaliser, f), d) for i, f, d in loaded]
         loaded.sort(key=lambda item: item[1].shape[0])
         batch: list[tuple[int, np.ndarray, float]] = []
 
@@ -330,7 +374,8 @@ class Predictor:
 def _model_card(info: dict[str, Any]) -> dict[str, Any]:
     """The provenance fields of a checkpoint that are safe and useful to show a client."""
     keep = ("moma_version", "torch_version", "created", "epoch", "corpus", "fold", "test_speakers",
-            "val_speakers", "metrics", "val_uar", "val_loss", "description", "intended_use", "limitations")
+            "val_speakers", "metrics", "val_uar", "val_loss", "calibration", "description", "intended_use",
+            "limitations")
     return {k: info[k] for k in keep if k in info}
 
 
@@ -339,7 +384,7 @@ def _model_card(info: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance], out_dir: str | Path, *,
                         cache_dir: str | Path, device: str = "cpu", command: str = "",
-                        label_inventory: Sequence[str] | None = None) -> dict[str, Any]:
+                        label_inventory: Sequence[str] | None = None, adapt: str = "none") -> dict[str, Any]:
     """Score a checkpoint on labelled utterances; writes report.json / report.md.
 
     The data may hold other classes than the model (another corpus). Then the model is scored over the
@@ -347,9 +392,11 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
     counted in the report, never dropped silently, and chance level is stated. ``label_inventory`` is the
     data's class list (default: the labels of ``utterances``); pass the whole manifest's when ``utterances``
     is a selection of speakers, so that the classes scored do not depend on which speakers were picked.
+    ``adapt`` (``batch`` or ``speaker``) normalises the data with its own statistics, over all of it or per
+    speaker, instead of the checkpoint's (transductive; :func:`moma.features.normalise.adapt_normaliser`).
     """
     t0 = time.time()
-    loaded = load_checkpoint(checkpoint, device=device)
+    loaded = load_checkpoint(resolve_model(checkpoint), device=device)
     labels = loaded.labels
     inventory = sorted(set(label_inventory) if label_inventory is not None else {u.label for u in utterances})
     scoring = shared_class_scoring(labels, inventory)
@@ -361,7 +408,14 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
     trained_on = set(loaded.info.get("test_speakers", []))
     feats = extract_features(scored_utts, FeatureCache(cache_dir, loaded.config.features))
     utts = {u.id: u for u in scored_utts}
-    normed = normalise_for_checkpoint(loaded.normaliser, feats, scored_utts)
+    normed = normalise_for_checkpoint(loaded.normaliser, feats, scored_utts, adapt=adapt)
+    normalisation = loaded.normaliser.describe() + (
+        "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
+        if loaded.normaliser.mode == "speaker" else "")
+    if adapt != "none":
+        adapted = adapt_normaliser(loaded.normaliser, [feats[u.id] for u in scored_utts], adapt,
+                                   [u.speaker for u in scored_utts])
+        normalisation = f"trained with {loaded.normaliser.describe()}; tested with {adapted.describe()}"
     posteriors = predict_posteriors(loaded.model, normed, list(normed), loaded.config, device)
     scored_classes = scoring["scored"] if scoring["restricted"] else None
     fold = {"name": "evaluation", "test_speakers": sorted({u.speaker for u in scored_utts}),
@@ -385,9 +439,7 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
         "n_speakers": len({u.speaker for u in scored_utts}),
         "labels": labels,
         "protocol": "fixed checkpoint on the given manifest",
-        "normalisation": loaded.normaliser.describe() + (
-            "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
-            if loaded.normaliser.mode == "speaker" else ""),
+        "normalisation": normalisation,
         "model": loaded.config.model.arch,
         "device": device,
         "wall_time_s": time.time() - t0,
@@ -430,5 +482,6 @@ def plot_attention_for_file(checkpoint: str | Path, audio: str | Path, out: str 
                            caption=caption or f"moma plot-attention {checkpoint} {audio}")
 
 
-__all__ = ["BACKENDS", "BUNDLED_CHECKPOINT", "Prediction", "Predictor", "default_checkpoint", "evaluate_checkpoint",
+__all__ = ["BACKENDS", "BUNDLED_CHECKPOINT", "DEFAULT_MODEL", "Prediction", "Predictor", "bundled_models",
+           "default_checkpoint", "resolve_model", "evaluate_checkpoint",
            "plot_attention_for_file", "plot_prediction"]

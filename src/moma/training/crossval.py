@@ -26,7 +26,9 @@ from moma.checkpoint import load_checkpoint
 from moma.config import RunConfig, config_from_dict, config_to_dict, replace, save_config
 from moma.corpora.base import Utterance, label_list
 from moma.data.protocols import Fold, fold_scored_classes, make_folds, rotate_validation, validate_fold
+from moma.evaluation.calibration import expected_calibration_error, negative_log_likelihood, scale_posteriors
 from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
+from moma.features.augment import augmented_utterances, parse_families
 from moma.features.cache import FeatureCache, pack_features
 from moma.features.normalise import NormalisedFeatures, Normaliser
 from moma.files import write_json_atomic
@@ -65,12 +67,6 @@ def fit_normaliser(mode: str, features: dict[str, np.ndarray], utterances: dict[
     return norm
 
 
-def normalise_all(norm: Normaliser, features: Mapping[str, np.ndarray], utterances: dict[str, Utterance],
-                  ids: Sequence[str]) -> NormalisedFeatures:
-    """The features of ``ids`` normalised on access (no second copy of the corpus is stored)."""
-    return NormalisedFeatures(features, norm, {k: utterances[k].speaker for k in ids}, ids)
-
-
 ENSEMBLE_VALIDATION = ("same", "rotate")  # train.ensemble_validation: see protocols.rotate_validation
 
 
@@ -87,6 +83,8 @@ class FoldJob:
     corpus: str
     # cross-corpus folds (a pool): the argmax is taken over the test corpus's classes only; None: every class
     scored_classes: list[str] | None = None
+    # utterance id -> ids of its channel-perturbed copies in ``features`` (data.augment_copies > 0)
+    variants: dict[str, list[str]] | None = None
 
 
 def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] | None:
@@ -105,8 +103,14 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
         return json.loads(result_path.read_text(encoding="utf-8")) if main else None
     fold, utts = job.fold, job.utterances
     norm = fit_normaliser(job.cfg.data.normalisation, job.features, utts, fold.train + fold.val, fold.test)
-    feats = normalise_all(norm, job.features, utts, fold.train + fold.val + fold.test)
-    label_of = {k: job.labels.index(utts[k].label) for k in feats}
+    # training utterances may be read from their perturbed copies, normalised like the originals; validation
+    # and test utterances never are
+    variants = {k: job.variants[k] for k in fold.train if k in job.variants} if job.variants else {}
+    ids = fold.train + fold.val + fold.test
+    speaker_of = {k: utts[k].speaker for k in ids}
+    speaker_of.update({c: utts[k].speaker for k, copies in variants.items() for c in copies})
+    feats = NormalisedFeatures(job.features, norm, speaker_of, ids + [c for cs in variants.values() for c in cs])
+    label_of = {k: job.labels.index(utts[k].label) for k in ids}
     info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
             "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
     if main:
@@ -116,6 +120,8 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
     device = resolve_device(job.cfg.train.device)
     n_models = max(1, job.cfg.train.ensemble)
     seeds, posteriors, trained = [], None, None
+    calibrated: dict[str, np.ndarray] | None = None  # temperature-scaled test posteriors, summed over members
+    temperatures: list[float] = []
     if job.cfg.train.ensemble_validation not in ENSEMBLE_VALIDATION:
         raise ValueError(f"train.ensemble_validation must be one of {', '.join(ENSEMBLE_VALIDATION)}, "
                          f"got {job.cfg.train.ensemble_validation!r}")
@@ -128,7 +134,9 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
         split = rotate_validation(fold, list(utts.values()), i, seed=job.cfg.train.seed) if rotate else fold
         member = train_model(cfg, feats, job.labels, label_of, split.train, split.val, member_dir, norm,
                              resume=job.resume, info={**info, "val_speakers": split.val_speakers},
-                             progress=job.progress, speaker_of={k: utts[k].speaker for k in split.train})
+                             progress=job.progress, speaker_of={k: utts[k].speaker for k in split.train},
+                             variants={k: v for k, v in variants.items() if k in set(split.train)},
+                             corpus_of={k: utts[k].corpus for k in split.train})
         seed_row = {"seed": cfg.train.seed, "val_speakers": split.val_speakers, "best_epoch": member.best_epoch,
                     "epochs_run": member.epochs_run}
         trained = trained or member
@@ -142,6 +150,10 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
         scored = score_posteriors(post, utts, job.labels, job.scored_classes)
         seeds.append({**seed_row, **{m: scored[m] for m in ("accuracy", "uar", "macro_f1")}})
         posteriors = post if posteriors is None else {k: posteriors[k] + post[k] for k in post}
+        if "calibration" in best.info:  # the member's temperature, fitted on its validation speakers
+            temperatures.append(float(best.info["calibration"]["temperature"]))
+            scaled = dict(zip(post, scale_posteriors(np.stack(list(post.values())), temperatures[-1])))
+            calibrated = scaled if calibrated is None else {k: calibrated[k] + scaled[k] for k in scaled}
     if not main:
         barrier(dist_info)  # wait until rank 0 has written result.json
         return None
@@ -158,12 +170,29 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
         "test": (score_posteriors(posteriors, utts, job.labels, job.scored_classes)
                  if posteriors is not None else None),
     }
+    if posteriors is not None and calibrated is not None and len(temperatures) == n_models:
+        result["calibration"] = test_calibration(posteriors, {k: v / n_models for k, v in calibrated.items()},
+                                                 utts, job.labels, temperatures)
     write_json_atomic(result_path, result)
     if result["test"] is not None:
         log.info("fold %s: test accuracy %.3f UAR %.3f (best epoch %d)", fold.name, result["test"]["accuracy"],
                  result["test"]["uar"], trained.best_epoch)
     barrier(dist_info)
     return result
+
+
+def test_calibration(raw: Mapping[str, np.ndarray], scaled: Mapping[str, np.ndarray],
+                     utterances: Mapping[str, Utterance], labels: Sequence[str],
+                     temperatures: Sequence[float]) -> dict[str, Any]:
+    """ECE and NLL of a fold's test posteriors before and after each member's temperature scaling."""
+    keys = sorted(raw)
+    y_true = [labels.index(utterances[k].label) for k in keys]
+    before, after = np.stack([raw[k] for k in keys]), np.stack([scaled[k] for k in keys])
+    return {"temperatures": [round(t, 4) for t in temperatures], "n": len(keys),
+            "ece_before": round(expected_calibration_error(before, y_true), 4),
+            "ece_after": round(expected_calibration_error(after, y_true), 4),
+            "nll_before": round(negative_log_likelihood(before, y_true), 4),
+            "nll_after": round(negative_log_likelihood(after, y_true), 4)}
 
 
 def _run_fold_in_subprocess(job: FoldJob) -> dict[str, Any]:
@@ -263,6 +292,11 @@ def describe_model(cfg: RunConfig) -> str:
         extras.append("SpecAugment")
     if d.vtlp > 0 or d.tempo > 0:
         extras.append(f"VTLP ±{d.vtlp:g} / tempo ±{d.tempo:g}")
+    if d.augment_copies > 0:
+        extras.append(f"channel augmentation ({d.augment_copies} cached copies per utterance: "
+                      f"{d.augment_conditions.replace(',', ', ')})")
+    if cfg.train.balance != "none":
+        extras.append(f"loss balanced over {cfg.train.balance.replace('-', ' x ')}")
     if cfg.train.speaker_adversarial > 0:
         extras.append(f"speaker-adversarial (gradient reversal ×{cfg.train.speaker_adversarial:g})")
     t = cfg.train
@@ -372,7 +406,14 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     if not main:
         barrier(dist_info)
     # one memory-mapped file for the corpus: training memory no longer grows with corpus size
-    features = pack_features(list(utterances), cache, workers=feature_workers, progress=progress and main)
+    copies: dict[str, list[Utterance]] = {}
+    if cfg.data.augment_copies > 0:  # perturbed copies are cached and packed like any utterance
+        copies = augmented_utterances(list(utterances), cache, cfg.data.augment_copies,
+                                      parse_families(cfg.data.augment_conditions), cfg.train.seed,
+                                      progress=progress and main)
+    features = pack_features(list(utterances) + [c for cs in copies.values() for c in cs], cache,
+                             workers=feature_workers, progress=progress and main)
+    variants = {k: [c.id for c in cs] for k, cs in copies.items()} or None
     if main:
         barrier(dist_info)
     folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
@@ -402,7 +443,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     if main:
         (out_dir / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     jobs_list = [FoldJob(cfg, fold, features, utts, labels, out_dir / fold.name, resume, progress and jobs == 1,
-                         corpus, fold_scored_classes(fold, utterances, labels)) for fold in folds]
+                         corpus, fold_scored_classes(fold, utterances, labels), variants) for fold in folds]
     outcomes, failures = run_in_pool(jobs_list, jobs, [f.name for f in folds], dist_info=dist_info)
     if not main:
         return {**meta, "summary": None, "folds": []}

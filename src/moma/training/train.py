@@ -15,16 +15,17 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from moma.capabilities import check_bf16, check_cuda
-from moma.checkpoint import load_training_state, save_checkpoint
+from moma.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from moma.config import RunConfig, replace, save_config
 from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
+from moma.evaluation.calibration import calibration_summary, fit_temperature
 from moma.evaluation.metrics import compute_metrics, predict_posteriors
 from moma.features.normalise import Normaliser
 from moma.model import build_model, count_parameters
@@ -59,6 +60,19 @@ def class_weights(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
     counts = np.bincount(np.asarray(label_ids, dtype=int), minlength=num_classes).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_classes, 0.0)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+BALANCES = ("none", "class", "corpus", "corpus-class")
+
+
+def balance_weights(groups: Sequence[Any]) -> np.ndarray:
+    """Per-item weights, inverse to the size of each item's group and of mean 1: every group's items
+    together weigh the same."""
+    keys = list(groups)
+    counts: dict[Any, int] = {}
+    for g in keys:
+        counts[g] = counts.get(g, 0) + 1
+    return np.array([len(keys) / (len(counts) * counts[g]) for g in keys], dtype=np.float64)
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -131,7 +145,9 @@ def _scheduler_state(sched: torch.optim.lr_scheduler.ReduceLROnPlateau) -> dict[
 def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[str], label_of: dict[str, int],
                 train_ids: Sequence[str], val_ids: Sequence[str], out_dir: str | Path, normaliser: Normaliser,
                 *, resume: bool = False, info: dict[str, Any] | None = None, progress: bool = False,
-                speaker_of: dict[str, str] | None = None) -> TrainResult:
+                speaker_of: dict[str, str] | None = None,
+                variants: Mapping[str, Sequence[str]] | None = None,
+                corpus_of: Mapping[str, str] | None = None) -> TrainResult:
     """Train on ``train_ids`` and select on ``val_ids`` (training speakers only); features are normalised.
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``best.safetensors`` (the selected
@@ -187,7 +203,8 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     hop = seconds_to_frames(dc.segment_hop_s, frame_shift) if window else 0
     train_items = make_items(features, train_ids, label_of, window, hop)
     train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
-                               frames_per_second=1000.0 / frame_shift, mel_bins=cfg.features.n_mels)
+                               frames_per_second=1000.0 / frame_shift, mel_bins=cfg.features.n_mels,
+                               variants=variants)
     loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed, rank=dist_info.rank,
                          world_size=dist_info.world_size)
 
@@ -207,6 +224,17 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=tc.lr_factor,
                                                            patience=tc.lr_patience, min_lr=tc.min_lr)
     weight = class_weights([it.label for it in train_items], len(labels)).to(device) if tc.class_weighted else None
+    if tc.balance not in BALANCES:
+        raise ValueError(f"train.balance must be one of {', '.join(BALANCES)}, got {tc.balance!r}")
+    if tc.balance != "none" and tc.class_weighted:
+        raise ValueError("train.class_weighted and train.balance both weight the loss: use train.balance alone")
+    item_weight: dict[str, float] = {}  # utterance id -> loss weight (its windows share its group)
+    if tc.balance != "none":
+        corpus = corpus_of or {}
+        groups = [(corpus.get(it.key, "") if "corpus" in tc.balance else "",
+                   it.label if "class" in tc.balance else -1) for it in train_items]
+        item_weight = {it.key: float(w) for it, w in zip(train_items, balance_weights(groups))}
+        log.info("balanced loss over %d groups (%s)", len(set(groups)), tc.balance)
     # per-item losses, summed and divided by the GLOBAL batch's total weight below: this equals
     # CrossEntropyLoss's weighted mean on one process, and on N processes (whose shares of a
     # batch differ in size) DDP's gradient average then still equals the single-process gradient
@@ -281,7 +309,12 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                 else:
                     out, speaker_logits = net(x, lengths)
             item_losses = criterion(out.logits.float(), y)  # [B] (weighted when class_weighted)
-            item_weights = weight[y] if weight is not None else torch.ones_like(item_losses)
+            if item_weight:  # train.balance
+                item_weights = torch.tensor([item_weight[k] for k in batch.keys], dtype=item_losses.dtype,
+                                            device=device)
+                item_losses = item_losses * item_weights
+            else:
+                item_weights = weight[y] if weight is not None else torch.ones_like(item_losses)
             # the global batch's total weight (and size, for the adversary): one tiny all-reduce per step under DDP
             norms = [item_weights.sum().detach()]
             if adversary is not None:
@@ -381,8 +414,33 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         writer.close()
     if main and not best_path.is_file():
         raise RuntimeError(f"{out_dir}: training produced no checkpoint (max_epochs={tc.max_epochs})")
+    if main and has_val and tc.calibrate:
+        calibrate_checkpoint(best_path, features, val_ids, label_of, device)
     return TrainResult(best_epoch=best_epoch, epochs_run=len(history), best_checkpoint=best_path,
                        history=history, parameters=n_params, train_time_s=time.time() - t0)
+
+
+def calibrate_checkpoint(path: Path, features: dict[str, np.ndarray], val_ids: Sequence[str],
+                         label_of: dict[str, int], device: torch.device) -> dict[str, Any]:
+    """Fit a softmax temperature on the validation utterances and store it in the checkpoint's
+    ``info["calibration"]`` with the validation NLL and ECE before and after (the weights are untouched).
+
+    The validation speakers are training speakers that chose the epoch too, so the figures here are
+    optimistic; test-fold figures come from cross-validation (``result.json`` ``calibration``).
+    """
+    best = load_checkpoint(path, device=device)
+    post = predict_posteriors(best.model, features, val_ids, best.config, device)
+    probs = np.stack([post[k] for k in val_ids])  # (n_val, classes)
+    y_true = [label_of[k] for k in val_ids]
+    val_speakers = list(best.info.get("val_speakers") or [])
+    summary = {**calibration_summary(probs, y_true, fit_temperature(probs, y_true)),
+               "fitted_on": f"validation speakers {', '.join(val_speakers)}" if val_speakers else "validation set"}
+    save_checkpoint(path, best.model, best.config, best.labels, best.normaliser,
+                    info={**best.info, "calibration": summary})
+    log.info("%s: temperature %.3f (validation ECE %.3f -> %.3f, NLL %.3f -> %.3f)", path.parent.name,
+             summary["temperature"], summary["ece_before"], summary["ece_after"], summary["nll_before"],
+             summary["nll_after"])
+    return summary
 
 
 def is_finite_history(history: list[dict[str, Any]]) -> bool:
