@@ -45,3 +45,13 @@ def test_speaker_adaptation_fits_each_speaker_on_its_own_audio():
 def test_per_utterance_models_have_nothing_to_adapt():
     utterance = Normaliser("utterance")
     assert adapt_normaliser(utterance, [np.ones((5, 3), np.float32)], "batch") is utterance
+
+
+def test_utterance_adaptation_uses_each_input_alone():
+    rng = np.random.default_rng(2)
+    trained = Normaliser("global").fit(shifted(rng, 4, 0.0))
+    feats = shifted(rng, 2, 3.0) + shifted(rng, 1, -4.0)
+    adapted = adapt_normaliser(trained, feats, "utterance")
+    assert adapted.mode == "utterance"
+    for f in feats:
+        assert abs(adapted.transform(f).mean()) < 1e-5  # each centred on itself, whatever came with it

@@ -285,7 +285,7 @@ def test_bad_analysis_sections_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("name,classes", [("emodb-table1", None), ("emodb-table1-4class", "4class"),
-                                          ("iemocap-table1", "4class")])
+                                          ("iemocap-table1", "4class"), ("nemo-table1", "4class")])
 def test_shipped_experiments_have_the_analysis_section(name, classes):
     shipped = Path(__import__("moma").__file__).with_name("configs") / "experiments" / f"{name}.yaml"
     exp = load_experiment(shipped)
@@ -298,7 +298,9 @@ def test_shipped_experiments_have_the_analysis_section(name, classes):
     if classes:
         from moma.corpora import resolve_label_map
 
-        assert "4class" in exp.corpus["manifest"] and exp.reference == "moma-3" and len(exp.variants) == 8
+        assert "4class" in exp.corpus["manifest"] and exp.reference == "moma-3"
+        # the paper-scale grids add the fidelity variants (gamma initialisation, layer-1 readings)
+        assert len(exp.variants) == (11 if name in ("iemocap-table1", "nemo-table1") else 8)
         corpus = exp.corpus["name"]
         assert sorted(set(resolve_label_map(corpus, classes).values())) == ["angry", "happy", "neutral", "sad"]
 
@@ -458,3 +460,43 @@ def test_shipped_iemocap_experiment_runs_on_a_copy_given_by_root(tmp_path, monke
         load_corpus(load_experiment(shipped, corpus_root=other))
     with pytest.raises(ValueError, match="needs a corpus 'name'"):
         load_experiment(write_yaml(tmp_path / "m.yaml", "runs/iemocap-4class.jsonl"), corpus_root=other)
+
+
+def test_nemo_and_iemocap_grids_plan_the_same_cells(tmp_path, monkeypatch):
+    """nemo-table1 and iemocap-table1 share everything but the corpus and its protocol: the same variants with
+    the same configurations (the paper's model, random gammas, no gradient clipping), analysis and anchors; on
+    their replicas each plans every variant x seed on each of its folds."""
+    from replicas import make_iemocap_replica, make_nemo_replica
+
+    from moma.research.experiment import experiment_folds, load_corpus
+    from moma.research.experiment.cells import config_signature, plan_cells
+
+    monkeypatch.chdir(tmp_path)
+    shipped = Path(__import__("moma").__file__).with_name("configs") / "experiments"
+    iemocap = load_experiment(shipped / "iemocap-table1.yaml", corpus_root=make_iemocap_replica(tmp_path / "i").root)
+    make_nemo_replica(tmp_path / "n")
+    nemo = load_experiment(shipped / "nemo-table1.yaml", corpus_root=tmp_path / "n")
+    assert list(nemo.variants) == list(iemocap.variants) and len(nemo.variants) == 11
+    for name in nemo.variants:
+        assert config_signature(nemo.variants[name].config) == config_signature(iemocap.variants[name].config), name
+    moma3 = nemo.variants["moma-3"].config
+    assert (moma3.model.hidden_size, moma3.model.gamma_init, moma3.train.grad_clip) == (512, "random", 0.0)
+    assert nemo.variants["moma-3-equal"].config.model.gamma_init == "equal"
+    assert {nemo.variants[f"moma-3-{r}"].config.model.layer1_output for r in ("weight", "context")} == {"weight",
+                                                                                                         "context"}
+    assert nemo.analysis.to_dict() == {**iemocap.analysis.to_dict(),
+                                       "robustness": {**iemocap.analysis.to_dict()["robustness"],
+                                                      "max_utterances_per_fold": 40}}
+    assert nemo.classical == iemocap.classical
+    for exp in (nemo, iemocap):
+        utts = load_corpus(exp)
+        assert {u.label for u in utts} <= {"angry", "happy", "neutral", "sad"}
+        folds = experiment_folds(exp, utts)
+        cells = plan_cells(exp, folds, tmp_path / exp.title[:4])
+        assert len(cells) == len(exp.variants) * len(exp.seeds) * len(folds)
+        assert {(c.variant, c.seed) for c in cells} == {(v, s) for v in exp.variants for s in exp.seeds}
+    cpu = load_experiment(shipped / "nemo-table1-cpu.yaml", corpus_root=tmp_path / "n")
+    assert list(cpu.variants) == list(nemo.variants)
+    assert cpu.variants["moma-3"].config.model.hidden_size == 128
+    assert cpu.variants["moma-3"].config.model.gamma_init == "random"
+    assert cpu.variants["moma-3-equal"].config.model.gamma_init == "equal"  # the variant's own set wins

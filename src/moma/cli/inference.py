@@ -33,9 +33,10 @@ def add_inference_commands(subparsers: Any) -> None:
     p.add_argument("--out", default=None, help="results file: .csv or .jsonl (default: CSV on stdout)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write an attention plot per file into DIR")
     p.add_argument("--batch-size", type=int, default=16, help="files per model call (length-bucketed)")
-    p.add_argument("--adapt", choices=["none", "batch"], default="none",
-                   help="batch: normalise with the statistics of all the given files together instead of the "
-                        "model's (transductive; for many files from one source, e.g. one microphone or corpus)")
+    p.add_argument("--adapt", choices=["none", "utterance", "batch"], default="none",
+                   help="normalise with the inputs' own statistics instead of the model's: utterance, each file "
+                        "by its own; batch, all the given files together (transductive; for many files from one "
+                        "source, e.g. one microphone or corpus)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

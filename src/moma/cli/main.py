@@ -255,10 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--speakers", nargs="+", default=None, help="only these speakers")
     p.add_argument("--out", required=True)
-    p.add_argument("--adapt", choices=["none", "batch", "speaker"], default="none",
-                   help="normalise the data with its own statistics instead of the checkpoint's: batch over all "
-                        "of it, speaker per speaker (transductive: the test audio, never its labels; the report "
-                        "says so)")
+    p.add_argument("--adapt", choices=["none", "utterance", "batch", "speaker"], default="none",
+                   help="normalise the data with its own statistics instead of the checkpoint's: utterance, each "
+                        "by its own; batch, over all of it; speaker, per speaker (batch and speaker are "
+                        "transductive: the test audio, never its labels; the report says so)")
     add_cache_arg(p)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)

@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 # feature showed at test time by 1e5; the classical anchor's rule (kept here) cannot.
 STD_FLOOR = 1e-10
 NORMALISATION_MODES = ("global", "speaker", "utterance", "none")
-# Where a checkpoint's statistics may come from at test time: its training set (none), all of the inputs
-# together (batch: the files a user passes from one source), or each input speaker/recording (speaker).
-ADAPTATIONS = ("none", "batch", "speaker")
+# Where a checkpoint's statistics may come from at test time: its training set (none), each input alone
+# (utterance), all of the inputs together (batch: the files a user passes from one source), or each input
+# speaker/recording (speaker).
+ADAPTATIONS = ("none", "utterance", "batch", "speaker")
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -261,9 +262,10 @@ def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], ada
                      speakers: Sequence[str] | None = None) -> Normaliser:
     """A copy of a checkpoint's normaliser with statistics from the test inputs themselves (transductive).
 
-    ``batch``: one mean/variance over all of ``features`` (the files a user passes from one source, a test
-    corpus); ``speaker``: one per speaker or recording in ``speakers``. Models normalised per utterance, or
-    not at all, have no statistics to replace and come back unchanged; ``none`` returns ``normaliser``.
+    ``utterance``: each input by its own mean/variance (uses nothing but the input itself); ``batch``: one
+    mean/variance over all of ``features`` (the files a user passes from one source, a test corpus);
+    ``speaker``: one per speaker or recording in ``speakers``. Models normalised per utterance, or not at
+    all, have no statistics to replace and come back unchanged; ``none`` returns ``normaliser``.
     """
     if adapt not in ADAPTATIONS:
         raise ValueError(f"unknown adaptation {adapt!r}; choose one of {', '.join(ADAPTATIONS)}")
@@ -272,6 +274,8 @@ def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], ada
     if normaliser.mode in ("utterance", "none"):
         log.info("adaptation %r does not apply: the model uses %s", adapt, normaliser.describe())
         return normaliser
+    if adapt == "utterance":
+        return Normaliser("utterance")
     feats = list(features)
     if adapt == "batch":
         adapted = Normaliser("global").fit(feats)

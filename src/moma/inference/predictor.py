@@ -295,14 +295,15 @@ class Predictor:
         ``adapt="batch"`` normalises with statistics of all the given files
         together instead of the checkpoint's (transductive: for many files from
         one source, e.g. one microphone or one corpus); it reads every file
-        before the first prediction.
+        before the first prediction. ``adapt="utterance"`` normalises each file
+        by its own statistics.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if on_error not in ("raise", "record"):
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
-        if adapt not in ("none", "batch"):
-            raise ValueError(f"adapt must be 'none' or 'batch' for files, got {adapt!r}")
+        if adapt not in ("none", "utterance", "batch"):
+            raise ValueError(f"adapt must be 'none', 'utterance' or 'batch' for files, got {adapt!r}")
         if adapt == "batch":
             yield from self._predict_chunk([str(p) for p in paths], batch_size, on_error, adapt)
             return
@@ -335,8 +336,8 @@ class Predictor:
                 continue
             loaded.append((i, feats, duration))
         normaliser = self.normaliser
-        if adapt == "batch" and loaded:
-            normaliser = adapt_normaliser(self.normaliser, [f for _, f, _ in loaded], "batch")
+        if adapt != "none" and loaded:
+            normaliser = adapt_normaliser(self.normaliser, [f for _, f, _ in loaded], adapt)
             log.info("normalisation: %s", normaliser.describe())
         loaded = [(i, normalise_features(normaliser, f), d) for i, f, d in loaded]
         loaded.sort(key=lambda item: item[1].shape[0])

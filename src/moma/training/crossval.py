@@ -399,7 +399,8 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
         save_config(cfg, out_dir / "config.yaml")
     utts = {u.id: u for u in utterances}
     labels = label_list(utterances)
-    corpus = corpus or (utterances[0].corpus if utterances else "") or "corpus"
+    corpora = sorted({u.corpus for u in utterances if u.corpus})
+    corpus = corpus or (f"pool of {' + '.join(corpora)}" if len(corpora) > 1 else corpora[0] if corpora else "corpus")
     cache = FeatureCache(cache_dir, cfg.features)
     # rank 0 fills the cache first; the others then read it (or, on a machine that does not
     # share the cache folder, compute their own copy)
