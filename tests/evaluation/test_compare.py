@@ -109,3 +109,31 @@ def test_classical_reports_expand_to_one_run_per_feature_set_and_normalisation(t
     assert main(["compare", str(tmp_path / "mine"), str(tmp_path / "classical.json")]) == 0
     out = capsys.readouterr().out
     assert "| eGeMAPSv02/global | 4 | 0.500 | 0.500 | +0.000 |" in out and "| ComParE_2016/global | 4 | 1.000 |" in out
+
+
+def test_speaker_unit_pairs_each_test_speaker_of_few_folds():
+    """Two folds of three speakers each (leave one corpus out): fold pairs are too few to test anything, so
+    ``unit="speaker"`` pairs the six speakers' own scores."""
+    def corpus_report(name, right):
+        folds = []
+        for f, speakers in (("corpus-a", ["a1", "a2", "a3"]), ("corpus-b", ["b1", "b2", "b3"])):
+            per_speaker = {s: {"n": 6, "accuracy": right[s] / 6, "uar": right[s] / 6, "macro_f1": right[s] / 6}
+                           for s in speakers}
+            folds.append({"name": f, "test_speakers": speakers, "val_speakers": [],
+                          "test": {"uar": sum(right[s] for s in speakers) / 18, "accuracy": 0.0, "macro_f1": 0.0,
+                                   "per_speaker": per_speaker, "predictions": []}})
+        return {"name": name, "labels": LABELS, "folds": folds}
+
+    ref = corpus_report("ref", {s: 2 for s in ("a1", "a2", "a3", "b1", "b2", "b3")})
+    better = corpus_report("better", {s: 4 for s in ("a1", "a2", "a3", "b1", "b2", "b3")})
+    by_fold = compare_runs([ref, better])
+    by_speaker = compare_runs([ref, better], unit="speaker")
+    assert len(by_fold["comparisons"][0]["per_fold"]) == 2 and by_fold["comparisons"][0]["test"]["wins"] == 2
+    pair = by_speaker["comparisons"][0]
+    assert [r["fold"] for r in pair["per_fold"]] == ["a1", "a2", "a3", "b1", "b2", "b3"]
+    assert pair["test"]["wins"] == 6 and pair["test"]["permutation_p"] == pytest.approx(2 / 64)
+    assert pair["test"]["mean_diff"] == pytest.approx(2 / 6)
+    text = render_comparison(by_speaker)
+    assert "over test speakers" in text and "| speaker | ref | better |" in text and "| b3 | 0.333 | 0.667 |" in text
+    with pytest.raises(ValueError, match="unknown unit"):
+        compare_pair(ref, better, unit="utterance")

@@ -170,7 +170,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from moma.evaluation.compare import compare_runs, load_run_reports, render_comparison
 
-    result = compare_runs([run for spec in args.runs for run in load_run_reports(spec)], metric=args.metric)
+    result = compare_runs([run for spec in args.runs for run in load_run_reports(spec)], metric=args.metric,
+                          unit=args.unit)
     text = render_comparison(result)
     print(text, end="")
     if args.out:
@@ -284,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "reports (PATH#FEATURES/NORMALISATION picks one of their runs); the "
                                           "first run is the reference")
     p.add_argument("--metric", default="uar", choices=["uar", "accuracy", "macro_f1"])
+    p.add_argument("--unit", default="fold", choices=["fold", "speaker"],
+                   help="pair fold scores (default) or each test speaker's score (for protocols with few folds, "
+                        "such as leave-one-corpus-out)")
     p.add_argument("--out", default=None, help="also write OUT.md and OUT.json")
     p.set_defaults(func=cmd_compare)
 

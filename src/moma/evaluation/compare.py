@@ -66,9 +66,25 @@ def _predictions(report: dict[str, Any], folds: Sequence[str]) -> dict[str, tupl
     return out
 
 
+UNITS = ("fold", "speaker")  # what the paired test pairs: fold scores, or each test speaker's own score
+
+
+def _unit_scores(folds: dict[str, dict[str, Any]], names: Sequence[str], metric: str, unit: str) -> dict[str, float]:
+    if unit == "fold":
+        return {n: float(folds[n]["test"][metric]) for n in names}
+    return {spk: float(v[metric]) for n in names for spk, v in folds[n]["test"]["per_speaker"].items()}
+
+
 def compare_pair(reference: dict[str, Any], other: dict[str, Any], *, metric: str = "uar", n_boot: int = 2000,
-                 seed: int = 0) -> dict[str, Any]:
-    """``other`` against ``reference`` over the folds both finished (differences are other - reference)."""
+                 seed: int = 0, unit: str = "fold") -> dict[str, Any]:
+    """``other`` against ``reference`` over the folds both finished (differences are other - reference).
+
+    ``unit="speaker"`` pairs each test speaker's score instead of each fold's: the choice for protocols with
+    few folds of many speakers (leave-one-corpus-out, a held-out session), where fold pairs are too few to
+    test anything.
+    """
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if list(reference["labels"]) != list(other["labels"]):
@@ -87,8 +103,11 @@ def compare_pair(reference: dict[str, Any], other: dict[str, Any], *, metric: st
     if skipped:
         log.warning("%s vs %s: folds finished in only one run are left out: %s", other["name"], reference["name"],
                     ", ".join(skipped))
-    ref_scores = [float(ref_folds[n]["test"][metric]) for n in shared]
-    oth_scores = [float(oth_folds[n]["test"][metric]) for n in shared]
+    ref_units = _unit_scores(ref_folds, shared, metric, unit)
+    oth_units = _unit_scores(oth_folds, shared, metric, unit)
+    units = [u for u in ref_units if u in oth_units]
+    ref_scores = [ref_units[u] for u in units]
+    oth_scores = [oth_units[u] for u in units]
     test = paired_test(oth_scores, ref_scores)
 
     ref_pred, oth_pred = _predictions(reference, shared), _predictions(other, shared)
@@ -105,45 +124,49 @@ def compare_pair(reference: dict[str, Any], other: dict[str, Any], *, metric: st
         pooled = {"n": len(ids), "reference": metric_value(y_true, ref_y, metric),
                   "other": metric_value(y_true, oth_y, metric), "diff_ci": ci.to_dict()}
     return {"reference": reference["name"], "other": other["name"], "metric": metric, "folds": shared,
-            "skipped_folds": skipped,
-            "per_fold": [{"fold": n, "reference": r, "other": o} for n, r, o in zip(shared, ref_scores, oth_scores)],
+            "skipped_folds": skipped, "unit": unit,
+            "per_fold": [{"fold": n, "reference": r, "other": o} for n, r, o in zip(units, ref_scores, oth_scores)],
             "reference_mean": sum(ref_scores) / len(ref_scores), "other_mean": sum(oth_scores) / len(oth_scores),
             "test": test, "pooled": pooled}
 
 
 def compare_runs(reports: Sequence[dict[str, Any]], *, metric: str = "uar", n_boot: int = 2000,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, unit: str = "fold") -> dict[str, Any]:
     """Every report after the first against the first; sign-flip p-values Holm-adjusted over the comparisons."""
     if len(reports) < 2:
         raise ValueError("compare needs a reference run and at least one other run")
-    pairs = [compare_pair(reports[0], other, metric=metric, n_boot=n_boot, seed=seed) for other in reports[1:]]
+    pairs = [compare_pair(reports[0], other, metric=metric, n_boot=n_boot, seed=seed, unit=unit)
+             for other in reports[1:]]
     for pair, adj in zip(pairs, holm_adjust([p["test"]["permutation_p"] for p in pairs])):
         pair["test"]["permutation_p_holm"] = adj
-    reference_folds = {f["name"]: float(f["test"][metric]) for f in reports[0]["folds"]}
-    return {"reference": reports[0]["name"], "metric": metric, "reference_folds": reference_folds,
+    folds = {f["name"]: f for f in reports[0]["folds"]}
+    reference_folds = _unit_scores(folds, list(folds), metric, unit)
+    return {"reference": reports[0]["name"], "metric": metric, "unit": unit, "reference_folds": reference_folds,
             "comparisons": pairs}
 
 
 def render_comparison(result: dict[str, Any]) -> str:
     """Markdown: one row per compared run, then the per-fold scores side by side."""
     metric, ref = result["metric"], result["reference"]
+    unit = result.get("unit", "fold")
+    units = "folds" if unit == "fold" else "test speakers"
     lines = [f"# Paired comparison against {ref} ({metric})", "",
-             f"Differences are run − {ref} over the folds both finished. p: two-sided sign-flip test over folds "
-             "(exact up to 16 folds), Holm-adjusted over the rows; the CI is a paired bootstrap over the pooled "
-             "test utterances.", "",
-             f"| run | folds | {metric} (mean over folds) | {ref} | Δ | wins / losses / ties | p (sign-flip) | "
+             f"Differences are run − {ref} over the {units} of the folds both finished. p: two-sided sign-flip test "
+             f"over {units} (exact up to 16 pairs), Holm-adjusted over the rows; the CI is a paired bootstrap over "
+             "the pooled test utterances.", "",
+             f"| run | {units} | {metric} (mean over {units}) | {ref} | Δ | wins / losses / ties | p (sign-flip) | "
              "p (Holm) | p (Wilcoxon) | pooled Δ, 95% CI |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["comparisons"]:
         t, pooled = c["test"], c["pooled"]
         ci = (f"{pooled['diff_ci']['estimate']:+.3f} [{pooled['diff_ci']['low']:+.3f}, {pooled['diff_ci']['high']:+.3f}]"
               if pooled else "n/a")
-        lines.append(f"| {c['other']} | {len(c['folds'])} | {c['other_mean']:.3f} | {c['reference_mean']:.3f} | "
+        lines.append(f"| {c['other']} | {len(c['per_fold'])} | {c['other_mean']:.3f} | {c['reference_mean']:.3f} | "
                      f"{t['mean_diff']:+.3f} | {t['wins']} / {t['losses']} / {t['ties']} | "
                      f"{format_p(t['permutation_p'])} | {format_p(t['permutation_p_holm'])} | "
                      f"{format_p(t['wilcoxon_p'])} | {ci} |")
     names = [c["other"] for c in result["comparisons"]]
-    lines += ["", f"| fold | {ref} | " + " | ".join(names) + " |", "|---|" + "---|" * (len(names) + 1)]
+    lines += ["", f"| {unit} | {ref} | " + " | ".join(names) + " |", "|---|" + "---|" * (len(names) + 1)]
     by_run = [{r["fold"]: r["other"] for r in c["per_fold"]} for c in result["comparisons"]]
     for fold, score in result["reference_folds"].items():
         cells = [f"{b[fold]:.3f}" if fold in b else "–" for b in by_run]
