@@ -33,6 +33,9 @@ def replace_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp makes the file private (0600); give it the mode a file written in place would have: the old
+        # file's when replacing one, else readable by all (a checkpoint or report is meant to be shared)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,8 +1,9 @@
-"""Tests for the model bundled with the package (``src/moma/pretrained/emodb-7class.safetensors``):
-it is small, self-describing (config, labels, provenance, model card fields), ships with its model card (NAME.md beside it),
-and ``moma predict`` uses it when no ``--checkpoint`` is given.
+"""Tests for the models bundled with the package (``src/moma/pretrained/NAME.safetensors``): each is small,
+self-describing (config, labels, provenance, card fields, calibration where it has one) and ships with its
+model card ``NAME.md``; ``moma predict`` uses the default one when no ``--checkpoint`` is given and any one by
+name.
 
-The whole module is skipped when the bundled model is absent (e.g. a checkout made before it was added).
+The whole module is skipped when no model is bundled (e.g. a checkout made before they were added).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from moma.inference.predictor import BUNDLED_CHECKPOINT
+from moma.inference.predictor import BUNDLED_CHECKPOINT, DEFAULT_MODEL, bundled_models
 
 if not BUNDLED_CHECKPOINT.is_file():
     pytest.skip(f"no bundled model at {BUNDLED_CHECKPOINT}", allow_module_level=True)
 
+MODELS = bundled_models()
 EMODB_LABELS = ["angry", "bored", "disgust", "fear", "happy", "neutral", "sad"]
 
 
@@ -28,34 +30,47 @@ EMODB_LABELS = ["angry", "bored", "disgust", "fear", "happy", "neutral", "sad"]
 def predictor():
     from moma.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(None)  # None: the bundled model
+    return Predictor.from_checkpoint(None)  # None: the default bundled model
 
 
 def run_moma(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "moma", *args], capture_output=True, text=True, timeout=180)
 
 
-def test_bundled_model_is_small_and_packaged():
-    assert BUNDLED_CHECKPOINT.stat().st_size <= 10 * 1024 * 1024
-    card = BUNDLED_CHECKPOINT.with_suffix(".md")
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bundled_model_is_small_packaged_and_described(name):
+    from moma.checkpoint import load_checkpoint
+
+    path = MODELS[name]
+    assert path.stat().st_size <= 10 * 1024 * 1024
+    card = path.with_suffix(".md")
     assert card.is_file()
     text = card.read_text(encoding="utf-8")
-    for needle in ("EmoDB", "UAR", "leave-one-speaker-out", "calibrated"):
-        assert needle in text
+    for needle in ("UAR", "leave-one-speaker-out", "calibrat", "never heard"):
+        assert needle in text, f"{card.name} does not mention {needle!r}"
+    loaded = load_checkpoint(path)
+    assert {"description", "intended_use", "limitations"} <= set(loaded.info)
+    assert loaded.info["test_speakers"] == [] and len(loaded.info["val_speakers"]) >= 2
 
 
-def test_bundled_model_describes_itself(predictor):
+def test_default_model_is_the_pooled_one_and_calibrated(predictor):
     from moma.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(BUNDLED_CHECKPOINT)
-    assert loaded.labels == EMODB_LABELS
-    assert loaded.config.features.pitch and loaded.config.model.input_dim == 25
-    assert loaded.normaliser.mode == "global"
-    assert loaded.info["corpus"] == "emodb" and loaded.info["test_speakers"] == []
-    assert loaded.info["fold"] == "all" and len(loaded.info["val_speakers"]) == 2
-    card = predictor.describe()["card"]  # what GET /v1/model shows
-    assert {"description", "intended_use", "limitations"} <= set(card)
-    assert predictor.labels == EMODB_LABELS and predictor.sample_rate == 16000
+    assert DEFAULT_MODEL == "emodb-nemo-8class"
+    assert set(EMODB_LABELS) < set(loaded.labels) and "surprise" in loaded.labels
+    assert loaded.info["corpus"] == "pool" or "nemo" in str(loaded.info.get("corpus"))
+    assert {s.split(".")[0] for s in loaded.info["val_speakers"]} == {"emodb", "nemo"}
+    assert predictor.temperature == pytest.approx(loaded.info["calibration"]["temperature"])
+    assert predictor.describe()["card"]["calibration"]["ece_after"] <= predictor.describe()["card"]["calibration"][
+        "ece_before"]
+
+
+def test_emodb_model_stays_selectable_by_name():
+    from moma.inference.predictor import Predictor
+
+    old = Predictor.from_checkpoint("emodb-7class")
+    assert old.labels == EMODB_LABELS and old.config.features.pitch
 
 
 def test_bundled_model_predicts_a_signal(predictor):
@@ -63,12 +78,12 @@ def test_bundled_model_predicts_a_signal(predictor):
     t = np.arange(32000) / 16000
     signal = (0.1 * np.sin(2 * np.pi * 150 * t) + 0.02 * rng.normal(size=t.shape)).astype(np.float32)
     pred = predictor.predict_signal(signal, 16000)
-    assert pred.label in EMODB_LABELS
+    assert pred.label in predictor.labels
     assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
     assert pred.attention["mixture"].shape == (pred.num_frames,)
 
 
-def test_cli_predict_uses_bundled_model(tmp_path):
+def test_cli_predict_uses_the_default_model_and_others_by_name(tmp_path, predictor):
     rng = np.random.default_rng(1)
     wav = tmp_path / "tone.wav"
     t = np.arange(24000) / 16000
@@ -77,19 +92,25 @@ def test_cli_predict_uses_bundled_model(tmp_path):
     res = run_moma("predict", str(wav), "-q")
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
-    assert len(rows) == 1 and rows[0]["label"] in EMODB_LABELS and not rows[0]["error"]
-    assert sum(float(rows[0][f"p_{lab}"]) for lab in EMODB_LABELS) == pytest.approx(1.0, abs=1e-4)
+    assert len(rows) == 1 and rows[0]["label"] in predictor.labels and not rows[0]["error"]
+    assert sum(float(rows[0][f"p_{lab}"]) for lab in predictor.labels) == pytest.approx(1.0, abs=1e-4)
+    res = run_moma("predict", str(wav), "-q", "--checkpoint", "emodb-7class")
+    assert res.returncode == 0, res.stderr
+    assert list(csv.DictReader(io.StringIO(res.stdout)))[0].keys() >= {f"p_{lab}" for lab in EMODB_LABELS}
+    res = run_moma("models")
+    assert res.returncode == 0 and f"{DEFAULT_MODEL} (default)" in res.stdout and "emodb-7class:" in res.stdout
 
 
 def test_cli_predict_real_emodb_file(emodb_root, predictor):
     """03a01Wa.wav (speaker 03, anger) was in the model's training data: this checks the wiring end to end
-    (file -> features with pitch -> global normalisation -> model -> CSV), not how well the model generalises."""
+    (file -> features -> normalisation -> model -> calibrated posteriors -> CSV), not how well the model
+    generalises."""
     wav = emodb_root / "wav" / "03a01Wa.wav"
     res = run_moma("predict", str(wav), "-q")
     assert res.returncode == 0, res.stderr
     row = next(csv.DictReader(io.StringIO(res.stdout)))
     expected = predictor.predict_file(wav)
     assert row["label"] == expected.label
-    for lab in EMODB_LABELS:
+    for lab in predictor.labels:
         assert float(row[f"p_{lab}"]) == pytest.approx(expected.probabilities[lab], abs=1e-5)
     assert expected.label == "angry"
