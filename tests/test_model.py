@@ -177,6 +177,24 @@ def test_layer1_scale_equation():
     assert torch.all(ctx[0, 2:] == 0)
 
 
+def test_layer1_scale_cap_bounds_a_peaked_frame():
+    """scale_max caps L*a_t: all attention on one of 100 frames multiplies it by 2, not 100; others untouched."""
+    L = 100
+    y = torch.ones(1, L, 2)
+    a = torch.zeros(1, L)
+    a[0, 7] = 1.0
+    lens, mask = torch.tensor([L]), torch.ones(1, L, dtype=torch.bool)
+    assert apply_layer1(y, a, mask, lens, "scale", residual=False)[0, 7, 0] == L  # unbounded without the cap
+    capped = apply_layer1(y, a, mask, lens, "scale", residual=False, scale_max=2.0)
+    assert capped[0, 7, 0] == 2.0 and torch.all(capped[0, :7] == 0)
+    uniform = torch.full((1, L), 1.0 / L)
+    torch.testing.assert_close(apply_layer1(y, uniform, mask, lens, "scale", residual=False, scale_max=2.0), y)
+    # the option reaches MOMA's forward: a cap below 1 changes near-uniform attention, so the logits differ
+    x, lengths = padded_batch([20, 12])
+    free, capped = make_model(), make_model(layer1_scale_max=0.5)
+    assert not torch.allclose(free(x, lengths).logits, capped(x, lengths).logits)
+
+
 # ------------------------------------------------------------------ gammas and blocks
 
 

@@ -54,6 +54,7 @@ class ModelConfig:
     gamma_init: str = "equal"  # equal (gamma_n = 1/N) | random (the paper's "randomly initialised"; docs/model.md)
     residual: bool = True  # attention layer 1 adds its output back to Y (the paper's residual)
     layer1_output: str = "scale"  # scale: y'_t = L*a_t*y_t | weight: y'_t = a_t*y_t | context: y'_t = sum_s a_s y_s (docs/model.md)
+    layer1_scale_max: float = 0.0  # scale only: cap on L*a_t (a frame's weight relative to uniform); 0 = no cap
     projection_dim: int = 1024  # size of the MOMA projection before the classifier
     dropout: float = 0.0  # dropout on BLSTM outputs and before the classifier
     input_dropout: float = 0.0  # dropout on input features

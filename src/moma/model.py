@@ -233,19 +233,23 @@ class ContextAttention(nn.Module):
                 nn.init.zeros_(lin.bias)
 
 
-def apply_layer1(y: Tensor, a: Tensor, mask: Tensor, lengths: Tensor, mode: str, residual: bool) -> Tensor:
+def apply_layer1(y: Tensor, a: Tensor, mask: Tensor, lengths: Tensor, mode: str, residual: bool,
+                 scale_max: float = 0.0) -> Tensor:
     """Attention layer 1's output, which keeps the time axis for layer 2.
 
     y (B, T, D) zero on padding, a (B, T) zero on padding -> (B, T, D), zero on padding.
 
-        scale:   y'_t = L * a_t * y_t      uniform attention (a_t = 1/L) gives y'_t = y_t
+        scale:   y'_t = min(L * a_t, scale_max) * y_t   uniform attention (a_t = 1/L) gives y'_t = y_t;
+                 without the cap (scale_max 0) one peaked frame could be multiplied by up to L
         weight:  y'_t = a_t * y_t          literal reading; y' is ~1/L the size of y
         context: y'_t = c = sum_s a_s y_s  the pooled context vector at every valid frame
         residual: out_t = y_t + y'_t, else out_t = y'_t
     """
     if mode == "scale":
-        # (B, T) * (B, 1) -> (B, T) -> (B, T, 1) broadcast over D
-        y_att = y * (a * lengths.to(a.dtype).unsqueeze(1)).unsqueeze(-1)
+        factor = a * lengths.to(a.dtype).unsqueeze(1)  # (B, T) * (B, 1) -> (B, T): weight relative to uniform
+        if scale_max > 0:
+            factor = factor.clamp(max=scale_max)
+        y_att = y * factor.unsqueeze(-1)  # (B, T) -> (B, T, 1) broadcast over D
     elif mode == "weight":
         y_att = y * a.unsqueeze(-1)  # (B, T) -> (B, T, 1) broadcast over D
     elif mode == "context":
@@ -399,7 +403,8 @@ class MOMA(_EncoderModel):
         lengths = self._check(features, lengths)
         y, mask = self.encoder(features, lengths)  # (B, T, 2H), (B, T)
         a1 = self.attention1(y, mask)  # (B, T)
-        y2 = apply_layer1(y, a1, mask, lengths, self.cfg.layer1_output, self.cfg.residual)  # (B, T, 2H)
+        y2 = apply_layer1(y, a1, mask, lengths, self.cfg.layer1_output, self.cfg.residual,
+                          self.cfg.layer1_scale_max)  # (B, T, 2H)
         blocks, mixture, gammas = self.attention2(y2, mask)  # (B, N, T), (B, T), (N,)
         pooled = _attention_pool(y2, mixture)  # (B, 2H)
         projected = self.projection(pooled)  # (B, P)

@@ -88,6 +88,20 @@ def test_rerun_recomputes_nothing_and_resume_reruns_only_the_missing_cell(grid):
     assert changed == ["cells/mean/seed1/group-2/result.json"]
 
 
+def test_variants_train_only_those_cells_and_the_report_lists_the_rest(grid, tmp_path):
+    """--variants: the cells of the named variants train now; the others are listed as missing, not run."""
+    root, config, _, _, _ = grid
+    with pytest.raises(ValueError, match="no variant 'moma-9'.*mean, moma-1"):
+        run_experiment(config, tmp_path / "bad", cache_dir=root / "cache", variants=["moma-9"])
+    first = run_experiment(config, tmp_path / "run", cache_dir=root / "cache", variants=["mean"])
+    assert first["cells_run_now"] == 4 and first["cells_finished"] == 4
+    assert sorted(first["missing_cells"]) == sorted(f"moma-1/seed{s}/group-{g}" for s in (0, 1) for g in (1, 2))
+    assert len(first["summary"]["variants"]["mean"]["cells"]) == 4
+    assert "Partial grid" in (tmp_path / "run" / "report.md").read_text()
+    second = run_experiment(config, tmp_path / "run", cache_dir=root / "cache", variants=["moma-1"])
+    assert second["cells_run_now"] == 4 and not second["missing_cells"]
+
+
 def test_changed_config_in_same_folder_is_refused(grid):
     root, _, manifest, out, _ = grid
     changed = write_yaml(root / "changed.yaml", manifest, set=TINY + ["train.lr=0.02"])

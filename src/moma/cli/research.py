@@ -39,6 +39,9 @@ def add_research_commands(subparsers: Any) -> None:
                    help="the corpus folder, replacing the file's corpus.root (a shipped experiment on your copy "
                         "of its corpus); the manifest is prepared from it when missing")
     p.add_argument("--feature-workers", type=int, default=1)
+    p.add_argument("--variants", default=None, metavar="NAME,...",
+                   help="train only these variants' cells this time (e.g. the ones that decide a claim first); "
+                        "the report covers every finished cell and lists the others as missing")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: aggregate the finished cells into the report")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -201,7 +204,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     out = args.out or str(Path("runs/experiments") / Path(config).stem)
     results = run_experiment(config, out, jobs=args.jobs, cache_dir=args.cache, sets=args.set, command=command_line(args),
                              progress=not args.quiet, feature_workers=args.feature_workers,
-                             train=not args.report_only, corpus_root=args.root)
+                             train=not args.report_only, corpus_root=args.root,
+                             variants=[v.strip() for v in args.variants.split(",") if v.strip()]
+                             if args.variants else None)
     print(main_summary(results))
     print(f"report:  {Path(out) / 'report.md'}")
     print(f"results: {Path(out) / 'results.json'}")

@@ -231,7 +231,8 @@ def pooled_representations(model: torch.nn.Module, features: Mapping[str, np.nda
             parts.setdefault("encoder", []).append(_np(masked_mean(y, mask)))
             if is_moma:
                 a1 = model.attention1(y, mask)
-                y2 = apply_layer1(y, a1, mask, lens, model.cfg.layer1_output, model.cfg.residual)
+                y2 = apply_layer1(y, a1, mask, lens, model.cfg.layer1_output, model.cfg.residual,
+                                  model.cfg.layer1_scale_max)
                 parts.setdefault("layer1", []).append(_np(masked_mean(y2, mask)))
             out = model(x, lens)
             if is_moma and out.encoded is not None:

@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *, jobs: int = 1,
                    cache_dir: str | Path | None = None, sets: Sequence[str] = (), command: str | None = None,
                    progress: bool = False, feature_workers: int = 1, train: bool = True,
-                   corpus_root: str | Path | None = None) -> dict[str, Any]:
+                   corpus_root: str | Path | None = None, variants: Sequence[str] | None = None) -> dict[str, Any]:
     """Run (or resume) every cell of the experiment, then write results.json, report.md and the figures.
 
     ``train=False`` only aggregates the cells that have finished (a report of a
-    grid still running elsewhere). Returns the content of ``results.json``.
+    grid still running elsewhere). ``variants`` trains only those variants' cells this time (the ones
+    that decide a claim first, on a machine that cannot run the whole grid at once); the report covers
+    every finished cell and lists the rest as missing. Returns the content of ``results.json``.
 
     A cell that fails does not stop the others (:func:`moma.training.crossval.run_in_pool`): results.json
     and report.md cover the cells that finished and list the failed ones (``failed_cells``), then the error
@@ -63,7 +65,12 @@ def run_experiment(config_path: str | Path, out_dir: str | Path | None = None, *
     cells = plan_cells(exp, folds, out_dir)
     for cell in cells:
         check_cell(cell)
-    pending = [c for c in cells if not c.done()]
+    if variants:
+        unknown = [v for v in variants if v not in exp.variants]
+        if unknown:
+            raise ValueError(f"{exp.path}: no variant {', '.join(map(repr, unknown))}; its variants are "
+                             f"{', '.join(exp.variants)}")
+    pending = [c for c in cells if not c.done() and (not variants or c.variant in variants)]
     log.info("%s: %d cells (%d variants x %d seeds x %d folds), %d to run", exp.title, len(cells),
              len(exp.variants), len(exp.seeds), len(folds), len(pending))
     failed: dict[str, BaseException] = {}  # cell key -> error
