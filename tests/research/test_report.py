@@ -142,3 +142,14 @@ def test_committed_experiment_reports_are_what_their_results_render_to(folder):
     assert (folder / "report.md").read_text() == render_experiment_report(results)
     for fig in results["figures"] + (results.get("attention_maps") or []):
         assert (folder / fig["file"]).is_file(), fig["file"]
+
+
+def test_a_variant_not_yet_run_is_marked_not_analysed_and_mean_pooling_has_no_attention():
+    """A partial grid's analysis table must not call an unrun MOMA variant attention-free."""
+    results = json.loads((Path(__file__).resolve().parents[2] / "reports" / "nemo-table1" / "results.json")
+                         .read_text())
+    report = render_experiment_report(results)
+    entropy = report.split("### Attention entropy")[1].split("###")[0]  # that table only (the probe's has its own)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in entropy.splitlines() if line.startswith("| ")}
+    assert "(no attention)" in rows["BLSTM + mean pooling"]
+    assert "not analysed" in rows["MOMA 2 blocks"] and "not analysed" in rows["MOMA 5 blocks"]

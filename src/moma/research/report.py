@@ -269,7 +269,9 @@ def render_analysis(results: dict[str, Any]) -> list[str]:
         for n, v in av.items():
             a = v.get("attention")
             if not a:
-                lines.append(f"| {label[n]} | (no attention) |" + " |" * max_b + " | | |")
+                # a mean-pooling model has no attention; any other variant without numbers was not analysed
+                what = "(no attention)" if variants.get(n, {}).get("arch") == "mean" else "not analysed"
+                lines.append(f"| {label[n]} | {what} |" + " |" * max_b + " | | |")
                 continue
             blocks = [_fmt_agg(a["blocks"][i]) if i < len(a["blocks"]) else "" for i in range(max_b)]
             gam = ", ".join(f"{g['mean']:.2f}" for g in a["gammas"] if g["n"])
