@@ -399,12 +399,18 @@ class MOMA(_EncoderModel):
         self.projection = nn.Linear(d, cfg.projection_dim)
         self.classifier = nn.Linear(cfg.projection_dim, cfg.num_classes)
 
-    def forward(self, features: Tensor, lengths: Tensor) -> ModelOutput:
-        lengths = self._check(features, lengths)
-        y, mask = self.encoder(features, lengths)  # (B, T, 2H), (B, T)
+    def attend_layer1(self, y: Tensor, mask: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention layer 1 on the encoder output: its weights a1 (B, T) and output y2 (B, T, 2H), as this
+        model's config reads it (the analysis calls it too, so an option of layer 1 lives in one place)."""
         a1 = self.attention1(y, mask)  # (B, T)
         y2 = apply_layer1(y, a1, mask, lengths, self.cfg.layer1_output, self.cfg.residual,
                           self.cfg.layer1_scale_max)  # (B, T, 2H)
+        return a1, y2
+
+    def forward(self, features: Tensor, lengths: Tensor) -> ModelOutput:
+        lengths = self._check(features, lengths)
+        y, mask = self.encoder(features, lengths)  # (B, T, 2H), (B, T)
+        a1, y2 = self.attend_layer1(y, mask, lengths)  # (B, T), (B, T, 2H)
         blocks, mixture, gammas = self.attention2(y2, mask)  # (B, N, T), (B, T), (N,)
         pooled = _attention_pool(y2, mixture)  # (B, 2H)
         projected = self.projection(pooled)  # (B, P)

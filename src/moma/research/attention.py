@@ -27,7 +27,7 @@ from moma.checkpoint import short_checkpoint_names
 from moma.evaluation.stats import mean_std
 from moma.features.cache import DEFAULT_CACHE_DIR
 from moma.files import write_json_atomic
-from moma.model import MOMA, apply_layer1, masked_mean
+from moma.model import MOMA, masked_mean
 
 __all__ = [
     "FINAL_STAGE",
@@ -212,7 +212,7 @@ def pooled_representations(model: torch.nn.Module, features: Mapping[str, np.nda
 
     * ``"encoder"`` (n, 2H): masked mean of the BLSTM output Y (all architectures).
     * ``"layer1"`` (n, 2H): masked mean of attention layer 1's (residual) output, computed with the model's
-      own ``attention1`` and :func:`moma.model.apply_layer1` exactly as ``MOMA.forward`` does (MOMA only;
+      own ``MOMA.attend_layer1``, as ``MOMA.forward`` does (MOMA only;
       the attention baseline has no layer-1 output sequence: it pools Y directly).
     * ``"pooled"`` (n, 2H): ``ModelOutput.encoded``, the mixture-pooled layer-1 output before the projection
       (MOMA only; for the baselines it equals ``"embedding"``).
@@ -230,9 +230,7 @@ def pooled_representations(model: torch.nn.Module, features: Mapping[str, np.nda
             y, mask = model.encode(x, lens)
             parts.setdefault("encoder", []).append(_np(masked_mean(y, mask)))
             if is_moma:
-                a1 = model.attention1(y, mask)
-                y2 = apply_layer1(y, a1, mask, lens, model.cfg.layer1_output, model.cfg.residual,
-                                  model.cfg.layer1_scale_max)
+                _, y2 = model.attend_layer1(y, mask, lens)
                 parts.setdefault("layer1", []).append(_np(masked_mean(y2, mask)))
             out = model(x, lens)
             if is_moma and out.encoded is not None:
