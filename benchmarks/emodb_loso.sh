@@ -39,6 +39,8 @@ declare -A variants=(
   [compare-global-ens3]="--config emodb-cpu --set features.pitch=true --set features.lld=compare --set train.ensemble=3"
   [compare-global-ens3-rotate]="--config emodb-cpu --set features.pitch=true --set features.lld=compare --set train.ensemble=3 --set train.ensemble_validation=rotate"
   [compare-global-adv]="--config emodb-cpu --set features.pitch=true --set features.lld=compare --set train.speaker_adversarial=0.5"
+  [fusion-egemaps-global]="--config emodb-cpu --set features.pitch=true --set features.lld=compare --set features.functionals=eGeMAPSv02"
+  [fusion-compare-global]="--config emodb-cpu --set features.pitch=true --set features.lld=compare --set features.functionals=ComParE_2016"
 )
 selected=("$@")
 [ ${#selected[@]} -gt 0 ] || selected=(pitch-global-ens3 pitch-speaker-ens3)

@@ -25,6 +25,7 @@ from moma.model import (
     apply_layer1,
     build_model,
     count_parameters,
+    example_inputs,
     masked_softmax,
     reverse_index,
 )
@@ -437,3 +438,51 @@ def test_jit_trace_dynamic_time_axis():
         out = model(x2, lens2)
     torch.testing.assert_close(logits, out.logits, atol=1e-6, rtol=0)
     torch.testing.assert_close(emb, out.embedding, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------ fusion with utterance functionals
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fusion_joins_functionals_after_pooling_and_keeps_padding_invariance(arch):
+    model = make_model(arch=arch, functionals_dim=4)
+    lengths = [9, 4, 12]
+    x, lens = padded_batch(lengths)
+    funcs = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out = model(x, lens, funcs)
+        moved = model(x, lens, funcs + torch.tensor([0.0, 0.0, 1.0, 0.0]))
+        for b, n in enumerate(lengths):  # an utterance's outputs do not depend on its batch's padding
+            alone = model(x[b:b + 1, :n], lens[b:b + 1], funcs[b:b + 1])
+            torch.testing.assert_close(out.logits[b:b + 1], alone.logits, atol=1e-5, rtol=0)
+    assert out.logits.shape == (3, 3) and out.encoded.shape == (3, 16)  # encoded: the BLSTM pooling alone
+    if arch != "moma":  # the baselines' classifier reads the pooled BLSTM output joined with the functionals
+        assert out.embedding.shape == (3, 16 + 4)
+        torch.testing.assert_close(out.embedding[:, 16:], funcs)
+    # the functionals reach the logits (one value changed changes every utterance's output) ...
+    assert (moved.logits - out.logits).abs().amax(dim=1).min() > 1e-4
+    # ... and gradients reach the weights that read them
+    model.train()
+    nn.functional.cross_entropy(model(x, lens, funcs).logits, torch.tensor([0, 1, 2])).backward()
+    reader = model.projection if arch == "moma" else model.classifier
+    assert reader.weight.grad[:, -4:].abs().sum() > 0
+
+
+def test_fusion_model_refuses_missing_or_misshapen_functionals_and_plain_model_refuses_them():
+    fusion, plain = make_model(functionals_dim=4), make_model()
+    x, lens = padded_batch([5, 7])
+    with pytest.raises(ValueError, match=r"joins 4 utterance functionals .* expected functionals \(2, 4\), got none"):
+        fusion(x, lens)
+    with pytest.raises(ValueError, match=r"expected functionals \(2, 4\), got \(2, 3\)"):
+        fusion(x, lens, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="takes no utterance functionals"):
+        plain(x, lens, torch.zeros(2, 4))
+    # example inputs follow the config, so shape probes and tracing work for both
+    assert [t.shape for t in example_inputs(tiny_cfg(functionals_dim=4))] == [(1, 4, F_DIM), (1,), (1, 4)]
+    assert len(example_inputs(tiny_cfg())) == 2
+    with torch.no_grad():
+        assert fusion(*example_inputs(fusion.cfg)).logits.shape == (1, 3)
+    # the export wrapper passes them through
+    traced = torch.jit.trace(ExportWrapper(fusion), (x, lens, torch.ones(2, 4)), check_trace=False)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x, lens, torch.ones(2, 4))[0], fusion(x, lens, torch.ones(2, 4)).logits)

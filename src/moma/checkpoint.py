@@ -42,6 +42,8 @@ class LoadedCheckpoint:
     normaliser: Normaliser
     info: dict[str, Any] = field(default_factory=dict)  # provenance: epoch, metrics, fold, versions
     path: str = ""
+    # fusion models (features.functionals): the training statistics of the utterance functionals; else None
+    functionals_normaliser: Normaliser | None = None
 
 
 def _flatten(prefix: str, obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -79,8 +81,10 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: RunConfig, labels: list[str],
                     normaliser: Normaliser, info: dict[str, Any] | None = None,
-                    training_state: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint; ``training_state`` (optimizer, scheduler, RNG, counters) makes it resumable."""
+                    training_state: dict[str, Any] | None = None,
+                    functionals_normaliser: Normaliser | None = None) -> Path:
+    """Write a checkpoint; ``training_state`` (optimizer, scheduler, RNG, counters) makes it resumable;
+    ``functionals_normaliser`` standardises a fusion model's utterance functionals."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     for name, value in model.state_dict().items():
@@ -99,6 +103,9 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: RunConfig,
             **(info or {}),
         }),
     }
+    if functionals_normaliser is not None:
+        meta["functionals_normaliser"] = json.dumps(_flatten("functionals_normaliser",
+                                                             functionals_normaliser.state_dict(), tensors))
     if training_state is not None:
         meta["training_state"] = json.dumps(_flatten("state", training_state, tensors))
     _atomic_save(tensors, meta, path)
@@ -158,8 +165,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     model.to(device).eval()
     normaliser = Normaliser.from_state(_unflatten(json.loads(meta["normaliser"]), tensors, as_numpy=True))
     info = json.loads(meta.get("info", "{}"))
+    functionals_normaliser = None
+    if "functionals_normaliser" in meta:
+        functionals_normaliser = Normaliser.from_state(
+            _unflatten(json.loads(meta["functionals_normaliser"]), tensors, as_numpy=True))
+    elif config.model.functionals_dim > 0:
+        raise ValueError(f"{path}: a fusion model (model.functionals_dim {config.model.functionals_dim}) without "
+                         "the statistics of its functionals")
     return LoadedCheckpoint(model=model, config=config, labels=labels, normaliser=normaliser, info=info,
-                            path=str(path))
+                            path=str(path), functionals_normaliser=functionals_normaliser)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any] | None:

@@ -35,6 +35,8 @@ class FeatureConfig:
     pitch_floor: float = 60.0  # Hz, lowest F0 searched
     pitch_ceiling: float = 600.0  # Hz, highest F0 searched (emotional speech reaches high F0)
     lld: str = "none"  # none | egemaps (25 dims) | compare (65 dims): openSMILE low-level descriptors appended per frame
+    functionals: str = "none"  # none | eGeMAPSv02 (88) | ComParE_2016 (6373): openSMILE functionals of each utterance,
+    #   standardised with training-speaker statistics and joined to the model's pooled representation (fusion)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class ModelConfig:
     input_dropout: float = 0.0  # dropout on input features
     attention_bias: bool = False  # bias in the attention projections W_h, W_m (the paper's equations have none)
     projection_activation: str = "relu"  # relu | tanh: nonlinearity after the MOMA projection
+    functionals_dim: int = 0  # utterance-level descriptors joined to the pooled representation before the projection
+    #   (MOMA) or classifier (baselines); set from features.functionals at training time; 0 = none
 
 
 @dataclass

@@ -6,6 +6,7 @@ Attention for Speech Emotion Recognition", Interspeech 2020.
     features (B, T, F) -> 2-layer BLSTM -> Y (B, T, 2H)
       -> attention layer 1 (one context-attention block, residual)      -> Y2 (B, T, 2H)
       -> attention layer 2 (N blocks, mixture sum_n gamma_n a_n)         -> pooled (B, 2H)
+      [-> joined with utterance functionals (B, D_f), fusion models only -> (B, 2H + D_f)]
       -> projection (linear + nonlinearity)                              -> embedding (B, P)
       -> classifier (linear)                                             -> logits (B, C)
 
@@ -46,6 +47,7 @@ __all__ = [
     "apply_layer1",
     "build_model",
     "count_parameters",
+    "example_inputs",
     "lengths_to_mask",
     "masked_mean",
     "masked_softmax",
@@ -67,7 +69,8 @@ class ModelOutput:
 
     logits:    (B, C) unnormalised class scores; the loss (softmax cross-entropy) lives in training code.
     embedding: (B, D) the representation the classifier reads (MOMA: the projection output, D =
-               projection_dim; baselines: the pooled BLSTM output, D = 2H). Used for speaker probes.
+               projection_dim; baselines: the pooled BLSTM output, D = 2H, joined with the functionals in
+               a fusion model). Used for speaker probes.
     attention: "layer1" (B, T), "blocks" (B, N, T), "mixture" (B, T), "gammas" (N,); None where an
                architecture has no such thing. Padded frames hold exactly 0.
     encoded:   (B, 2H) the pooled BLSTM statistics before any projection (MOMA: the mixture-pooled
@@ -342,6 +345,28 @@ class _EncoderModel(nn.Module):
                 raise ValueError(f"lengths must lie in [1, T={features.size(1)}], got {lengths.tolist()}")
         return lengths
 
+    def join_functionals(self, pooled: Tensor, functionals: Optional[Tensor]) -> Tensor:
+        """pooled (B, D), functionals (B, D_f) -> (B, D + D_f), the input of the projection or classifier.
+
+        Fusion (``functionals_dim`` > 0): utterance-level descriptors (openSMILE functionals, standardised with
+        training-speaker statistics by the data code) carry voice quality and prosody statistics that the
+        classical anchor classifies well; joined here, the layers after pooling can weigh both sources.
+        A model without them returns ``pooled`` unchanged.
+        """
+        dim = self.cfg.functionals_dim
+        if not torch.jit.is_tracing():
+            if dim == 0 and functionals is not None:
+                raise ValueError("this model takes no utterance functionals (model.functionals_dim is 0)")
+            if dim > 0 and (functionals is None or tuple(functionals.shape) != (pooled.size(0), dim)):
+                got = "none" if functionals is None else str(tuple(functionals.shape))
+                raise ValueError(f"this model joins {dim} utterance functionals to its pooled representation "
+                                 f"(model.functionals_dim): expected functionals ({pooled.size(0)}, {dim}), got {got}")
+        if dim == 0:
+            return pooled
+        # (B, D) ++ (B, D_f) -> (B, D + D_f); the model's dropout regularises the functionals too (ComParE's
+        # 6373 values against a few thousand training utterances)
+        return torch.cat([pooled, self.dropout(functionals.to(pooled.dtype))], dim=-1)
+
     def encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """features (B, T, F), lengths (B,) -> BLSTM output Y (B, T, 2H) zero on padding, mask (B, T) bool."""
         lengths = self._check(features, lengths)
@@ -353,14 +378,15 @@ class MeanPoolBLSTM(_EncoderModel):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        self.classifier = nn.Linear(self.encoder.output_dim, cfg.num_classes)
+        self.classifier = nn.Linear(self.encoder.output_dim + cfg.functionals_dim, cfg.num_classes)
 
-    def forward(self, features: Tensor, lengths: Tensor) -> ModelOutput:
+    def forward(self, features: Tensor, lengths: Tensor, functionals: Optional[Tensor] = None) -> ModelOutput:
         y, mask = self.encode(features, lengths)  # (B, T, 2H), (B, T)
         pooled = masked_mean(y, mask)  # (B, 2H)
-        logits = self.classifier(self.dropout(pooled))  # (B, C)
+        joined = self.join_functionals(pooled, functionals)  # (B, 2H + D_f)
+        logits = self.classifier(self.dropout(joined))  # (B, C)
         attention = {"layer1": None, "blocks": None, "mixture": None, "gammas": None}
-        return ModelOutput(logits=logits, embedding=pooled, attention=attention, encoded=pooled)
+        return ModelOutput(logits=logits, embedding=joined, attention=attention, encoded=pooled)
 
 
 class AttentionBLSTM(_EncoderModel):
@@ -369,15 +395,16 @@ class AttentionBLSTM(_EncoderModel):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.attention1 = ContextAttention(self.encoder.output_dim, cfg.context_dim, cfg.attention_bias)
-        self.classifier = nn.Linear(self.encoder.output_dim, cfg.num_classes)
+        self.classifier = nn.Linear(self.encoder.output_dim + cfg.functionals_dim, cfg.num_classes)
 
-    def forward(self, features: Tensor, lengths: Tensor) -> ModelOutput:
+    def forward(self, features: Tensor, lengths: Tensor, functionals: Optional[Tensor] = None) -> ModelOutput:
         y, mask = self.encode(features, lengths)  # (B, T, 2H), (B, T)
         a1 = self.attention1(y, mask)  # (B, T)
         pooled = _attention_pool(y, a1)  # (B, 2H)
-        logits = self.classifier(self.dropout(pooled))  # (B, C)
+        joined = self.join_functionals(pooled, functionals)  # (B, 2H + D_f)
+        logits = self.classifier(self.dropout(joined))  # (B, C)
         attention = {"layer1": a1, "blocks": None, "mixture": None, "gammas": None}
-        return ModelOutput(logits=logits, embedding=pooled, attention=attention, encoded=pooled)
+        return ModelOutput(logits=logits, embedding=joined, attention=attention, encoded=pooled)
 
 
 class MOMA(_EncoderModel):
@@ -396,7 +423,7 @@ class MOMA(_EncoderModel):
         self.attention1 = ContextAttention(d, cfg.context_dim, cfg.attention_bias)
         self.attention2 = MixtureOfAttention(d, cfg.context_dim, cfg.num_blocks, cfg.learn_gammas,
                                              cfg.gamma_norm, cfg.attention_bias, cfg.gamma_init)
-        self.projection = nn.Linear(d, cfg.projection_dim)
+        self.projection = nn.Linear(d + cfg.functionals_dim, cfg.projection_dim)
         self.classifier = nn.Linear(cfg.projection_dim, cfg.num_classes)
 
     def attend_layer1(self, y: Tensor, mask: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -407,13 +434,13 @@ class MOMA(_EncoderModel):
                           self.cfg.layer1_scale_max)  # (B, T, 2H)
         return a1, y2
 
-    def forward(self, features: Tensor, lengths: Tensor) -> ModelOutput:
+    def forward(self, features: Tensor, lengths: Tensor, functionals: Optional[Tensor] = None) -> ModelOutput:
         lengths = self._check(features, lengths)
         y, mask = self.encoder(features, lengths)  # (B, T, 2H), (B, T)
         a1, y2 = self.attend_layer1(y, mask, lengths)  # (B, T), (B, T, 2H)
         blocks, mixture, gammas = self.attention2(y2, mask)  # (B, N, T), (B, T), (N,)
         pooled = _attention_pool(y2, mixture)  # (B, 2H)
-        projected = self.projection(pooled)  # (B, P)
+        projected = self.projection(self.join_functionals(pooled, functionals))  # (B, 2H + D_f) -> (B, P)
         embedding = torch.relu(projected) if self.cfg.projection_activation == "relu" else torch.tanh(projected)
         logits = self.classifier(self.dropout(embedding))  # (B, C)
         attention = {"layer1": a1, "blocks": blocks, "mixture": mixture, "gammas": gammas}
@@ -431,14 +458,21 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown arch {cfg.arch!r}; known: {', '.join(ARCHS)}")
 
 
+def example_inputs(cfg: ModelConfig, frames: int = 4) -> tuple[Tensor, ...]:
+    """Zero inputs of one utterance of ``frames`` frames for this config: (features (1, T, F), lengths (1,)),
+    plus functionals (1, D_f) for a fusion model. For shape probes and tracing, never for predictions."""
+    inputs = (torch.zeros(1, frames, cfg.input_dim), torch.tensor([frames]))
+    return inputs + ((torch.zeros(1, cfg.functionals_dim),) if cfg.functionals_dim > 0 else ())
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter elements (buffers such as fixed gammas are not parameters)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 class ExportWrapper(nn.Module):
-    """Tensor-only view of a model for ``torch.jit.trace`` and ONNX export: (features, lengths) -> the named
-    outputs, in order. Tracers cannot return a dataclass or a dict holding None, so the names are fixed at
+    """Tensor-only view of a model for ``torch.jit.trace`` and ONNX export: (features, lengths[, functionals])
+    -> the named outputs, in order. Tracers cannot return a dataclass or a dict holding None, so the names are fixed at
     construction: ``"logits"``, ``"embedding"`` or an attention key (``"layer1"``, ``"mixture"``, ...)."""
 
     def __init__(self, model: nn.Module, outputs: tuple[str, ...] = ("logits", "embedding")) -> None:
@@ -446,7 +480,7 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.outputs = tuple(outputs)
 
-    def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
-        out = self.model(features, lengths)
+    def forward(self, features: Tensor, lengths: Tensor, *functionals: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(features, lengths, *functionals)
         fields = {"logits": out.logits, "embedding": out.embedding}
         return tuple(fields[name] if name in fields else out.attention[name] for name in self.outputs)

@@ -56,12 +56,12 @@ def test_random_crop_and_augmentation_are_seeded_per_epoch():
     cfg = DataConfig(random_crop_s=2.0, spec_augment=True)
     ds = FeatureDataset(feats, make_items(feats, ["a"], {"a": 0}), cfg, train=True, seed=5)
     assert ds.lengths() == [200]
-    x0, _, _, s0 = ds[0]
+    x0, _, _, s0, _ = ds[0]
     assert x0.shape == (200, 8)
-    again, _, _, s_again = ds[0]
+    again, _, _, s_again, _ = ds[0]
     assert s0 == s_again and np.array_equal(x0, again)
     ds.set_epoch(1)
-    x1, _, _, s1 = ds[0]
+    x1, _, _, s1, _ = ds[0]
     assert s1 != s0 or not np.array_equal(x1, x0)
     assert (x0 == 0).any()  # masks were applied
     evalset = FeatureDataset(feats, make_items(feats, ["a"], {"a": 0}), cfg, train=False)
@@ -122,7 +122,8 @@ def test_training_reads_an_utterance_or_one_of_its_copies_at_random_per_epoch():
     seen = []
     for epoch in range(30):
         train.set_epoch(epoch)
-        x, label, key, _ = train[0]
+        x, label, key, _, funcs = train[0]
+        assert funcs is None  # no functionals given
         seen.append(float(x[0, 0]))
         assert key == "u" and label == 0  # the item still names the original (speaker lookups, predictions)
     assert set(seen) == {0.0, 1.0, 2.0}
@@ -130,3 +131,22 @@ def test_training_reads_an_utterance_or_one_of_its_copies_at_random_per_epoch():
     assert float(train[0][0][0, 0]) == seen[3]  # reproducible per (seed, epoch, index)
     test = FeatureDataset(feats, items, DataConfig(), train=False, variants={"u": ["u~aug1", "u~aug2"]})
     assert all(float(test[0][0][0, 0]) == 0.0 for _ in range(5))  # evaluation never reads a copy
+
+
+def test_fusion_items_carry_their_utterance_functionals_through_windows_copies_and_collate():
+    from moma.data.batching import Item
+
+    feats = {"u": np.zeros((30, 2), np.float32), "u~aug1": np.ones((30, 2), np.float32),
+             "v": np.ones((12, 2), np.float32)}
+    funcs = {"u": np.array([1.0, 2.0, 3.0]), "v": np.array([-1.0, 0.0, 1.0])}  # none for the copy: it reads u's
+    items = make_items(feats, ["u", "v"], {"u": 0, "v": 1}, window=10, hop=10)
+    train = FeatureDataset(feats, items, DataConfig(), train=True, seed=0, variants={"u": ["u~aug1"]},
+                           functionals=funcs)
+    for epoch in range(4):
+        train.set_epoch(epoch)
+        for i, it in enumerate(items):  # every window of u, original or copy, carries u's vector
+            np.testing.assert_array_equal(train[i][4], funcs[it.key].astype(np.float32))
+    batch = collate([train[0], train[len(items) - 1]])
+    assert batch.functionals.dtype == torch.float32
+    torch.testing.assert_close(batch.functionals, torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.0, 1.0]]))
+    assert collate([FeatureDataset(feats, items, DataConfig())[0]]).functionals is None

@@ -163,6 +163,10 @@ def test_cache_entries_depend_on_config_and_region(tmp_path: Path) -> None:
     assert c2.get(whole).shape == (198, 40)
     assert c1.entry_path(whole) != c2.entry_path(whole)
     assert (c2.dir / "config.json").is_file() and c1.dir != c2.dir
+    # utterance functionals (fusion) are not frame features: the same frame cache, and config.json never names them
+    fused = FeatureCache(tmp_path / "cache", replace(base, functionals="eGeMAPSv02"))
+    assert fused.dir == c1.dir and fused.entry_path(whole) == c1.entry_path(whole)
+    assert "functionals" not in json.loads((c1.dir / "config.json").read_text())
 
     first = utt(wav, "r1", sha1=sha, start=0.0, end=1.0)
     second = utt(wav, "r2", sha1=sha, start=1.0, end=2.0)
@@ -431,7 +435,7 @@ def test_descriptor_option_keeps_existing_cache_hashes():
 
     # the hash of a configuration without descriptors is what it was before the option existed
     data = dataclasses.asdict(FeatureConfig())
-    del data["lld"]
+    del data["lld"], data["functionals"]
     before = hashlib.sha1(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
     assert feature_config_hash(FeatureConfig()) == before
     assert feature_config_hash(FeatureConfig(lld="egemaps")) not in (before, feature_config_hash(FeatureConfig(lld="compare")))

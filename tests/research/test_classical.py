@@ -294,27 +294,6 @@ def test_importing_baselines_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_opensmile_egemaps_on_a_tone(tmp_path, monkeypatch):
-    pytest.importorskip("opensmile")
-    import soundfile as sf
-
-    t = np.arange(16000) / 16000.0
-    tone = (0.3 * np.sin(2 * np.pi * 220.0 * t) * (1 + 0.2 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    values = classical.compute_functionals(tone, "eGeMAPSv02")
-    assert values.shape == (88,) and values.dtype == np.float32
-    assert np.isfinite(values).all()
-    # through a file and the cache: a second call loads without computing
-    wav = tmp_path / "tone.wav"
-    sf.write(wav, tone, 16000, subtype="FLOAT")
-    utt = Utterance(id="tone", path=str(wav), speaker="x", label="neutral")
-    first = classical.extract_functionals([utt], "eGeMAPSv02", cache_dir=tmp_path / "cache")
-    np.testing.assert_allclose(first["tone"], values, rtol=1e-5, atol=1e-5)
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1
-    monkeypatch.setattr(classical, "compute_functionals", lambda *a, **k: pytest.fail("cache miss"))
-    second = classical.extract_functionals([utt], "eGeMAPSv02", cache_dir=tmp_path / "cache")
-    np.testing.assert_array_equal(first["tone"], second["tone"])
-
-
 def _two_corpora(shift: float):
     """Two copies of the toy corpus as two corpora; the second one's features shifted by a constant (another
     channel or language), its speakers renamed so the pool keeps them apart."""

@@ -294,6 +294,10 @@ def test_bad_analysis_sections_are_refused(tmp_path):
     for i, (section, message) in enumerate(cases):
         with pytest.raises(ValueError, match=message):
             load_experiment(write_yaml(tmp_path / f"{i}.yaml", manifest, analysis=section))
+    fusion = {"moma-1": {"set": ["model.num_blocks=1"]}, "fused": {"set": ["features.functionals=eGeMAPSv02"]}}
+    with pytest.raises(ValueError, match=r"does not feed utterance functionals to fusion variants \(fused\)"):
+        load_experiment(write_yaml(tmp_path / "fusion.yaml", manifest, analysis={"robustness": True}, variants=fusion))
+    assert load_experiment(write_yaml(tmp_path / "fusion-ok.yaml", manifest, variants=fusion)).analysis is None
     spec = load_experiment(write_yaml(tmp_path / "ok.yaml", manifest, analysis={"robustness": True})).analysis
     assert spec.attention and spec.probe and spec.robustness and len(spec.conditions) == 13 and spec.seeds == [0]
 

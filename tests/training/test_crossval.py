@@ -107,3 +107,45 @@ def test_a_failing_fold_is_named_and_the_other_folds_are_kept(corpus, jobs):
     report = json.loads((out / "report.json").read_text())
     assert [f["name"] for f in report["folds"]] == kept and report["summary"]["folds"] == 2
     assert any(f"missing: {bad}" in note for note in report["notes"])
+
+
+def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_checkpoint_keeps_them(corpus):
+    """features.functionals: eGeMAPS functionals are extracted beside the frame cache, standardised with the
+    fold's training-side statistics, joined in the model, stored in the checkpoint and reused by moma evaluate;
+    predict and export refuse such a model in one line."""
+    pytest.importorskip("opensmile")
+    import numpy as np
+
+    from moma.checkpoint import load_checkpoint
+    from moma.features.functionals import extract_functionals
+    from moma.inference.predictor import Predictor, evaluate_checkpoint
+
+    root, utts = corpus
+    cfg = load_run_config(sets=TINY[:-1] + ["features.functionals=eGeMAPSv02"])
+    out, cache = root / "fusion", root / "fusion-cache" / "features"
+    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=cache, only_folds=["spk-spk01"])
+    fold = report["folds"][0]
+    assert fold["test"]["n"] == fold["n_test"]
+    assert "fusion: openSMILE eGeMAPSv02 functionals joined" in report["model"]
+    assert len(list((root / "fusion-cache" / "opensmile").rglob("*.npy"))) == len(utts)
+    ckpt = out / fold["name"] / "best.safetensors"
+    loaded = load_checkpoint(ckpt)
+    assert loaded.config.model.functionals_dim == 88 and loaded.config.features.functionals == "eGeMAPSv02"
+    norm = loaded.functionals_normaliser
+    raw = extract_functionals(utts, "eGeMAPSv02", cache_dir=root / "fusion-cache" / "opensmile")
+    train_side = [u.id for u in utts if u.speaker in set(fold["train_speakers"]) | set(fold["val_speakers"])]
+    assert norm.mode == "global" and norm.frames == len(train_side)  # one row per training-side utterance
+    np.testing.assert_allclose(norm.mean, np.mean([raw[k] for k in train_side], axis=0), rtol=1e-6)
+    # moma evaluate rebuilds the same inputs: the fold's test posteriors again
+    test_utts = [u for u in utts if u.speaker in fold["test_speakers"]]
+    evaluated = evaluate_checkpoint(ckpt, test_utts, root / "fusion-eval", cache_dir=cache)
+    fold_post = {p["id"]: p["posteriors"] for p in fold["test"]["predictions"]}
+    assert len(evaluated["folds"][0]["test"]["predictions"]) == fold["n_test"] == len(fold_post)
+    for p in evaluated["folds"][0]["test"]["predictions"]:
+        np.testing.assert_allclose(p["posteriors"], fold_post[p["id"]], atol=1e-5)
+    with pytest.raises(ValueError, match="a fusion model .*predict, serve and export do not compute"):
+        Predictor.from_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="a fusion model"):
+        from moma.inference.export import export_onnx
+
+        export_onnx(ckpt, root / "fusion-onnx")

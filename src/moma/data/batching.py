@@ -35,6 +35,7 @@ class Batch:
     labels: torch.Tensor  # [B] int64
     keys: list[str]  # utterance id per row
     starts: list[int]  # window start frame per row
+    functionals: torch.Tensor | None = None  # [B, D_f] float32 utterance functionals (fusion models), else None
 
 
 def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
@@ -79,8 +80,12 @@ class FeatureDataset(Dataset):
 
     def __init__(self, features: dict[str, np.ndarray], items: list[Item], cfg: DataConfig | None = None,
                  *, train: bool = False, seed: int = 0, frames_per_second: float = 100.0,
-                 mel_bins: int = 0, variants: Mapping[str, Sequence[str]] | None = None) -> None:
+                 mel_bins: int = 0, variants: Mapping[str, Sequence[str]] | None = None,
+                 functionals: Mapping[str, np.ndarray] | None = None) -> None:
         self.features = features
+        # utterance id -> its standardised functionals (D_f,), for fusion models; a window or a perturbed copy
+        # reads its utterance's vector (the clean whole utterance's: copies are not re-analysed by openSMILE)
+        self.functionals = functionals
         # utterance id -> keys of its perturbed copies in ``features``: in training each item is read from
         # the original or one of its copies, chosen at random per epoch (channel augmentation)
         self.variants = dict(variants or {}) if train else {}
@@ -106,7 +111,7 @@ class FeatureDataset(Dataset):
             out.append(min(n, self.crop) if self.crop > 0 else n)
         return out
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int, str, int]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, str, int, np.ndarray | None]:
         it = self.items[index]
         start, end = it.start, it.end
         rng = None
@@ -123,7 +128,8 @@ class FeatureDataset(Dataset):
         feats = self.features[key][start:end]  # a copy has the original's frame count (lengths kept)
         if self.train and rng is not None:
             feats = augment(feats, self.cfg, rng, mel_bins=self.mel_bins)
-        return np.ascontiguousarray(feats, dtype=np.float32), it.label, it.key, start
+        func = None if self.functionals is None else np.asarray(self.functionals[it.key], dtype=np.float32)
+        return np.ascontiguousarray(feats, dtype=np.float32), it.label, it.key, start, func
 
 
 def warp_frequency(feats: np.ndarray, alpha: float) -> np.ndarray:
@@ -190,19 +196,23 @@ def augment(feats: np.ndarray, cfg: DataConfig, rng: np.random.Generator, *, mel
     return out
 
 
-def collate(samples: list[tuple[np.ndarray, int, str, int]]) -> Batch:
-    """Zero-pad to the longest item; lengths say which frames are real."""
+def collate(samples: list[tuple[np.ndarray, int, str, int, np.ndarray | None]]) -> Batch:
+    """Zero-pad to the longest item; lengths say which frames are real. Functionals, when the items carry
+    them (fusion), are stacked to [B, D_f]."""
     lengths = [s[0].shape[0] for s in samples]
     n_bins = samples[0][0].shape[1]
     feats = np.zeros((len(samples), max(lengths), n_bins), dtype=np.float32)  # [B, T_max, F]
-    for i, (x, _, _, _) in enumerate(samples):
-        feats[i, : x.shape[0]] = x
+    for i, s in enumerate(samples):
+        feats[i, : s[0].shape[0]] = s[0]
+    funcs = [s[4] if len(s) > 4 else None for s in samples]
+    functionals = None if funcs[0] is None else torch.from_numpy(np.stack(funcs).astype(np.float32, copy=False))
     return Batch(
         features=torch.from_numpy(feats),
         lengths=torch.tensor(lengths, dtype=torch.long),
         labels=torch.tensor([s[1] for s in samples], dtype=torch.long),
         keys=[s[2] for s in samples],
         starts=[s[3] for s in samples],
+        functionals=functionals,
     )
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -61,18 +61,20 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
 @torch.no_grad()
 def predict_posteriors(model: torch.nn.Module, features: dict[str, np.ndarray], keys: Sequence[str],
                        cfg: RunConfig, device: torch.device | str = "cpu",
-                       max_frames: int | None = None) -> dict[str, np.ndarray]:
+                       max_frames: int | None = None,
+                       functionals: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Class posteriors per utterance.
 
     With segment training (``data.segment_length_s`` > 0) an utterance is cut
     into windows and its posterior is the mean of its windows' posteriors.
+    ``functionals``: each utterance's standardised functionals, for a fusion model.
     """
     model.eval()
     frame_shift = cfg.features.frame_shift_ms
     window = seconds_to_frames(cfg.data.segment_length_s, frame_shift) if cfg.data.segment_length_s > 0 else 0
     hop = seconds_to_frames(cfg.data.segment_hop_s, frame_shift) if window else 0
     items = make_items(features, keys, None, window, hop)
-    dataset = FeatureDataset(features, items, cfg.data, train=False)
+    dataset = FeatureDataset(features, items, cfg.data, train=False, functionals=functionals)
     loader = make_loader(dataset, cfg.data, shuffle=False, seed=0,
                          max_frames=max_frames or 4 * cfg.data.max_frames_per_batch)
     sums: dict[str, np.ndarray] = {}
@@ -85,7 +87,8 @@ def predict_posteriors(model: torch.nn.Module, features: dict[str, np.ndarray], 
         log.info("scoring in fp32: %s", bf16_unsupported_reason(dev.type))
     for batch in loader:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(batch.features.to(dev), batch.lengths.to(dev))
+            extra = () if batch.functionals is None else (batch.functionals.to(dev),)
+            out = model(batch.features.to(dev), batch.lengths.to(dev), *extra)
         probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
         for key, p in zip(batch.keys, probs):
             sums[key] = sums.get(key, 0.0) + p

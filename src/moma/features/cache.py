@@ -120,7 +120,9 @@ class FeatureCache:
         config_path = self.dir / "config.json"
         if config_path.is_file():
             return
-        text = json.dumps(asdict(self.cfg), indent=2, sort_keys=True) + "\n"
+        data = asdict(self.cfg)
+        data.pop("functionals", None)  # not a frame feature: runs with and without fusion share this folder
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
         write_text_atomic(config_path, text)
 
 

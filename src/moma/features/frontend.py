@@ -203,5 +203,8 @@ def feature_config_hash(cfg: FeatureConfig) -> str:
     if data.get("lld") == "none":
         # added after caches existed: leaving the default out keeps their hashes (and entries) valid
         del data["lld"]
+    # utterance functionals are not frame features (features.functionals reads its own cache): a fusion model
+    # shares the frame cache of the same front end without them
+    data.pop("functionals", None)
     payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:12]

@@ -13,6 +13,15 @@ import torch
 from moma.capabilities import check_bf16, require_extra
 
 
+def check_servable(functionals: str, source: str) -> None:
+    """Refuse, in one line, a fusion model (``features.functionals`` names an openSMILE set): prediction,
+    serving and export run the network on frame features alone and do not compute utterance functionals."""
+    if functionals != "none":
+        raise ValueError(f"{source or 'this model'}: a fusion model (features.functionals={functionals}); predict, "
+                         "serve and export do not compute utterance functionals yet: score it with moma evaluate "
+                         "or moma cv")
+
+
 class Backend(Protocol):
     """What a :class:`Predictor` runs: padded features in, logits and attention out (numpy)."""
 

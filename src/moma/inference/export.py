@@ -45,7 +45,7 @@ from moma.checkpoint import LoadedCheckpoint, load_checkpoint, resolve_checkpoin
 from moma.config import RunConfig, config_from_dict, config_to_dict
 from moma.features.normalise import Normaliser
 from moma.files import write_bytes_atomic, write_text_atomic
-from moma.inference.backends import OnnxBackend
+from moma.inference.backends import OnnxBackend, check_servable
 from moma.model import ExportWrapper
 from moma.version import __version__
 
@@ -71,6 +71,7 @@ def attention_keys_of(model: nn.Module, input_dim: int) -> tuple[str, ...]:
 
 def onnx_bytes(loaded: LoadedCheckpoint, opset: int = OPSET) -> tuple[bytes, tuple[str, ...]]:
     """Serialise a loaded checkpoint's model to ONNX; returns (model bytes, output names)."""
+    check_servable(loaded.config.features.functionals, loaded.path)
     require_extra("onnx", "export", "ONNX export")
     model = loaded.model.cpu().eval()
     input_dim = loaded.config.model.input_dim

@@ -63,8 +63,9 @@ from moma.evaluation.metrics import (
 )
 from moma.features.cache import FeatureCache, extract_features
 from moma.features.frontend import compute_features
+from moma.features.functionals import extract_run_functionals
 from moma.features.normalise import Normaliser, adapt_normaliser, normalise_features, normalise_for_checkpoint
-from moma.inference.backends import Backend, TorchBackend, quantize_torch_int8
+from moma.inference.backends import Backend, TorchBackend, check_servable, quantize_torch_int8
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class Predictor:
 
     def __init__(self, backend: Backend, config: RunConfig, labels: Sequence[str], normaliser: Normaliser, *,
                  info: dict[str, Any] | None = None, source: str = "") -> None:
+        check_servable(config.features.functionals, source)
         self.backend = backend
         self.config = config
         self.labels = list(labels)
@@ -410,6 +412,13 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
     feats = extract_features(scored_utts, FeatureCache(cache_dir, loaded.config.features))
     utts = {u.id: u for u in scored_utts}
     normed = normalise_for_checkpoint(loaded.normaliser, feats, scored_utts, adapt=adapt)
+    funcs = None
+    if loaded.functionals_normaliser is not None:  # a fusion model: its utterance functionals, standardised alike
+        raw = extract_run_functionals(loaded.config.features.functionals, scored_utts, cache_dir) or {}
+        # one vector per utterance has no statistics of its own: "utterance" adaptation leaves them as trained
+        rows = normalise_for_checkpoint(loaded.functionals_normaliser, {k: v[None, :] for k, v in raw.items()},
+                                        scored_utts, adapt=adapt if adapt in ("batch", "speaker") else "none")
+        funcs = {k: v[0] for k, v in rows.items()}  # (1, D_f) -> (D_f,)
     normalisation = loaded.normaliser.describe() + (
         "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
         if loaded.normaliser.mode == "speaker" else "")
@@ -417,7 +426,7 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
         adapted = adapt_normaliser(loaded.normaliser, [feats[u.id] for u in scored_utts], adapt,
                                    [u.speaker for u in scored_utts])
         normalisation = f"trained with {loaded.normaliser.describe()}; tested with {adapted.describe()}"
-    posteriors = predict_posteriors(loaded.model, normed, list(normed), loaded.config, device)
+    posteriors = predict_posteriors(loaded.model, normed, list(normed), loaded.config, device, functionals=funcs)
     scored_classes = scoring["scored"] if scoring["restricted"] else None
     fold = {"name": "evaluation", "test_speakers": sorted({u.speaker for u in scored_utts}),
             "val_speakers": [], "best_epoch": loaded.info.get("epoch", ""),

@@ -26,7 +26,6 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -34,27 +33,22 @@ import shlex
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy.special import softmax
 
-from moma.audio.io import SAMPLE_RATE, AudioError, file_sha1, load_audio
-from moma.capabilities import require_extra
 from moma.corpora.base import Utterance, label_list, read_manifest
-from moma.features.cache import load_cached_array
+from moma.features.functionals import DEFAULT_CACHE, FEATURE_SETS, count_cached, extract_functionals
 from moma.features.normalise import Normaliser
-from moma.files import replace_atomically, write_json_atomic
+from moma.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}  # name -> number of functionals
 NORMALISATIONS = ("global", "speaker", "corpus")
 DEFAULT_NORMALISATIONS = ("global", "speaker")  # what `moma classical` runs unless told otherwise
 DEFAULT_C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
-DEFAULT_CACHE = "cache/opensmile"
 MAX_ITER = 100_000  # LinearSVC iterations; liblinear stops far earlier on standardised functionals
 
 NORMALISATION_NOTES = {
@@ -64,116 +58,6 @@ NORMALISATION_NOTES = {
     "corpus": ("per-corpus mean/variance; a TEST corpus's statistics come from its own unlabelled audio "
                "(transductive over the corpus: what a user has when many files of one source are scored together)"),
 }
-
-
-# --------------------------------------------------------------------------- features
-
-
-def _smile(feature_set: str):
-    opensmile = require_extra("opensmile", "classical", "the openSMILE + SVM anchor")
-
-    if feature_set not in FEATURE_SETS:
-        raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}")
-    return opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
-                           feature_level=opensmile.FeatureLevel.Functionals)
-
-
-_SMILES: dict[str, Any] = {}  # one openSMILE instance per feature set and process
-
-
-def compute_functionals(signal: np.ndarray, feature_set: str = "eGeMAPSv02",
-                        sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """openSMILE functionals of one 1-D float signal: a float32 vector of the set's length."""
-    if feature_set not in _SMILES:
-        _SMILES[feature_set] = _smile(feature_set)
-    frame = _SMILES[feature_set].process_signal(np.asarray(signal, dtype=np.float32), sample_rate)
-    values = np.asarray(frame.values, dtype=np.float32).reshape(-1)
-    expected = FEATURE_SETS[feature_set]
-    if values.shape[0] != expected:
-        raise ValueError(f"openSMILE {feature_set} gave {values.shape[0]} values, expected {expected}")
-    return values
-
-
-def _cache_path(cache_dir: Path, feature_set: str, utt: Utterance) -> Path:
-    stem = utt.sha1
-    if utt.start > 0 or utt.end > 0:
-        stem = f"{utt.sha1}_{utt.start:.6f}_{utt.end:.6f}"
-    return cache_dir / f"opensmile-{feature_set}" / utt.sha1[:2] / f"{stem}.npy"
-
-
-
-
-def _save_atomic(path: Path, values: np.ndarray) -> None:
-    replace_atomically(path, lambda tmp: np.save(tmp, values.astype(np.float32), allow_pickle=False))
-
-
-def _compute_entry(args: tuple[Utterance, str, str]) -> str:
-    """Compute one utterance's functionals and write its cache entry; returns the id."""
-    utt, feature_set, path = args
-    try:
-        signal = load_audio(utt.path, SAMPLE_RATE, start=utt.start, end=utt.end)
-    except AudioError as exc:
-        raise AudioError(utt.path, f"{exc.reason} (utterance {utt.id})") from None
-    values = compute_functionals(signal, feature_set)
-    if not np.isfinite(values).all():
-        raise ValueError(f"{utt.path}: openSMILE {feature_set} gave non-finite values (utterance {utt.id})")
-    _save_atomic(Path(path), values)
-    return utt.id
-
-
-def _count_cached(utterances: Sequence[Utterance], feature_set: str, cache_dir: str | Path) -> int:
-    """How many utterances already have a cache entry (those without a ``sha1`` count as missing)."""
-    return sum(1 for u in utterances if u.sha1 and _cache_path(Path(cache_dir), feature_set, u).is_file())
-
-
-def extract_functionals(utterances: Iterable[Utterance], feature_set: str = "eGeMAPSv02", *,
-                        cache_dir: str | Path = DEFAULT_CACHE, workers: int = 1,
-                        progress: bool = False) -> dict[str, np.ndarray]:
-    """openSMILE functionals of every utterance, ``{utterance id: (n_features,) float32}``.
-
-    Audio is loaded with :func:`moma.audio.io.load_audio` (16 kHz mono float32,
-    the utterance's region when it has one). Vectors are cached as ``.npy``
-    under ``cache_dir/opensmile-<feature set>/`` keyed by the audio's SHA-1
-    (the manifest's ``sha1``, or hashed from the file when empty), so a rerun
-    only loads files.
-    """
-    if feature_set not in FEATURE_SETS:
-        raise ValueError(f"unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}")
-    cache = Path(cache_dir)
-    utts = [u if u.sha1 else dataclasses.replace(u, sha1=file_sha1(u.path)) for u in utterances]
-    paths = {u.id: _cache_path(cache, feature_set, u) for u in utts}
-    out: dict[str, np.ndarray] = {}
-    misses = []
-    for u in utts:
-        cached = load_cached_array(paths[u.id])
-        if cached is None:
-            misses.append(u)
-        else:
-            out[u.id] = cached
-    if misses:
-        from tqdm import tqdm
-
-        log.info("openSMILE %s: computing %d of %d utterances (%d cached)", feature_set, len(misses), len(utts),
-                 len(utts) - len(misses))
-        tasks = [(u, feature_set, str(paths[u.id])) for u in misses]
-        with tqdm(total=len(tasks), desc=f"openSMILE {feature_set}", unit="utt", disable=not progress) as bar:
-            if workers > 1 and len(tasks) > 1:
-                import multiprocessing as mp
-
-                with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
-                                         mp_context=mp.get_context("spawn")) as pool:
-                    for _ in pool.map(_compute_entry, tasks, chunksize=8):
-                        bar.update(1)
-            else:
-                for task in tasks:
-                    _compute_entry(task)
-                    bar.update(1)
-        for u in misses:
-            loaded = load_cached_array(paths[u.id])
-            if loaded is None:
-                raise OSError(f"{paths[u.id]}: cache entry missing after extraction (utterance {u.id})")
-            out[u.id] = loaded
-    return {u.id: out[u.id] for u in utts}
 
 
 # --------------------------------------------------------------------------- standardisation
@@ -511,7 +395,7 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
     extraction: dict[str, dict[str, float]] = {}
     for fs in feature_sets:
         t0 = time.time()
-        cached = _count_cached(utterances, fs, cache_dir)
+        cached = count_cached(utterances, fs, cache_dir)
         features[fs] = extract_functionals(utterances, fs, cache_dir=cache_dir, workers=workers, progress=progress)
         extraction[fs] = {"seconds": round(time.time() - t0, 1), "computed": len(utterances) - cached,
                           "cached": cached}

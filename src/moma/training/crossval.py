@@ -30,6 +30,7 @@ from moma.evaluation.calibration import expected_calibration_error, negative_log
 from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from moma.features.augment import augmented_utterances, parse_families
 from moma.features.cache import FeatureCache, pack_features
+from moma.features.functionals import extract_run_functionals
 from moma.features.normalise import NormalisedFeatures, Normaliser
 from moma.files import write_json_atomic
 from moma.training.distributed import (
@@ -67,6 +68,20 @@ def fit_normaliser(mode: str, features: dict[str, np.ndarray], utterances: dict[
     return norm
 
 
+def functionals_normalisation(mode: str) -> str:
+    """How a fusion model's functionals are standardised when the frames use ``data.normalisation`` ``mode``:
+    per speaker when the frames are (the same transductive setting), otherwise with the training speakers'
+    statistics, since one vector per utterance has no statistics of its own ("utterance" and "none" included)."""
+    return "speaker" if mode == "speaker" else "global"
+
+
+def standardise_functionals(normaliser: Normaliser, functionals: Mapping[str, np.ndarray],
+                            speaker_of: Mapping[str, str], keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """``{id: (D_f,) float32}`` for ``keys``, each vector standardised as one row (frame) of its speaker."""
+    # (D_f,) -> (1, D_f): the normaliser standardises rows; [0] takes the one row back
+    return {k: normaliser.transform(functionals[k][None, :], speaker_of.get(k))[0] for k in keys}
+
+
 ENSEMBLE_VALIDATION = ("same", "rotate")  # train.ensemble_validation: see protocols.rotate_validation
 
 
@@ -85,6 +100,8 @@ class FoldJob:
     scored_classes: list[str] | None = None
     # utterance id -> ids of its channel-perturbed copies in ``features`` (data.augment_copies > 0)
     variants: dict[str, list[str]] | None = None
+    # utterance id -> raw openSMILE functionals (features.functionals, fusion models); standardised per fold
+    functionals: dict[str, np.ndarray] | None = None
 
 
 def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] | None:
@@ -111,6 +128,14 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
     speaker_of.update({c: utts[k].speaker for k, copies in variants.items() for c in copies})
     feats = NormalisedFeatures(job.features, norm, speaker_of, ids + [c for cs in variants.values() for c in cs])
     label_of = {k: job.labels.index(utts[k].label) for k in ids}
+    func_norm, funcs = None, None
+    if job.cfg.features.functionals != "none":
+        if job.functionals is None:
+            raise ValueError(f"features.functionals={job.cfg.features.functionals}: the fold job carries no functionals")
+        rows = {k: job.functionals[k][None, :] for k in ids}  # (D_f,) -> (1, D_f): one row per utterance
+        func_norm = fit_normaliser(functionals_normalisation(job.cfg.data.normalisation), rows, utts,
+                                   fold.train + fold.val, fold.test)
+        funcs = standardise_functionals(func_norm, job.functionals, speaker_of, ids)
     info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
             "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
     if main:
@@ -136,7 +161,8 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
                              resume=job.resume, info={**info, "val_speakers": split.val_speakers},
                              progress=job.progress, speaker_of={k: utts[k].speaker for k in split.train},
                              variants={k: v for k, v in variants.items() if k in set(split.train)},
-                             corpus_of={k: utts[k].corpus for k in split.train})
+                             corpus_of={k: utts[k].corpus for k in split.train},
+                             functionals=funcs, functionals_normaliser=func_norm)
         seed_row = {"seed": cfg.train.seed, "val_speakers": split.val_speakers, "best_epoch": member.best_epoch,
                     "epochs_run": member.epochs_run}
         trained = trained or member
@@ -146,7 +172,7 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
             seeds.append(seed_row)
             continue
         best = load_checkpoint(member.best_checkpoint, device=device)
-        post = predict_posteriors(best.model, feats, fold.test, best.config, device)
+        post = predict_posteriors(best.model, feats, fold.test, best.config, device, functionals=funcs)
         scored = score_posteriors(post, utts, job.labels, job.scored_classes)
         seeds.append({**seed_row, **{m: scored[m] for m in ("accuracy", "uar", "macro_f1")}})
         posteriors = post if posteriors is None else {k: posteriors[k] + post[k] for k in post}
@@ -284,6 +310,8 @@ def describe_model(cfg: RunConfig) -> str:
     f, d = cfg.features, cfg.data
     extras = [f"{f.n_mels} log-Mel" + (" + pitch (log F0, voicing)" if f.pitch else "")
               + (f" + openSMILE {f.lld} LLDs" if f.lld != "none" else "")]
+    if f.functionals != "none":
+        extras.append(f"fusion: openSMILE {f.functionals} functionals joined to the pooled representation")
     if d.segment_length_s > 0:
         extras.append(f"segments {d.segment_length_s:g} s / hop {d.segment_hop_s:g} s")
     if d.random_crop_s > 0:
@@ -415,6 +443,8 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     features = pack_features(list(utterances) + [c for cs in copies.values() for c in cs], cache,
                              workers=feature_workers, progress=progress and main)
     variants = {k: [c.id for c in cs] for k, cs in copies.items()} or None
+    functionals = extract_run_functionals(cfg.features.functionals, list(utterances), cache_dir,
+                                          workers=feature_workers, progress=progress and main)
     if main:
         barrier(dist_info)
     folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
@@ -444,7 +474,8 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     if main:
         (out_dir / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     jobs_list = [FoldJob(cfg, fold, features, utts, labels, out_dir / fold.name, resume, progress and jobs == 1,
-                         corpus, fold_scored_classes(fold, utterances, labels), variants) for fold in folds]
+                         corpus, fold_scored_classes(fold, utterances, labels), variants, functionals)
+                 for fold in folds]
     outcomes, failures = run_in_pool(jobs_list, jobs, [f.name for f in folds], dist_info=dist_info)
     if not main:
         return {**meta, "summary": None, "folds": []}

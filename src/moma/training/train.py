@@ -23,12 +23,13 @@ from torch import nn
 
 from moma.capabilities import check_bf16, check_cuda
 from moma.checkpoint import load_checkpoint, load_training_state, save_checkpoint
-from moma.config import RunConfig, replace, save_config
+from moma.config import ModelConfig, RunConfig, replace, save_config
 from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
 from moma.evaluation.calibration import calibration_summary, fit_temperature
 from moma.evaluation.metrics import compute_metrics, predict_posteriors
+from moma.features.functionals import functionals_dim
 from moma.features.normalise import Normaliser
-from moma.model import build_model, count_parameters
+from moma.model import build_model, count_parameters, example_inputs
 from moma.training.distributed import DistInfo, all_reduce_sum, broadcast_object, gather_objects, init_distributed
 
 log = logging.getLogger(__name__)
@@ -111,17 +112,19 @@ class _WithAdversary(nn.Module):
         self.model = model
         self.adversary = adversary
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[Any, torch.Tensor]:
-        out = self.model(features, lengths)
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor,
+                *functionals: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        out = self.model(features, lengths, *functionals)
         return out, self.adversary(out.embedding)
 
 
-def _embedding_dim(model: nn.Module, input_dim: int) -> int:
+def _embedding_dim(model: nn.Module, cfg: ModelConfig) -> int:
     """Width of the model's utterance embedding, from one tiny forward pass (eval mode: no dropout draws)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        dim = int(model(torch.zeros(1, 4, input_dim), torch.tensor([4])).embedding.shape[1])
+        dim = int(model(*(x.to(device) for x in example_inputs(cfg))).embedding.shape[1])
     model.train(was_training)
     return dim
 
@@ -147,8 +150,13 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                 *, resume: bool = False, info: dict[str, Any] | None = None, progress: bool = False,
                 speaker_of: dict[str, str] | None = None,
                 variants: Mapping[str, Sequence[str]] | None = None,
-                corpus_of: Mapping[str, str] | None = None) -> TrainResult:
+                corpus_of: Mapping[str, str] | None = None,
+                functionals: Mapping[str, np.ndarray] | None = None,
+                functionals_normaliser: Normaliser | None = None) -> TrainResult:
     """Train on ``train_ids`` and select on ``val_ids`` (training speakers only); features are normalised.
+
+    A fusion model (``features.functionals`` names an openSMILE set) also reads ``functionals``: each
+    utterance's functionals, already standardised by ``functionals_normaliser``, which the checkpoint keeps.
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``best.safetensors`` (the selected
     model, self-describing), ``last.safetensors`` (resumable) and TensorBoard
@@ -173,7 +181,17 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     if tc.bf16:  # refuse before the first epoch, not from inside oneDNN halfway through it
         check_bf16(device.type, "training")
     feat_dim = int(next(iter(features.values())).shape[1])
-    cfg = replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim))
+    func_dim = functionals_dim(cfg.features.functionals)
+    if func_dim and (functionals is None or functionals_normaliser is None):
+        raise ValueError(f"features.functionals={cfg.features.functionals}: training needs each utterance's "
+                         "standardised functionals and their normaliser")
+    if func_dim:
+        missing = [k for k in list(train_ids) + list(val_ids) if k not in functionals]
+        if missing:
+            raise ValueError(f"no functionals for {len(missing)} utterances (first: {missing[0]})")
+    cfg = replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim,
+                                     functionals_dim=func_dim))
+    functionals = functionals if func_dim else None
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -187,7 +205,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         if speaker_of is None or any(k not in speaker_of for k in train_ids):
             raise ValueError("train.speaker_adversarial needs the speaker of every training utterance")
         speaker_index = {spk: i for i, spk in enumerate(sorted({speaker_of[k] for k in train_ids}))}
-        adversary = SpeakerAdversary(_embedding_dim(model, feat_dim), len(speaker_index), tc.adversary_hidden,
+        adversary = SpeakerAdversary(_embedding_dim(model, cfg.model), len(speaker_index), tc.adversary_hidden,
                                      tc.speaker_adversarial).to(device)
         log.info("speaker adversary over %d training speakers, gradient reversal x%g", len(speaker_index),
                  tc.speaker_adversarial)
@@ -204,7 +222,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     train_items = make_items(features, train_ids, label_of, window, hop)
     train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
                                frames_per_second=1000.0 / frame_shift, mel_bins=cfg.features.n_mels,
-                               variants=variants)
+                               variants=variants, functionals=functionals)
     loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed, rank=dist_info.rank,
                          world_size=dist_info.world_size)
 
@@ -303,11 +321,12 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             x = batch.features.to(device, non_blocking=True)
             lengths = batch.lengths.to(device)
             y = batch.labels.to(device)
+            extra = () if batch.functionals is None else (batch.functionals.to(device),)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
                 if adversary is None:
-                    out = net(x, lengths)
+                    out = net(x, lengths, *extra)
                 else:
-                    out, speaker_logits = net(x, lengths)
+                    out, speaker_logits = net(x, lengths, *extra)
             item_losses = criterion(out.logits.float(), y)  # [B] (weighted when class_weighted)
             if item_weight:  # train.balance
                 item_weights = torch.tensor([item_weight[k] for k in batch.keys], dtype=item_losses.dtype,
@@ -349,7 +368,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         if has_val:
             value = None
             if main:  # rank 0 validates on the whole validation set; the others wait for its figures
-                post = predict_posteriors(model, features, val_ids, cfg, device)
+                post = predict_posteriors(model, features, val_ids, cfg, device, functionals=functionals)
                 y_true = [label_of[k] for k in val_ids]
                 probs = np.stack([post[k] for k in val_ids])
                 val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
@@ -371,7 +390,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         if improved:
             best_value, best_epoch, bad_epochs = value, epoch, 0
             if main:
-                save_checkpoint(best_path, model, cfg, labels, normaliser,
+                save_checkpoint(best_path, model, cfg, labels, normaliser, functionals_normaliser=functionals_normaliser,
                                 info={**(info or {}), "epoch": epoch, "monitor": monitor, "value": value,
                                       "parameters": n_params, "processes": dist_info.world_size})
         elif eligible:
@@ -396,7 +415,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             if device.type == "cuda":
                 state["rng_cuda"] = torch.cuda.get_rng_state()
             save_checkpoint(last_path, model, cfg, labels, normaliser, info={**(info or {}), "epoch": epoch},
-                            training_state=state)
+                            training_state=state, functionals_normaliser=functionals_normaliser)
             with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
         if writer is not None:
@@ -415,13 +434,14 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     if main and not best_path.is_file():
         raise RuntimeError(f"{out_dir}: training produced no checkpoint (max_epochs={tc.max_epochs})")
     if main and has_val and tc.calibrate:
-        calibrate_checkpoint(best_path, features, val_ids, label_of, device)
+        calibrate_checkpoint(best_path, features, val_ids, label_of, device, functionals=functionals)
     return TrainResult(best_epoch=best_epoch, epochs_run=len(history), best_checkpoint=best_path,
                        history=history, parameters=n_params, train_time_s=time.time() - t0)
 
 
 def calibrate_checkpoint(path: Path, features: dict[str, np.ndarray], val_ids: Sequence[str],
-                         label_of: dict[str, int], device: torch.device) -> dict[str, Any]:
+                         label_of: dict[str, int], device: torch.device,
+                         functionals: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Fit a softmax temperature on the validation utterances and store it in the checkpoint's
     ``info["calibration"]`` with the validation NLL and ECE before and after (the weights are untouched).
 
@@ -429,14 +449,14 @@ def calibrate_checkpoint(path: Path, features: dict[str, np.ndarray], val_ids: S
     optimistic; test-fold figures come from cross-validation (``result.json`` ``calibration``).
     """
     best = load_checkpoint(path, device=device)
-    post = predict_posteriors(best.model, features, val_ids, best.config, device)
+    post = predict_posteriors(best.model, features, val_ids, best.config, device, functionals=functionals)
     probs = np.stack([post[k] for k in val_ids])  # (n_val, classes)
     y_true = [label_of[k] for k in val_ids]
     val_speakers = list(best.info.get("val_speakers") or [])
     summary = {**calibration_summary(probs, y_true, fit_temperature(probs, y_true)),
                "fitted_on": f"validation speakers {', '.join(val_speakers)}" if val_speakers else "validation set"}
     save_checkpoint(path, best.model, best.config, best.labels, best.normaliser,
-                    info={**best.info, "calibration": summary})
+                    info={**best.info, "calibration": summary}, functionals_normaliser=best.functionals_normaliser)
     log.info("%s: temperature %.3f (validation ECE %.3f -> %.3f, NLL %.3f -> %.3f)", path.parent.name,
              summary["temperature"], summary["ece_before"], summary["ece_after"], summary["nll_before"],
              summary["nll_after"])

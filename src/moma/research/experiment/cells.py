@@ -103,6 +103,7 @@ def run_cells(cells: Sequence[Cell], utterances: Sequence[Utterance], labels: li
     failed. A failing cell does not stop the others (see :func:`moma.training.crossval.run_in_pool`)."""
     from moma.features.cache import FeatureCache, extract_features
     from moma.features.frontend import feature_config_hash
+    from moma.features.functionals import extract_run_functionals
     from moma.training.crossval import FoldJob, run_in_pool
 
     utts = {u.id: u for u in utterances}
@@ -113,6 +114,9 @@ def run_cells(cells: Sequence[Cell], utterances: Sequence[Utterance], labels: li
             cache = FeatureCache(cache_dir, cell.config.features)
             features_by_hash[h] = extract_features(list(utterances), cache, workers=feature_workers,
                                                    progress=progress)
+    functionals = {fs: extract_run_functionals(fs, list(utterances), cache_dir, workers=feature_workers,
+                                               progress=progress)
+                   for fs in sorted({c.config.features.functionals for c in cells})}
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     jobs_list = []
     for cell in cells:
@@ -121,6 +125,7 @@ def run_cells(cells: Sequence[Cell], utterances: Sequence[Utterance], labels: li
             cfg = replace(cfg, train=replace(cfg.train, num_threads=threads))
         _stamp_cell(cell)
         jobs_list.append(FoldJob(cfg, cell.fold, features_by_hash[feature_config_hash(cfg.features)], utts, labels,
-                                 cell.out_dir, True, progress and jobs == 1, corpus))
+                                 cell.out_dir, True, progress and jobs == 1, corpus,
+                                 functionals=functionals[cfg.features.functionals]))
     _, failures = run_in_pool(jobs_list, jobs, [c.key for c in cells], what="cell")
     return failures

@@ -333,6 +333,11 @@ def load_experiment(path: str | Path, extra_sets: Sequence[str] = (), corpus_roo
     if len(val) > 1:
         raise ValueError(f"{path}: variants differ in train.val_speakers ({sorted(val)}); every variant must "
                          "use identical folds, so set it experiment-wide")
+    analysis = parse_analysis(data.get("analysis"), str(path), seeds)
+    fusion = [n for n, v in variants.items() if v.config.features.functionals != "none"]
+    if analysis is not None and fusion:
+        raise ValueError(f"{path}: the analysis (attention, probe, robustness) does not feed utterance functionals "
+                         f"to fusion variants ({', '.join(fusion)}): leave 'analysis' out of this experiment")
     bootstrap = data.get("bootstrap", 1000)
     alpha = data.get("alpha", 0.05)
     if not isinstance(bootstrap, int) or bootstrap < 1:
@@ -343,5 +348,5 @@ def load_experiment(path: str | Path, extra_sets: Sequence[str] = (), corpus_roo
                       seeds=list(seeds), reference=reference, variants=variants, base=base, sets=sets,
                       cache=str(data.get("cache") or DEFAULT_CACHE), bootstrap=bootstrap, alpha=float(alpha),
                       notes=_as_list(data.get("notes"), f"{path}: notes"), raw=data,
-                      analysis=parse_analysis(data.get("analysis"), str(path), seeds), classical=classical,
+                      analysis=analysis, classical=classical,
                       root_given=corpus_root is not None)
