@@ -194,6 +194,8 @@ def test_layer1_scale_cap_bounds_a_peaked_frame():
     x, lengths = padded_batch([20, 12])
     free, capped = make_model(), make_model(layer1_scale_max=0.5)
     assert not torch.allclose(free(x, lengths).logits, capped(x, lengths).logits)
+    with pytest.raises(ValueError, match="layer1_scale_max must be 0 \\(no cap\\) or positive, got -1"):
+        make_model(layer1_scale_max=-1.0)
 
 
 # ------------------------------------------------------------------ gammas and blocks

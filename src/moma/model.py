@@ -418,6 +418,8 @@ class MOMA(_EncoderModel):
         if cfg.projection_activation not in PROJECTION_ACTIVATIONS:
             raise ValueError(f"unknown projection_activation {cfg.projection_activation!r}; "
                              f"known: {', '.join(PROJECTION_ACTIVATIONS)}")
+        if cfg.layer1_scale_max < 0:
+            raise ValueError(f"model.layer1_scale_max must be 0 (no cap) or positive, got {cfg.layer1_scale_max}")
         d = self.encoder.output_dim
         # Layer-1 attention keeps PyTorch's default Linear initialisation (uniform +-1/sqrt(fan_in)).
         self.attention1 = ContextAttention(d, cfg.context_dim, cfg.attention_bias)

@@ -134,7 +134,6 @@ def test_training_reads_an_utterance_or_one_of_its_copies_at_random_per_epoch():
 
 
 def test_fusion_items_carry_their_utterance_functionals_through_windows_copies_and_collate():
-
     feats = {"u": np.zeros((30, 2), np.float32), "u~aug1": np.ones((30, 2), np.float32),
              "v": np.ones((12, 2), np.float32)}
     funcs = {"u": np.array([1.0, 2.0, 3.0]), "v": np.array([-1.0, 0.0, 1.0])}  # none for the copy: it reads u's

@@ -119,7 +119,12 @@ def test_collect_attention_stats_baselines(feats):
 def test_pooled_representations(feats):
     ids = sorted(feats)
     model = tiny("moma")
+    calls = []
+    hook = model.encoder.register_forward_hook(lambda *_: calls.append(1))
     reps = an.pooled_representations(model, feats, ids, batch_size=4)
+    hook.remove()
+    assert len(calls) == 2  # one BLSTM pass per batch of 4 (7 utterances), shared by every stage
+    assert not model.encoder._forward_hooks  # its own hook is gone too
     assert set(reps) == {"encoder", "layer1", "pooled", "embedding"}
     assert reps["encoder"].shape == (7, 8) and reps["layer1"].shape == (7, 8)
     assert reps["pooled"].shape == (7, 8) and reps["embedding"].shape == (7, 6)

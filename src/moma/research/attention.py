@@ -224,19 +224,24 @@ def pooled_representations(model: torch.nn.Module, features: Mapping[str, np.nda
     dev = _device(model)
     parts: dict[str, list[np.ndarray]] = {}
     is_moma = isinstance(model, MOMA)
+    # the BLSTM output (Y, mask) of the forward pass itself, so the encoder (most of the cost) runs once a batch
+    encoded: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = model.encoder.register_forward_hook(lambda _module, _inputs, output: encoded.append(output))
     try:
         for x, lens, _ in _batches(features, list(ids), batch_size):
             x, lens = x.to(dev), lens.to(dev)
-            y, mask = model.encode(x, lens)
+            encoded.clear()
+            out = model(x, lens)
+            y, mask = encoded[0]  # (B, T, 2H), (B, T)
             parts.setdefault("encoder", []).append(_np(masked_mean(y, mask)))
             if is_moma:
                 _, y2 = model.attend_layer1(y, mask, lens)
                 parts.setdefault("layer1", []).append(_np(masked_mean(y2, mask)))
-            out = model(x, lens)
             if is_moma and out.encoded is not None:
                 parts.setdefault("pooled", []).append(_np(out.encoded))
             parts.setdefault("embedding", []).append(_np(out.embedding))
     finally:
+        hook.remove()
         model.train(was_training)
     return {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
 
