@@ -55,3 +55,25 @@ def test_utterance_adaptation_uses_each_input_alone():
     assert adapted.mode == "utterance"
     for f in feats:
         assert abs(adapted.transform(f).mean()) < 1e-5  # each centred on itself, whatever came with it
+
+
+def test_pooled_training_statistics_equal_those_of_all_training_rows_and_serve_unknown_speakers():
+    from moma.features.normalise import normalise_functionals, pooled_training_statistics
+
+    rng = np.random.default_rng(4)
+    rows = {"a": rng.normal(1.0, 2.0, size=(5, 3)), "b": rng.normal(-2.0, 0.5, size=(9, 3))}
+    norm = Normaliser("speaker").fit([rows["a"], rows["b"]], ["a", "b"])
+    norm.fit_speaker("test", [rng.normal(50.0, 1.0, size=(4, 3))])  # transductive: never pooled
+    pooled = pooled_training_statistics(norm)
+    both = np.concatenate([rows["a"], rows["b"]])
+    np.testing.assert_allclose(pooled.mean, both.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(pooled.std, both.std(axis=0), rtol=1e-10)
+    assert pooled.mode == "global" and pooled.frames == 14 and pooled.num_speakers == 2
+    value = np.array([1.0, 0.0, -1.0])
+    # a known speaker is standardised with its own statistics, an unknown one with the pooled ones
+    np.testing.assert_allclose(normalise_functionals(norm, value, "b"),
+                               (value - rows["b"].mean(0)) / rows["b"].std(0), rtol=1e-5)
+    np.testing.assert_allclose(normalise_functionals(norm, value, None),
+                               (value - both.mean(0)) / both.std(0), rtol=1e-5)
+    with pytest.raises(ValueError, match="pooled statistics need a speaker normaliser"):
+        pooled_training_statistics(Normaliser("global").fit([both]))

@@ -103,9 +103,9 @@ def test_predict_files_buckets_by_length(predictor, audio_dir, monkeypatch):
     seen: list[list[int]] = []
     original = predictor.predict_batch
 
-    def spy(feats):
+    def spy(feats, functionals=None):
         seen.append([f.shape[0] for f in feats])
-        return original(feats)
+        return original(feats, functionals)
 
     monkeypatch.setattr(predictor, "predict_batch", spy)
     predictor.predict_files(sorted(audio_dir.glob("*.wav")), batch_size=2)

@@ -134,11 +134,11 @@ def test_full_queue_gets_503(predictor):
     import httpx
 
     gate = threading.Event()
-    original = predictor.predict_features
+    original = predictor.predict_prepared
 
-    def slow(feats):
+    def slow(signals):
         gate.wait(5)
-        return original(feats)
+        return original(signals)
 
     app = make_app(predictor, workers=1, queue=0)
 
@@ -152,11 +152,11 @@ def test_full_queue_gets_503(predictor):
                 gate.set()
                 return [(await first).status_code, second.status_code, second.headers.get("retry-after")]
 
-    predictor.predict_features = slow  # instance attribute: only this test's predictor object
+    predictor.predict_prepared = slow  # instance attribute: only this test's predictor object
     try:
         codes = asyncio.run(scenario())
     finally:
-        del predictor.predict_features
+        del predictor.predict_prepared
     assert codes == [200, 503, "1"]
 
 

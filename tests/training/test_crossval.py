@@ -143,9 +143,22 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     assert len(evaluated["folds"][0]["test"]["predictions"]) == fold["n_test"] == len(fold_post)
     for p in evaluated["folds"][0]["test"]["predictions"]:
         np.testing.assert_allclose(p["posteriors"], fold_post[p["id"]], atol=1e-5)
-    with pytest.raises(ValueError, match="a fusion model .*predict, serve and export do not compute"):
-        Predictor.from_checkpoint(ckpt)
-    with pytest.raises(ValueError, match="a fusion model"):
-        from moma.inference.export import export_onnx
+    # moma predict computes the functionals of each file itself: the same logits as the fold's posteriors
+    predictor = Predictor.from_checkpoint(ckpt)
+    from scipy.special import softmax
 
-        export_onnx(ckpt, root / "fusion-onnx")
+    singles = [predictor.predict_file(u.path) for u in test_utts]
+    for u, pred in zip(test_utts, singles):
+        np.testing.assert_allclose(softmax(pred.logits.astype(np.float64)), fold_post[u.id], atol=1e-4)
+    batched = predictor.predict_files([u.path for u in test_utts], batch_size=3)
+    np.testing.assert_allclose([b.logits for b in batched], [p.logits for p in singles], atol=1e-4)
+    with pytest.raises(ValueError, match="needs the standardised functionals of every input"):
+        predictor.predict_batch([predictor.file_features(test_utts[0].path)[0]])
+    # ... and so does the ONNX export, whose graph takes the functionals as a third input
+    from moma.inference.export import export_onnx, read_export
+
+    export_onnx(ckpt, root / "fusion-onnx")
+    meta = read_export(root / "fusion-onnx")
+    assert meta["inputs"]["functionals"]["shape"] == ["batch", 88] and "functionals_normaliser" in meta
+    onnx_pred = Predictor.from_checkpoint(root / "fusion-onnx", backend="onnx").predict_file(test_utts[0].path)
+    np.testing.assert_allclose(onnx_pred.logits, singles[0].logits, atol=1e-4)

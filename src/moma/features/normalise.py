@@ -258,6 +258,35 @@ def normalise_features(normaliser: Normaliser, feats: np.ndarray, speaker: str |
     return normaliser.transform(feats, speaker).astype(np.float32, copy=False)
 
 
+def pooled_training_statistics(normaliser: Normaliser) -> Normaliser:
+    """One global mean/variance pooled over a speaker normaliser's training speakers (transductive ones left
+    out): mean = sum_s n_s m_s / N and variance = sum_s n_s (v_s + m_s^2) / N - mean^2, exactly the statistics
+    of all their rows together (up to the per-speaker floor on constant features)."""
+    train = [s for s in normaliser.speakers.values() if not s["transductive"]]
+    if normaliser.mode != "speaker" or not train:
+        raise ValueError("pooled statistics need a speaker normaliser with training speakers")
+    counts = np.array([s["frames"] for s in train], dtype=np.float64)[:, None]  # (S, 1)
+    means = np.stack([s["mean"] for s in train])  # (S, D)
+    second = np.stack([s["std"] ** 2 + s["mean"] ** 2 for s in train])  # (S, D): E[x^2] per speaker
+    total = counts.sum()
+    mean = (counts * means).sum(axis=0) / total
+    std = np.sqrt(np.maximum((counts * second).sum(axis=0) / total - mean ** 2, 0.0))
+    pooled = Normaliser("global")
+    pooled.mean, pooled.std = mean, np.where(std < STD_FLOOR, 1.0, std)
+    pooled.frames, pooled.num_speakers = int(total), len(train)
+    return pooled
+
+
+def normalise_functionals(normaliser: Normaliser, values: np.ndarray, speaker: str | None = None) -> np.ndarray:
+    """One utterance's functionals (D_f,) standardised as a fusion checkpoint was trained: its training
+    statistics, or its speaker's under speaker normalisation; an unknown speaker gets the training speakers'
+    pooled statistics (one vector has no statistics of its own)."""
+    row = np.asarray(values, dtype=np.float64)[None, :]  # (D_f,) -> (1, D_f): the normaliser works on rows
+    if normaliser.mode == "speaker" and (speaker is None or not normaliser.has_speaker(speaker)):
+        normaliser = pooled_training_statistics(normaliser)
+    return normaliser.transform(row, speaker)[0].astype(np.float32)
+
+
 def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], adapt: str,
                      speakers: Sequence[str] | None = None) -> Normaliser:
     """A copy of a checkpoint's normaliser with statistics from the test inputs themselves (transductive).

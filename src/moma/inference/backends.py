@@ -13,23 +13,15 @@ import torch
 from moma.capabilities import check_bf16, require_extra
 
 
-def check_servable(functionals: str, source: str) -> None:
-    """Refuse, in one line, a fusion model (``features.functionals`` names an openSMILE set): prediction,
-    serving and export run the network on frame features alone and do not compute utterance functionals."""
-    if functionals != "none":
-        raise ValueError(f"{source or 'this model'}: a fusion model (features.functionals={functionals}); predict, "
-                         "serve and export do not compute utterance functionals yet: score it with moma evaluate "
-                         "or moma cv")
-
-
 class Backend(Protocol):
     """What a :class:`Predictor` runs: padded features in, logits and attention out (numpy)."""
 
     name: str
 
-    def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """features (B, T, F) float32, lengths (B,) int64 -> logits (B, C), attention arrays with a batch axis
-        (``gammas`` has none)."""
+    def run(self, features: np.ndarray, lengths: np.ndarray, functionals: np.ndarray | None = None
+            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """features (B, T, F) float32, lengths (B,) int64 [, functionals (B, D_f) float32 for a fusion model]
+        -> logits (B, C), attention arrays with a batch axis (``gammas`` has none)."""
         ...
 
 
@@ -51,11 +43,13 @@ class TorchBackend:
         self.autocast = autocast
 
     @torch.inference_mode()
-    def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def run(self, features: np.ndarray, lengths: np.ndarray, functionals: np.ndarray | None = None
+            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
         lens = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
+        extra = () if functionals is None else (torch.from_numpy(np.asarray(functionals, np.float32)).to(self.device),)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            out = self.model(x, lens)
+            out = self.model(x, lens, *extra)
         attention = {k: v.detach().float().cpu().numpy() for k, v in (out.attention or {}).items() if v is not None}
         return out.logits.detach().float().cpu().numpy(), attention
 
@@ -102,8 +96,11 @@ class OnnxBackend:
         self.session = ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
         self.output_names = tuple(output_names)
 
-    def run(self, features: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        outs = self.session.run(list(self.output_names), {
-            "features": np.ascontiguousarray(features, dtype=np.float32),
-            "lengths": np.asarray(lengths, dtype=np.int64)})
+    def run(self, features: np.ndarray, lengths: np.ndarray, functionals: np.ndarray | None = None
+            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        feed = {"features": np.ascontiguousarray(features, dtype=np.float32),
+                "lengths": np.asarray(lengths, dtype=np.int64)}
+        if functionals is not None:  # a fusion model's graph has a third input
+            feed["functionals"] = np.ascontiguousarray(functionals, dtype=np.float32)
+        outs = self.session.run(list(self.output_names), feed)
         return outs[0], dict(zip(self.output_names[1:], outs[1:]))

@@ -45,8 +45,8 @@ from moma.checkpoint import LoadedCheckpoint, load_checkpoint, resolve_checkpoin
 from moma.config import RunConfig, config_from_dict, config_to_dict
 from moma.features.normalise import Normaliser
 from moma.files import write_bytes_atomic, write_text_atomic
-from moma.inference.backends import OnnxBackend, check_servable
-from moma.model import ExportWrapper
+from moma.inference.backends import OnnxBackend
+from moma.model import ExportWrapper, example_inputs
 from moma.version import __version__
 
 log = logging.getLogger(__name__)
@@ -62,27 +62,30 @@ ATTENTION_ORDER = ("layer1", "mixture", "blocks", "gammas")
 _TIME_AXIS = {"layer1": 1, "mixture": 1, "blocks": 2}  # attention outputs' time axis (gammas has none)
 
 
-def attention_keys_of(model: nn.Module, input_dim: int) -> tuple[str, ...]:
+def attention_keys_of(model: nn.Module) -> tuple[str, ...]:
     """The attention outputs an architecture produces (those not None), in ATTENTION_ORDER."""
     with torch.inference_mode():
-        out = model(torch.zeros(1, 4, input_dim), torch.tensor([4]))
+        out = model(*example_inputs(model.cfg))
     return tuple(k for k in ATTENTION_ORDER if (out.attention or {}).get(k) is not None)
 
 
 def onnx_bytes(loaded: LoadedCheckpoint, opset: int = OPSET) -> tuple[bytes, tuple[str, ...]]:
     """Serialise a loaded checkpoint's model to ONNX; returns (model bytes, output names)."""
-    check_servable(loaded.config.features.functionals, loaded.path)
     require_extra("onnx", "export", "ONNX export")
     model = loaded.model.cpu().eval()
-    input_dim = loaded.config.model.input_dim
-    keys = attention_keys_of(model, input_dim)
+    input_dim, func_dim = loaded.config.model.input_dim, loaded.config.model.functionals_dim
+    keys = attention_keys_of(model)
     wrapper = ExportWrapper(model, ("logits", *keys)).eval()
     # Two sequences of different lengths, so the trace goes through the padded-batch path
     # (masking, per-row reversal) rather than a special case of equal lengths.
-    example = (torch.randn(2, 37, input_dim), torch.tensor([37, 21], dtype=torch.int64))
+    example: tuple[torch.Tensor, ...] = (torch.randn(2, 37, input_dim), torch.tensor([37, 21], dtype=torch.int64))
+    input_names = INPUT_NAMES
     output_names = ("logits", *keys)
     dynamic_axes: dict[str, dict[int, str]] = {"features": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
                                                "logits": {0: "batch"}}
+    if func_dim:  # a fusion model: the utterance functionals are a third input (batch, D_f)
+        example, input_names = example + (torch.randn(2, func_dim),), INPUT_NAMES + ("functionals",)
+        dynamic_axes["functionals"] = {0: "batch"}
     for key in keys:
         if key in _TIME_AXIS:
             dynamic_axes[key] = {0: "batch", _TIME_AXIS[key]: "time"}
@@ -93,7 +96,7 @@ def onnx_bytes(loaded: LoadedCheckpoint, opset: int = OPSET) -> tuple[bytes, tup
         # than the dynamo exporter because the model's input checks read tensor values, which
         # tracing skips (torch.jit.is_tracing) but dynamo would turn into data-dependent guards.
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, example, buf, dynamo=False, input_names=list(INPUT_NAMES),
+        torch.onnx.export(wrapper, example, buf, dynamo=False, input_names=list(input_names),
                           output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset,
                           do_constant_folding=True)
     return _name_outputs(buf.getvalue(), output_names), output_names
@@ -187,10 +190,16 @@ def export_metadata(loaded: LoadedCheckpoint, output_names: tuple[str, ...], mod
         "labels": list(loaded.labels),
         "inputs": {"features": {"shape": ["batch", "time", loaded.config.model.input_dim], "dtype": "float32",
                                 "description": "normalised features (see 'features' and 'normaliser')"},
-                   "lengths": {"shape": ["batch"], "dtype": "int64", "description": "valid frames per row"}},
+                   "lengths": {"shape": ["batch"], "dtype": "int64", "description": "valid frames per row"},
+                   **({"functionals": {"shape": ["batch", loaded.config.model.functionals_dim], "dtype": "float32",
+                                       "description": "the utterance's openSMILE functionals (features."
+                                                      "functionals), standardised (see 'functionals_normaliser')"}}
+                      if loaded.functionals_normaliser is not None else {})},
         "outputs": list(output_names),
         "features": config_to_dict(loaded.config.features),
         "normaliser": _json_normaliser(loaded.normaliser),
+        **({"functionals_normaliser": _json_normaliser(loaded.functionals_normaliser)}
+           if loaded.functionals_normaliser is not None else {}),
         "config": config_to_dict(loaded.config),
         "info": loaded.info,
         "source_checkpoint": Path(loaded.path).name,
@@ -240,8 +249,9 @@ def read_export(path: str | Path) -> dict[str, Any]:
 
 
 def load_onnx_predictor_parts(path: str | Path, *, num_threads: int = 0, quantize: str = "none"
-                              ) -> tuple[OnnxBackend, RunConfig, list[str], Normaliser, dict[str, Any]]:
-    """(backend, config, labels, normaliser, info) for a Predictor on onnxruntime.
+                              ) -> tuple[OnnxBackend, RunConfig, list[str], Normaliser, dict[str, Any],
+                                         Normaliser | None]:
+    """(backend, config, labels, normaliser, info, functionals normaliser or None) for a Predictor on onnxruntime.
 
     ``path`` is an export folder (or its ``model.onnx``), or a checkpoint,
     which is then exported in memory. ``quantize="int8"`` quantises a float32
@@ -264,7 +274,9 @@ def load_onnx_predictor_parts(path: str | Path, *, num_threads: int = 0, quantiz
         if quantize == "int8" and not is_int8:
             data, is_int8 = quantize_onnx_int8(data), True
         backend = OnnxBackend(data, tuple(meta["outputs"]), num_threads, name="onnx-int8" if is_int8 else "onnx")
-        return backend, config, list(meta["labels"]), Normaliser.from_state(meta["normaliser"]), meta.get("info", {})
+        func_norm = meta.get("functionals_normaliser")
+        return (backend, config, list(meta["labels"]), Normaliser.from_state(meta["normaliser"]), meta.get("info", {}),
+                Normaliser.from_state(func_norm) if func_norm else None)
     if p.is_dir():
         try:
             resolve_checkpoint_path(p)
@@ -276,4 +288,4 @@ def load_onnx_predictor_parts(path: str | Path, *, num_threads: int = 0, quantiz
     if quantize == "int8":
         data = quantize_onnx_int8(data)
     backend = OnnxBackend(data, names, num_threads, name="onnx-int8" if quantize == "int8" else "onnx")
-    return backend, loaded.config, loaded.labels, loaded.normaliser, loaded.info
+    return backend, loaded.config, loaded.labels, loaded.normaliser, loaded.info, loaded.functionals_normaliser

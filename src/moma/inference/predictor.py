@@ -50,7 +50,7 @@ import torch
 from scipy.special import softmax
 
 from moma.audio.io import AudioError, load_audio, prepare_signal
-from moma.capabilities import UnsupportedHardwareError, check_cuda, int8_unsupported_reason
+from moma.capabilities import UnsupportedHardwareError, check_cuda, int8_unsupported_reason, require_extra
 from moma.checkpoint import LoadedCheckpoint, load_checkpoint
 from moma.config import RunConfig
 from moma.corpora.base import Utterance
@@ -63,9 +63,15 @@ from moma.evaluation.metrics import (
 )
 from moma.features.cache import FeatureCache, extract_features
 from moma.features.frontend import compute_features
-from moma.features.functionals import extract_run_functionals
-from moma.features.normalise import Normaliser, adapt_normaliser, normalise_features, normalise_for_checkpoint
-from moma.inference.backends import Backend, TorchBackend, check_servable, quantize_torch_int8
+from moma.features.functionals import compute_functionals, extract_run_functionals
+from moma.features.normalise import (
+    Normaliser,
+    adapt_normaliser,
+    normalise_features,
+    normalise_for_checkpoint,
+    normalise_functionals,
+)
+from moma.inference.backends import Backend, TorchBackend, quantize_torch_int8
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +164,14 @@ class Predictor:
     """
 
     def __init__(self, backend: Backend, config: RunConfig, labels: Sequence[str], normaliser: Normaliser, *,
-                 info: dict[str, Any] | None = None, source: str = "") -> None:
-        check_servable(config.features.functionals, source)
+                 info: dict[str, Any] | None = None, source: str = "",
+                 functionals_normaliser: Normaliser | None = None) -> None:
+        if config.features.functionals != "none":  # a fusion model: its functionals are computed per input
+            if functionals_normaliser is None:
+                raise ValueError(f"{source or 'this model'}: a fusion model without the statistics of its functionals")
+            require_extra("opensmile", "classical", f"a fusion model (features.functionals="
+                                                    f"{config.features.functionals})")
+        self.functionals_normaliser = functionals_normaliser
         self.backend = backend
         self.config = config
         self.labels = list(labels)
@@ -190,9 +202,10 @@ class Predictor:
         if backend in ("onnx", "onnx-int8"):
             from moma.inference.export import load_onnx_predictor_parts
 
-            onnx_backend, config, labels, normaliser, info = load_onnx_predictor_parts(
+            onnx_backend, config, labels, normaliser, info, func_norm = load_onnx_predictor_parts(
                 path, num_threads=num_threads, quantize="int8" if backend == "onnx-int8" else "none")
-            return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path))
+            return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path),
+                       functionals_normaliser=func_norm)
         check_cuda(str(device))
         loaded = load_checkpoint(path, device=device)
         return cls.from_loaded(loaded, device=device, backend=backend)
@@ -211,7 +224,7 @@ class Predictor:
         else:
             raise ValueError(f"from_loaded builds the torch backends only, not {backend!r}")
         return cls(torch_backend, loaded.config, loaded.labels, loaded.normaliser, info=loaded.info,
-                   source=loaded.path)
+                   source=loaded.path, functionals_normaliser=loaded.functionals_normaliser)
 
     # ----------------------------------------------------------------- features
 
@@ -229,6 +242,16 @@ class Predictor:
         """Normalised features of a mono float32 signal already at :attr:`sample_rate`."""
         return normalise_features(self.normaliser, compute_features(signal, self.config.features))
 
+    def functionals_of_prepared(self, signal: np.ndarray) -> np.ndarray | None:
+        """A fusion model's standardised utterance functionals (D_f,) of a signal at :attr:`sample_rate`;
+        None for a model without them."""
+        if self.functionals_normaliser is None:
+            return None
+        return normalise_functionals(self.functionals_normaliser, self._raw_functionals(signal))
+
+    def _raw_functionals(self, signal: np.ndarray) -> np.ndarray:
+        return compute_functionals(signal, self.config.features.functionals, self.sample_rate)
+
     def file_features(self, path: str | Path) -> tuple[np.ndarray, float]:
         """Normalised features of one audio file and its duration in seconds; raises AudioError."""
         raw, duration = self.raw_file_features(path)
@@ -236,21 +259,37 @@ class Predictor:
 
     def raw_file_features(self, path: str | Path) -> tuple[np.ndarray, float]:
         """Features of one audio file before normalisation, and its duration in seconds; raises AudioError."""
+        feats, _, duration = self._read_file(path, functionals=False)
+        return feats, duration
+
+    def _read_file(self, path: str | Path, *, functionals: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray | None, float]:
+        """(raw features, a fusion model's raw functionals or None, duration in s) of one audio file; raises
+        AudioError."""
         sig = load_audio(path, self.sample_rate, min_duration=self.config.features.frame_length_ms / 1000.0)
-        return compute_features(sig, self.config.features), sig.shape[0] / self.sample_rate
+        funcs = self._raw_functionals(sig) if functionals and self.functionals_normaliser is not None else None
+        return compute_features(sig, self.config.features), funcs, sig.shape[0] / self.sample_rate
 
     # ----------------------------------------------------------------- prediction
 
-    def predict_batch(self, feats: Sequence[np.ndarray]) -> list[Prediction]:
-        """Predict several normalised feature arrays as one padded batch."""
+    def predict_batch(self, feats: Sequence[np.ndarray],
+                      functionals: Sequence[np.ndarray | None] | None = None) -> list[Prediction]:
+        """Predict several normalised feature arrays as one padded batch (a fusion model also needs each
+        utterance's standardised ``functionals``, from :meth:`functionals_of_prepared`)."""
         if not feats:
             return []
+        funcs = None
+        if self.functionals_normaliser is not None:
+            if functionals is None or len(functionals) != len(feats) or any(f is None for f in functionals):
+                raise ValueError("this fusion model needs the standardised functionals of every input "
+                                 "(Predictor.functionals_of_prepared)")
+            funcs = np.stack([np.asarray(f, dtype=np.float32) for f in functionals])  # (B, D_f)
         lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
         dim = feats[0].shape[1]
         batch = np.zeros((len(feats), int(lengths.max()), dim), dtype=np.float32)
         for i, f in enumerate(feats):
             batch[i, :f.shape[0]] = f
-        logits, attention = self.backend.run(batch, lengths)
+        logits, attention = self.backend.run(batch, lengths, funcs)
         probs = softmax(np.asarray(logits, dtype=np.float64) / self.temperature, axis=-1)
         shift = float(self.config.features.frame_shift_ms)
         out = []
@@ -269,20 +308,30 @@ class Predictor:
                                   duration_s=0.0, frame_shift_ms=shift))
         return out
 
-    def predict_features(self, feats: np.ndarray) -> Prediction:
-        """Predict one utterance's normalised features (frames, dims)."""
-        return self.predict_batch([feats])[0]
+    def predict_features(self, feats: np.ndarray, functionals: np.ndarray | None = None) -> Prediction:
+        """Predict one utterance's normalised features (frames, dims) [and a fusion model's functionals]."""
+        return self.predict_batch([feats], None if functionals is None else [functionals])[0]
+
+    def predict_prepared(self, signals: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predict mono float32 signals already at :attr:`sample_rate` as one batch (features, and a fusion
+        model's functionals, computed here)."""
+        funcs = [self.functionals_of_prepared(s) for s in signals] if self.functionals_normaliser else None
+        return self.predict_batch([self.features_of_prepared(s) for s in signals], funcs)
 
     def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
         """Predict an in-memory signal, shape (samples,) or (samples, channels), at any sampling rate."""
-        pred = self.predict_features(self.features(signal, sampling_rate))
+        sig = prepare_signal(signal, sampling_rate, self.sample_rate, name="<signal>",
+                             min_duration=self.config.features.frame_length_ms / 1000.0)
+        pred = self.predict_prepared([sig])[0]
         pred.duration_s = np.asarray(signal).shape[0] / float(sampling_rate)
         return pred
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Predict one audio file (anything libsndfile reads); raises AudioError for a bad file."""
-        feats, duration = self.file_features(path)
-        pred = self.predict_features(feats)
+        raw, funcs, duration = self._read_file(path)
+        if funcs is not None:
+            funcs = normalise_functionals(self.functionals_normaliser, funcs)
+        pred = self.predict_features(normalise_features(self.normaliser, raw), funcs)
         pred.source, pred.duration_s = str(path), duration
         return pred
 
@@ -327,9 +376,10 @@ class Predictor:
                        adapt: str = "none") -> Iterator[Prediction]:
         results: list[Prediction | None] = [None] * len(paths)
         loaded: list[tuple[int, np.ndarray, float]] = []
+        funcs: dict[int, np.ndarray | None] = {}  # input index -> a fusion model's standardised functionals
         for i, path in enumerate(paths):
             try:
-                feats, duration = self.raw_file_features(path)
+                feats, funcs[i], duration = self._read_file(path)
             except AudioError as exc:
                 if on_error == "raise":
                     raise
@@ -342,11 +392,17 @@ class Predictor:
             normaliser = adapt_normaliser(self.normaliser, [f for _, f, _ in loaded], adapt)
             log.info("normalisation: %s", normaliser.describe())
         loaded = [(i, normalise_features(normaliser, f), d) for i, f, d in loaded]
+        if self.functionals_normaliser is not None and loaded:  # a fusion model: standardise the functionals
+            func_norm = self.functionals_normaliser
+            if adapt == "batch":  # with the inputs' own statistics too ("utterance": one vector has none)
+                func_norm = adapt_normaliser(func_norm, [funcs[i][None, :] for i, _, _ in loaded], "batch")
+            funcs = {i: normalise_functionals(func_norm, funcs[i]) for i, _, _ in loaded}
         loaded.sort(key=lambda item: item[1].shape[0])
         batch: list[tuple[int, np.ndarray, float]] = []
 
         def flush() -> None:
-            for (i, _, duration), pred in zip(batch, self.predict_batch([f for _, f, _ in batch])):
+            preds = self.predict_batch([f for _, f, _ in batch], [funcs[i] for i, _, _ in batch])
+            for (i, _, duration), pred in zip(batch, preds):
                 pred.source, pred.duration_s = paths[i], duration
                 results[i] = pred
             batch.clear()

@@ -104,7 +104,7 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
     def flush() -> None:
         if not pending:
             return
-        preds = predictor.predict_batch([predictor.features_of_prepared(w) for _, w in pending])
+        preds = predictor.predict_prepared([w for _, w in pending])
         for (idx, _), pred in zip(pending, preds):
             rows[idx].raw_label = pred.label
             rows[idx].raw_probabilities = pred.probabilities

@@ -247,7 +247,7 @@ def create_app(predictor: Predictor, settings: ServiceSettings | None = None) ->
 
         def work() -> dict[str, Any]:
             signal = decode(data, name)
-            pred = predictor.predict_features(predictor.features_of_prepared(signal))
+            pred = predictor.predict_prepared([signal])[0]
             out: dict[str, Any] = {"label": pred.label, "probabilities": pred.probabilities,
                                    "duration_s": signal.shape[0] / predictor.sample_rate,
                                    "num_frames": pred.num_frames}
