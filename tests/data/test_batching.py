@@ -44,7 +44,7 @@ def test_bucketing_keeps_padding_low_and_respects_budget():
 
 
 def test_collate_pads_with_zeros_and_reports_lengths():
-    batch = collate([(np.ones((3, 2), np.float32), 1, "a", 0), (np.ones((5, 2), np.float32), 0, "b", 4)])
+    batch = collate([(np.ones((3, 2), np.float32), 1, "a", 0, None), (np.ones((5, 2), np.float32), 0, "b", 4, None)])
     assert batch.features.shape == (2, 5, 2)
     assert batch.lengths.tolist() == [3, 5]
     assert torch.all(batch.features[0, 3:] == 0)

@@ -204,7 +204,7 @@ def collate(samples: list[tuple[np.ndarray, int, str, int, np.ndarray | None]]) 
     feats = np.zeros((len(samples), max(lengths), n_bins), dtype=np.float32)  # [B, T_max, F]
     for i, s in enumerate(samples):
         feats[i, : s[0].shape[0]] = s[0]
-    funcs = [s[4] if len(s) > 4 else None for s in samples]
+    funcs = [s[4] for s in samples]
     functionals = None if funcs[0] is None else torch.from_numpy(np.stack(funcs).astype(np.float32, copy=False))
     return Batch(
         features=torch.from_numpy(feats),

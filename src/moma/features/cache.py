@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from moma.audio.io import AudioError, file_sha1, load_audio
 from moma.capabilities import require_extra
 from moma.config import FeatureConfig
 from moma.corpora.base import Utterance
-from moma.features.frontend import compute_features, feature_config_hash, lld_dim
+from moma.features.frontend import compute_features, feature_config_hash, frame_feature_settings, lld_dim
 from moma.files import replace_atomically, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -120,9 +119,7 @@ class FeatureCache:
         config_path = self.dir / "config.json"
         if config_path.is_file():
             return
-        data = asdict(self.cfg)
-        data.pop("functionals", None)  # not a frame feature: runs with and without fusion share this folder
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        text = json.dumps(frame_feature_settings(self.cfg), indent=2, sort_keys=True) + "\n"
         write_text_atomic(config_path, text)
 
 

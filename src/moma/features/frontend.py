@@ -189,6 +189,14 @@ def feature_dim(cfg: FeatureConfig) -> int:
     return cfg.n_mels + (2 if cfg.pitch else 0) + lld_dim(cfg)
 
 
+def frame_feature_settings(cfg: FeatureConfig) -> dict:
+    """The settings the frame features depend on: every option but ``functionals`` (utterance functionals have
+    their own cache, so a fusion model shares the frame cache of the same front end)."""
+    data = asdict(cfg)
+    del data["functionals"]
+    return data
+
+
 def feature_config_hash(cfg: FeatureConfig) -> str:
     """Short stable hash of a feature configuration (12 hex chars of SHA-1 of sorted JSON).
 
@@ -196,15 +204,12 @@ def feature_config_hash(cfg: FeatureConfig) -> str:
     and ``frame_length_ms=25.0`` name the same cache.
     """
     hints = get_type_hints(type(cfg))
-    data = asdict(cfg)
+    data = frame_feature_settings(cfg)
     for key, value in data.items():
         if hints.get(key) is float and isinstance(value, int) and not isinstance(value, bool):
             data[key] = float(value)
     if data.get("lld") == "none":
         # added after caches existed: leaving the default out keeps their hashes (and entries) valid
         del data["lld"]
-    # utterance functionals are not frame features (features.functionals reads its own cache): a fusion model
-    # shares the frame cache of the same front end without them
-    data.pop("functionals", None)
     payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:12]

@@ -328,12 +328,7 @@ class Predictor:
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Predict one audio file (anything libsndfile reads); raises AudioError for a bad file."""
-        raw, funcs, duration = self._read_file(path)
-        if funcs is not None:
-            funcs = normalise_functionals(self.functionals_normaliser, funcs)
-        pred = self.predict_features(normalise_features(self.normaliser, raw), funcs)
-        pred.source, pred.duration_s = str(path), duration
-        return pred
+        return next(self._predict_chunk([str(path)], 1, "raise"))
 
     def iter_predict_files(self, paths: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
                            on_error: str = "raise", adapt: str = "none") -> Iterator[Prediction]:

@@ -31,7 +31,7 @@ from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_p
 from moma.features.augment import augmented_utterances, parse_families
 from moma.features.cache import FeatureCache, pack_features
 from moma.features.functionals import extract_run_functionals
-from moma.features.normalise import NormalisedFeatures, Normaliser
+from moma.features.normalise import NormalisedFeatures, Normaliser, normalise_functionals
 from moma.files import write_json_atomic
 from moma.training.distributed import (
     DistInfo,
@@ -73,13 +73,6 @@ def functionals_normalisation(mode: str) -> str:
     per speaker when the frames are (the same transductive setting), otherwise with the training speakers'
     statistics, since one vector per utterance has no statistics of its own ("utterance" and "none" included)."""
     return "speaker" if mode == "speaker" else "global"
-
-
-def standardise_functionals(normaliser: Normaliser, functionals: Mapping[str, np.ndarray],
-                            speaker_of: Mapping[str, str], keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """``{id: (D_f,) float32}`` for ``keys``, each vector standardised as one row (frame) of its speaker."""
-    # (D_f,) -> (1, D_f): the normaliser standardises rows; [0] takes the one row back
-    return {k: normaliser.transform(functionals[k][None, :], speaker_of.get(k))[0] for k in keys}
 
 
 ENSEMBLE_VALIDATION = ("same", "rotate")  # train.ensemble_validation: see protocols.rotate_validation
@@ -135,7 +128,7 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
         rows = {k: job.functionals[k][None, :] for k in ids}  # (D_f,) -> (1, D_f): one row per utterance
         func_norm = fit_normaliser(functionals_normalisation(job.cfg.data.normalisation), rows, utts,
                                    fold.train + fold.val, fold.test)
-        funcs = standardise_functionals(func_norm, job.functionals, speaker_of, ids)
+        funcs = {k: normalise_functionals(func_norm, job.functionals[k], speaker_of[k]) for k in ids}
     info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
             "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
     if main:
