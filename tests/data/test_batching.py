@@ -148,3 +148,8 @@ def test_fusion_items_carry_their_utterance_functionals_through_windows_copies_a
     assert batch.functionals.dtype == torch.float32
     torch.testing.assert_close(batch.functionals, torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.0, 1.0]]))
     assert collate([FeatureDataset(feats, items, DataConfig())[0]]).functionals is None
+    # the model's inputs: a fusion batch gives three (the functionals last), a plain batch two
+    inputs = batch.model_inputs(torch.device("cpu"))
+    assert len(inputs) == 3 and inputs[2] is not None
+    torch.testing.assert_close(inputs[1], batch.lengths)
+    assert len(collate([FeatureDataset(feats, items, DataConfig())[0]]).model_inputs(torch.device("cpu"))) == 2

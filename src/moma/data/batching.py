@@ -37,6 +37,12 @@ class Batch:
     starts: list[int]  # window start frame per row
     functionals: torch.Tensor | None = None  # [B, D_f] float32 utterance functionals (fusion models), else None
 
+    def model_inputs(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The model's positional inputs on ``device``: (features, lengths[, functionals]); a fusion model's
+        third input is present only when the batch carries functionals, so a plain model gets two."""
+        inputs = (self.features.to(device, non_blocking=True), self.lengths.to(device))
+        return inputs if self.functionals is None else (*inputs, self.functionals.to(device))
+
 
 def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
     """Start frames of fixed windows covering an utterance; the last window ends at the last frame.

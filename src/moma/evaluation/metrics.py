@@ -87,8 +87,7 @@ def predict_posteriors(model: torch.nn.Module, features: dict[str, np.ndarray], 
         log.info("scoring in fp32: %s", bf16_unsupported_reason(dev.type))
     for batch in loader:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            extra = () if batch.functionals is None else (batch.functionals.to(dev),)
-            out = model(batch.features.to(dev), batch.lengths.to(dev), *extra)
+            out = model(*batch.model_inputs(dev))
         probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
         for key, p in zip(batch.keys, probs):
             sums[key] = sums.get(key, 0.0) + p

@@ -318,15 +318,13 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
 
             batches = tqdm(loader, desc=f"{out_dir.name} epoch {epoch}", leave=False, unit="batch")
         for step, batch in enumerate(batches):
-            x = batch.features.to(device, non_blocking=True)
-            lengths = batch.lengths.to(device)
+            inputs = batch.model_inputs(device)  # (features, lengths[, functionals])
             y = batch.labels.to(device)
-            extra = () if batch.functionals is None else (batch.functionals.to(device),)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
                 if adversary is None:
-                    out = net(x, lengths, *extra)
+                    out = net(*inputs)
                 else:
-                    out, speaker_logits = net(x, lengths, *extra)
+                    out, speaker_logits = net(*inputs)
             item_losses = criterion(out.logits.float(), y)  # [B] (weighted when class_weighted)
             if item_weight:  # train.balance
                 item_weights = torch.tensor([item_weight[k] for k in batch.keys], dtype=item_losses.dtype,
@@ -353,7 +351,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                 nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()
             totals += torch.tensor([float(item_losses.detach().sum()), float(item_weights.sum()),
-                                    float(lengths.sum()), *speaker_stats, float(y.numel())], dtype=torch.float64)
+                                    float(batch.lengths.sum()), *speaker_stats, float(y.numel())], dtype=torch.float64)
             if tc.log_every and step % tc.log_every == 0 and main:
                 log.info("epoch %d step %d loss %.4f", epoch, step, float(loss) / dist_info.world_size)
         totals = all_reduce_sum(totals.to(device), dist_info).cpu()
