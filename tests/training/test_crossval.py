@@ -143,6 +143,13 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     assert len(evaluated["folds"][0]["test"]["predictions"]) == fold["n_test"] == len(fold_post)
     for p in evaluated["folds"][0]["test"]["predictions"]:
         np.testing.assert_allclose(p["posteriors"], fold_post[p["id"]], atol=1e-5)
+    assert "functionals standardised with global mean/variance from" in evaluated["normalisation"]
+    # adapted to the test speaker's own statistics, the functionals change too, and the report says so
+    adapted = evaluate_checkpoint(ckpt, test_utts, root / "fusion-eval-speaker", cache_dir=cache, adapt="speaker")
+    assert "functionals standardised with the test data's own statistics, per speaker (transductive" in \
+        adapted["normalisation"]
+    assert not np.allclose([p["posteriors"] for p in adapted["folds"][0]["test"]["predictions"]],
+                           [p["posteriors"] for p in evaluated["folds"][0]["test"]["predictions"]])
     # moma predict computes the functionals of each file itself: the same logits as the fold's posteriors
     predictor = Predictor.from_checkpoint(ckpt)
     from scipy.special import softmax

@@ -477,6 +477,13 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
         adapted = adapt_normaliser(loaded.normaliser, [feats[u.id] for u in scored_utts], adapt,
                                    [u.speaker for u in scored_utts])
         normalisation = f"trained with {loaded.normaliser.describe()}; tested with {adapted.describe()}"
+    if funcs is not None:  # the functionals follow their own rule: say which, transductive ones included
+        if adapt in ("batch", "speaker"):
+            scope = "over all of it" if adapt == "batch" else "per speaker"
+            normalisation += (f"; openSMILE functionals standardised with the test data's own statistics, {scope} "
+                              "(transductive: unlabelled test audio)")
+        else:
+            normalisation += f"; openSMILE functionals standardised with {loaded.functionals_normaliser.describe()}"
     posteriors = predict_posteriors(loaded.model, normed, list(normed), loaded.config, device, functionals=funcs)
     scored_classes = scoring["scored"] if scoring["restricted"] else None
     fold = {"name": "evaluation", "test_speakers": sorted({u.speaker for u in scored_utts}),
