@@ -178,3 +178,30 @@ def test_balance_option_is_checked_before_training(tmp_path):
     result = train_model(cfg, feats, ["a", "b"], {k: i % 2 for i, k in enumerate(feats)}, list(feats), [],
                          tmp_path / "ok", Normaliser("none"), corpus_of={"u0": "x", "u1": "x", "u2": "x", "u3": "y"})
     assert result.epochs_run == 1 and np.isfinite(result.history[0]["train_loss"])
+
+
+def test_resume_with_the_best_checkpoint_missing_chooses_again_instead_of_ending_without_one(tmp_path, caplog):
+    """A resumable run whose best.safetensors is gone (deleted, or lost with a killed copy) used to keep the
+    lost epoch's score, so no later epoch could beat it and the run ended with no checkpoint."""
+    import importlib.util
+
+    from moma.config import load_run_config
+    from moma.features.normalise import Normaliser
+    from moma.training.train import train_model
+
+    spec = importlib.util.spec_from_file_location("train_job", JOB)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    feats, label_of, train_ids, val_ids = job.tiny_problem()
+    sets = ["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8", "train.lr=0.01",
+            "train.early_stop_patience=0", "train.tensorboard=false", "train.num_threads=1", "train.calibrate=false"]
+    out = tmp_path / "run"
+    train_model(load_run_config(sets=sets + ["train.max_epochs=2"]), feats, ["a", "b", "c"], label_of, train_ids,
+                val_ids, out, Normaliser("none"))
+    (out / "best.safetensors").unlink()
+    with caplog.at_level("WARNING"):
+        result = train_model(load_run_config(sets=sets + ["train.max_epochs=4"]), feats, ["a", "b", "c"], label_of,
+                             train_ids, val_ids, out, Normaliser("none"), resume=True)
+    assert "best.safetensors of epoch" in caplog.text and "is missing" in caplog.text
+    assert (out / "best.safetensors").is_file() and result.best_epoch in (3, 4)
+    assert load_checkpoint(out).info["epoch"] == result.best_epoch

@@ -292,6 +292,12 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             best_value, best_epoch = state["best_value"], int(state["best_epoch"])
             bad_epochs = int(state["bad_epochs"])
             history = list(state["history"])
+            if best_epoch and not best_path.is_file():
+                # the weights of the best epoch are gone (deleted, or lost with a killed copy): keeping its score
+                # would make every later epoch lose to it and the run end with no checkpoint at all
+                log.warning("%s: best.safetensors of epoch %d is missing; the model choice starts again from "
+                            "epoch %d", out_dir, best_epoch, start_epoch)
+                best_value, best_epoch, bad_epochs = None, 0, 0
             log.info("resumed %s at epoch %d", out_dir, start_epoch)
     # the log is rewritten from the checkpoint's history, so an epoch logged after the
     # last checkpoint (then killed) is not counted twice
