@@ -144,6 +144,7 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     for p in evaluated["folds"][0]["test"]["predictions"]:
         np.testing.assert_allclose(p["posteriors"], fold_post[p["id"]], atol=1e-5)
     assert "functionals standardised with global mean/variance from" in evaluated["normalisation"]
+    assert f"({len(train_side)} utterances)" in evaluated["normalisation"]
     # adapted to the test speaker's own statistics, the functionals change too, and the report says so
     adapted = evaluate_checkpoint(ckpt, test_utts, root / "fusion-eval-speaker", cache_dir=cache, adapt="speaker")
     assert "functionals standardised with the test data's own statistics, per speaker (transductive" in \

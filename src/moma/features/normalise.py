@@ -196,17 +196,18 @@ class Normaliser:
         norm.adapted_to = str(state.get("adapted_to", ""))
         return norm
 
-    def describe(self) -> str:
-        """One line for logs and reports saying where the statistics come from."""
+    def describe(self, rows: str = "frames") -> str:
+        """One line for logs and reports saying where the statistics come from; ``rows`` names what was
+        counted ("utterances" for a fusion model's functionals, one row each)."""
         if self.mode == "none":
             return "no feature normalisation"
         if self.mode == "utterance":
             return "per-utterance mean/variance (each utterance normalised by its own statistics)"
         if self.adapted_to:
-            return f"{self.mode} mean/variance from {self.adapted_to} ({self.frames} frames; transductive)"
+            return f"{self.mode} mean/variance from {self.adapted_to} ({self.frames} {rows}; transductive)"
         if self.mode == "global":
             who = _plural(self.num_speakers, "training speaker") if self.num_speakers else "training speakers"
-            return f"global mean/variance from {who} only ({self.frames} frames)"
+            return f"global mean/variance from {who} only ({self.frames} {rows})"
         train = sum(not s["transductive"] for s in self.speakers.values())
         extra = sorted(spk for spk, s in self.speakers.items() if s["transductive"])
         line = f"per-speaker mean/variance: {_plural(train, 'training speaker')}"

@@ -483,7 +483,8 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
             normalisation += (f"; openSMILE functionals standardised with the test data's own statistics, {scope} "
                               "(transductive: unlabelled test audio)")
         else:
-            normalisation += f"; openSMILE functionals standardised with {loaded.functionals_normaliser.describe()}"
+            trained = loaded.functionals_normaliser.describe(rows="utterances")
+            normalisation += f"; openSMILE functionals standardised with {trained}"
     posteriors = predict_posteriors(loaded.model, normed, list(normed), loaded.config, device, functionals=funcs)
     scored_classes = scoring["scored"] if scoring["restricted"] else None
     fold = {"name": "evaluation", "test_speakers": sorted({u.speaker for u in scored_utts}),
