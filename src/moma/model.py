@@ -147,7 +147,8 @@ class BLSTMEncoder(nn.Module):
     The backward one runs on each sequence reversed within its own length (``reverse_index``),
     so it too reads all valid frames before any padding; its outputs are put back in time order
     with the same index. This gives the same numbers as ``pack_padded_sequence`` without its
-    cost (25-30x slower on CPU) and without data-dependent Python control flow, so the encoder
+    cost (about 4x slower for a CPU training step, measured in docs/model.md) and without
+    data-dependent Python control flow, so the encoder
     traces with a dynamic time axis. Outputs at padded frames are set to zero.
 
     Parameter count per layer and direction is PyTorch's: 4H(I + H) + 8H (two bias vectors).
