@@ -315,7 +315,7 @@ class Predictor:
     def predict_prepared(self, signals: Sequence[np.ndarray]) -> list[Prediction]:
         """Predict mono float32 signals already at :attr:`sample_rate` as one batch (features, and a fusion
         model's functionals, computed here)."""
-        funcs = [self.functionals_of_prepared(s) for s in signals] if self.functionals_normaliser else None
+        funcs = [self.functionals_of_prepared(s) for s in signals]  # all None for a model without functionals
         return self.predict_batch([self.features_of_prepared(s) for s in signals], funcs)
 
     def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
@@ -464,11 +464,12 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
     utts = {u.id: u for u in scored_utts}
     normed = normalise_for_checkpoint(loaded.normaliser, feats, scored_utts, adapt=adapt)
     funcs = None
+    # one vector per utterance has no statistics of its own: "utterance" adaptation leaves the functionals as trained
+    func_adapt = adapt if adapt in ("batch", "speaker") else "none"
     if loaded.functionals_normaliser is not None:  # a fusion model: its utterance functionals, standardised alike
         raw = extract_run_functionals(loaded.config.features.functionals, scored_utts, cache_dir) or {}
-        # one vector per utterance has no statistics of its own: "utterance" adaptation leaves them as trained
         rows = normalise_for_checkpoint(loaded.functionals_normaliser, {k: v[None, :] for k, v in raw.items()},
-                                        scored_utts, adapt=adapt if adapt in ("batch", "speaker") else "none")
+                                        scored_utts, adapt=func_adapt)
         funcs = {k: v[0] for k, v in rows.items()}  # (1, D_f) -> (D_f,)
     normalisation = loaded.normaliser.describe() + (
         "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
@@ -478,8 +479,8 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
                                    [u.speaker for u in scored_utts])
         normalisation = f"trained with {loaded.normaliser.describe()}; tested with {adapted.describe()}"
     if funcs is not None:  # the functionals follow their own rule: say which, transductive ones included
-        if adapt in ("batch", "speaker"):
-            scope = "over all of it" if adapt == "batch" else "per speaker"
+        if func_adapt != "none":
+            scope = "over all of it" if func_adapt == "batch" else "per speaker"
             normalisation += (f"; openSMILE functionals standardised with the test data's own statistics, {scope} "
                               "(transductive: unlabelled test audio)")
         else:
