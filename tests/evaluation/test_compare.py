@@ -54,7 +54,7 @@ def test_runs_of_different_tasks_or_folds_are_refused():
     ref = make_report("ref", [2, 3, 2, 3])
     other = make_report("other", [2, 3, 2, 3])
     other["labels"] = ["a", "b", "c"]
-    with pytest.raises(ValueError, match="different label lists"):
+    with pytest.raises(ValueError, match="scored over different classes"):
         compare_pair(ref, other)
     moved = make_report("moved", [2, 3, 2, 3])
     moved["folds"][1]["test_speakers"] = ["spk-x"]
@@ -66,6 +66,52 @@ def test_runs_of_different_tasks_or_folds_are_refused():
         compare_pair(ref, relabelled)
     with pytest.raises(ValueError, match="no finished fold in common"):
         compare_pair(ref, make_report("elsewhere", [1], folds=("spk-z",)))
+
+
+def pooled_copy(report, corpus="emodb"):
+    """The same predictions as a leave-one-speaker-out run on a pool would report them: names namespaced by
+    corpus, one more class in the model (from another corpus), each fold scored over the test corpus's classes."""
+    folds = []
+    for fold in report["folds"]:
+        spk = fold["test_speakers"][0]
+        test = {**fold["test"], "scored_classes": LABELS,
+                "per_speaker": {f"{corpus}.{spk}": {"uar": fold["test"]["uar"]}},
+                "predictions": [{**p, "id": f"{corpus}.{p['id']}", "speaker": f"{corpus}.{spk}"}
+                                for p in fold["test"]["predictions"]]}
+        folds.append({**fold, "name": f"spk-{corpus}.{spk}", "test_speakers": [f"{corpus}.{spk}"], "test": test})
+    return {"name": f"pooled-{report['name']}", "labels": [*LABELS, "surprise"], "folds": folds}
+
+
+def test_a_pooled_run_pairs_with_a_run_on_its_test_corpus_alone(caplog):
+    def speaker_folds(name, correct):  # as leave-one-speaker-out names them: fold spk-X tests speaker X
+        report = make_report(name, correct)
+        for fold in report["folds"]:
+            spk = fold["name"].removeprefix("spk-")
+            fold["test_speakers"] = [spk]
+            fold["test"]["per_speaker"] = {spk: {"uar": fold["test"]["uar"]}}
+            fold["test"]["predictions"] = [{**p, "speaker": spk} for p in fold["test"]["predictions"]]
+        return report
+
+    caplog.set_level("INFO")
+    single = speaker_folds("single", [2, 3, 2, 3])
+    pooled = pooled_copy(speaker_folds("better", [5, 6, 5, 6]))
+    assert pooled["folds"][0]["name"] == "spk-emodb.a" and pooled["folds"][0]["test_speakers"] == ["emodb.a"]
+    for unit, names in (("fold", ["spk-a", "spk-b", "spk-c", "spk-d"]), ("speaker", ["a", "b", "c", "d"])):
+        pair = compare_pair(single, pooled, unit=unit)
+        assert pair["test"]["wins"] == 4 and pair["pooled"]["n"] == 24
+        assert [row["fold"] for row in pair["per_fold"]] == names
+    assert "without the 'emodb.' namespace" in caplog.text
+    # either way round, and as the reference of several runs
+    assert compare_pair(pooled, single)["test"]["losses"] == 4
+    result = compare_runs([pooled, single])
+    assert list(result["reference_folds"]) == ["spk-a", "spk-b", "spk-c", "spk-d"]
+    assert result["comparisons"][0]["test"]["losses"] == 4
+    # a pooled run that scores other classes is still another task
+    wrong = pooled_copy(speaker_folds("w", [5, 6, 5, 6]))
+    for fold in wrong["folds"]:
+        fold["test"]["scored_classes"] = ["angry", "neutral", "surprise"]
+    with pytest.raises(ValueError, match="scored over different classes"):
+        compare_pair(single, wrong)
 
 
 def test_holm_adjustment_over_several_runs():

@@ -11,7 +11,10 @@ far larger than most differences worth knowing about):
   paired bootstrap CI of the difference (both runs scored on the same
   resampled utterances).
 
-With several runs against one reference the sign-flip p-values are also
+A leave-one-speaker-out run on a pool (``moma cv --test-corpus C``) is paired
+with a run on corpus C alone: its speakers, utterances and folds carry C's
+namespace (``C.03``), which is matched away, and both are scored over C's
+classes. With several runs against one reference the sign-flip p-values are also
 Holm-adjusted. Only ``report.json`` files are read: no corpus, no checkpoint.
 """
 
@@ -22,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from moma.corpora.pool import SEPARATOR
 from moma.evaluation.stats import METRICS, format_p, holm_adjust, metric_value, paired_bootstrap_diff, paired_test
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,58 @@ def _unit_scores(folds: dict[str, dict[str, Any]], names: Sequence[str], metric:
     return {spk: float(v[metric]) for n in names for spk, v in folds[n]["test"]["per_speaker"].items()}
 
 
+def scored_labels(report: dict[str, Any]) -> list[str]:
+    """The classes a run was scored over: its folds' test corpus's classes (cross-corpus scoring), else its labels."""
+    per_fold = [f["test"].get("scored_classes") for f in report["folds"] if f.get("test")]
+    if per_fold and all(per_fold):
+        return sorted({c for classes in per_fold for c in classes})
+    return list(report["labels"])
+
+
+def _namespace(report: dict[str, Any]) -> str | None:
+    """The one corpus namespace every test speaker of a pooled run carries (``emodb`` of ``emodb.03``), else None."""
+    speakers = [s for f in report["folds"] for s in f["test_speakers"]]
+    corpora = {s.split(SEPARATOR, 1)[0] for s in speakers if SEPARATOR in s}
+    if len(corpora) != 1 or not all(SEPARATOR in s for s in speakers):
+        return None
+    return corpora.pop()
+
+
+def _strip_namespace(report: dict[str, Any], corpus: str) -> dict[str, Any]:
+    """A copy of a pooled run's report in its test corpus's own names: ``C.03`` -> ``03`` in folds,
+    speakers and utterance ids, so that it pairs with a run on corpus C alone."""
+    prefix = corpus + SEPARATOR
+
+    def strip(name: str) -> str:
+        return name.replace(prefix, "", 1) if prefix in name else name
+
+    folds = []
+    for fold in report["folds"]:
+        test = dict(fold["test"])
+        test["per_speaker"] = {strip(k): v for k, v in test.get("per_speaker", {}).items()}
+        test["predictions"] = [{**p, "id": strip(p["id"]), "speaker": strip(p.get("speaker", ""))}
+                               for p in test.get("predictions", [])]
+        folds.append({**fold, "name": strip(fold["name"]), "test_speakers": [strip(s) for s in fold["test_speakers"]],
+                      "test": test})
+    return {**report, "folds": folds}
+
+
+def align_corpus_namespaces(reference: dict[str, Any], other: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Pair a pooled run's leave-one-speaker-out folds with a single-corpus run's: when exactly one of the two
+    runs tests speakers of one namespaced corpus and the other run's speakers carry no namespace, the pooled
+    run's names lose it. Anything else is returned as it is (and must then match by name)."""
+    ref_ns, oth_ns = _namespace(reference), _namespace(other)
+    if (ref_ns is None) == (oth_ns is None):
+        return reference, other
+    if ref_ns is not None:
+        log.info("%s is a pooled run testing %s: its speakers are matched to %s's without the %r namespace",
+                 reference["name"], ref_ns, other["name"], ref_ns + SEPARATOR)
+        return _strip_namespace(reference, ref_ns), other
+    log.info("%s is a pooled run testing %s: its speakers are matched to %s's without the %r namespace",
+             other["name"], oth_ns, reference["name"], oth_ns + SEPARATOR)
+    return reference, _strip_namespace(other, oth_ns)
+
+
 def compare_pair(reference: dict[str, Any], other: dict[str, Any], *, metric: str = "uar", n_boot: int = 2000,
                  seed: int = 0, unit: str = "fold") -> dict[str, Any]:
     """``other`` against ``reference`` over the folds both finished (differences are other - reference).
@@ -87,9 +143,11 @@ def compare_pair(reference: dict[str, Any], other: dict[str, Any], *, metric: st
         raise ValueError(f"unknown unit {unit!r}; choose one of {', '.join(UNITS)}")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if list(reference["labels"]) != list(other["labels"]):
-        raise ValueError(f"{other['name']} and {reference['name']} have different label lists "
-                         f"({other['labels']} vs {reference['labels']}): not the same task")
+    ref_labels, oth_labels = scored_labels(reference), scored_labels(other)
+    if sorted(ref_labels) != sorted(oth_labels):
+        raise ValueError(f"{other['name']} and {reference['name']} are scored over different classes "
+                         f"({oth_labels} vs {ref_labels}): not the same task")
+    reference, other = align_corpus_namespaces(reference, other)
     ref_folds = {f["name"]: f for f in reference["folds"]}
     oth_folds = {f["name"]: f for f in other["folds"]}
     shared = [name for name in ref_folds if name in oth_folds]
@@ -135,6 +193,9 @@ def compare_runs(reports: Sequence[dict[str, Any]], *, metric: str = "uar", n_bo
     """Every report after the first against the first; sign-flip p-values Holm-adjusted over the comparisons."""
     if len(reports) < 2:
         raise ValueError("compare needs a reference run and at least one other run")
+    ref_ns = _namespace(reports[0])
+    if ref_ns is not None and any(_namespace(r) is None for r in reports[1:]):  # a pooled reference, named as
+        reports = [_strip_namespace(reports[0], ref_ns), *reports[1:]]          # the single-corpus runs it meets
     pairs = [compare_pair(reports[0], other, metric=metric, n_boot=n_boot, seed=seed, unit=unit)
              for other in reports[1:]]
     for pair, adj in zip(pairs, holm_adjust([p["test"]["permutation_p"] for p in pairs])):

@@ -462,7 +462,11 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
     trained_on = set(loaded.info.get("test_speakers", []))
     feats = extract_features(scored_utts, FeatureCache(cache_dir, loaded.config.features))
     utts = {u.id: u for u in scored_utts}
-    normed = normalise_for_checkpoint(loaded.normaliser, feats, scored_utts, adapt=adapt)
+    normaliser = loaded.normaliser
+    if adapt != "none":  # fitted once here, so that the features and the report line use the same statistics
+        normaliser = adapt_normaliser(loaded.normaliser, [feats[u.id] for u in scored_utts], adapt,
+                                      [u.speaker for u in scored_utts])
+    normed = normalise_for_checkpoint(normaliser, feats, scored_utts)
     funcs = None
     # one vector per utterance has no statistics of its own: "utterance" adaptation leaves the functionals as trained
     func_adapt = adapt if adapt in ("batch", "speaker") else "none"
@@ -475,9 +479,7 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
         "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
         if loaded.normaliser.mode == "speaker" else "")
     if adapt != "none":
-        adapted = adapt_normaliser(loaded.normaliser, [feats[u.id] for u in scored_utts], adapt,
-                                   [u.speaker for u in scored_utts])
-        normalisation = f"trained with {loaded.normaliser.describe()}; tested with {adapted.describe()}"
+        normalisation = f"trained with {loaded.normaliser.describe()}; tested with {normaliser.describe()}"
     if funcs is not None:  # the functionals follow their own rule: say which, transductive ones included
         if func_adapt != "none":
             scope = "over all of it" if func_adapt == "batch" else "per speaker"
