@@ -122,13 +122,12 @@ def align_corpus_namespaces(reference: dict[str, Any], other: dict[str, Any]) ->
     ref_ns, oth_ns = _namespace(reference), _namespace(other)
     if (ref_ns is None) == (oth_ns is None):
         return reference, other
-    if ref_ns is not None:
-        log.info("%s is a pooled run testing %s: its speakers are matched to %s's without the %r namespace",
-                 reference["name"], ref_ns, other["name"], ref_ns + SEPARATOR)
-        return _strip_namespace(reference, ref_ns), other
+    corpus = ref_ns or oth_ns
+    pooled, single = (reference, other) if ref_ns else (other, reference)
     log.info("%s is a pooled run testing %s: its speakers are matched to %s's without the %r namespace",
-             other["name"], oth_ns, reference["name"], oth_ns + SEPARATOR)
-    return reference, _strip_namespace(other, oth_ns)
+             pooled["name"], corpus, single["name"], corpus + SEPARATOR)
+    stripped = _strip_namespace(pooled, corpus)
+    return (stripped, other) if ref_ns else (reference, stripped)
 
 
 def compare_pair(reference: dict[str, Any], other: dict[str, Any], *, metric: str = "uar", n_boot: int = 2000,
