@@ -102,7 +102,7 @@ def _strip_namespace(report: dict[str, Any], corpus: str) -> dict[str, Any]:
     prefix = corpus + SEPARATOR
 
     def strip(name: str) -> str:
-        return name.replace(prefix, "", 1) if prefix in name else name
+        return name.replace(prefix, "", 1)  # spk-emodb.03 -> spk-03, emodb.03a01Fa -> 03a01Fa
 
     folds = []
     for fold in report["folds"]:
