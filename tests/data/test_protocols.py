@@ -8,6 +8,7 @@ from moma.data.protocols import (
     choose_validation_speakers,
     make_folds,
     rotate_validation,
+    select_folds,
     validate_fold,
 )
 
@@ -175,3 +176,11 @@ def test_single_corpus_validation_choice_is_unchanged_by_pool_support():
     alpha = [u for u in _pool() if u.corpus == "alpha"]
     for seed in range(5):
         assert choose_pool_validation_speakers(alpha, 2, seed) == choose_validation_speakers(alpha, 2, seed)
+
+
+def test_select_folds_by_name_or_test_speaker_and_refuses_unknown_names():
+    folds = make_folds(corpus(n_speakers=4), "loso", val_speakers=1)
+    assert [f.name for f in select_folds(folds, ["spk-s01", "s03"])] == ["spk-s01", "spk-s03"]
+    assert select_folds(folds, None) == folds
+    with pytest.raises(ValueError, match="no fold matches s09 .folds: spk-s00, spk-s01, spk-s02, spk-s03"):
+        select_folds(folds, ["s01", "s09"])  # one typo is not run as a smaller selection

@@ -287,6 +287,12 @@ def test_moma_classical_writes_one_table(tmp_path, monkeypatch, capsys):
     assert md.count("| spk-s") >= 8  # per-fold UAR and chosen-C tables
     assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--feature-sets", "GeMAPS"]) == 2
     assert "--feature-sets: unknown GeMAPS (choose from eGeMAPSv02, ComParE_2016)" in capsys.readouterr().err
+    part = tmp_path / "part"
+    assert main(["classical", "--manifest", str(manifest), "--out", str(part), "--cache", str(tmp_path / "c"),
+                 "--feature-sets", "eGeMAPSv02", "--normalisations", "global", "--fold", "s1", "-q"]) == 0
+    assert "(1 of 4 folds)" in capsys.readouterr().out.splitlines()[0]
+    assert main(["classical", "--manifest", str(manifest), "--out", str(part), "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_importing_baselines_does_not_import_torch():
@@ -320,3 +326,67 @@ def test_leave_one_corpus_out_and_per_corpus_standardisation():
         assert c["test"]["uar"] > 0.9 and c["test"]["uar"] > g["test"]["uar"] + 0.2
     with pytest.raises(ValueError, match="needs the corpus of every row"):
         standardise(np.zeros((2, 3)), ["s1", "s2"], np.array([True, False]), "corpus")
+
+
+def _toy_manifest(tmp_path, monkeypatch):
+    """The toy corpus as a manifest, its vectors served in place of openSMILE's (no audio needed)."""
+    utts, feats = toy_corpus()
+    manifest = tmp_path / "toy.jsonl"
+    manifest.write_text("".join(json.dumps({"id": u.id, "path": u.path, "speaker": u.speaker, "label": u.label,
+                                            "corpus": "toy", "sha1": "ab" * 20}) + "\n" for u in utts))
+    monkeypatch.setattr(classical, "extract_functionals",
+                        lambda utterances, feature_set, **kw: {u.id: feats[u.id] for u in utterances})
+    return manifest
+
+
+def test_classical_computes_chosen_folds_then_resumes_the_rest(tmp_path, monkeypatch):
+    """A stopped or partial anchor run keeps its finished folds: the report says what is missing, and the same
+    command computes only the missing folds; other settings never reuse a fold made with different ones."""
+    manifest = _toy_manifest(tmp_path, monkeypatch)
+    computed = []
+    real = classical.run_svm_cv
+
+    def counting(utterances, features, folds, **kw):
+        computed.extend(f.name for f in folds)
+        return real(utterances, features, folds, **kw)
+
+    monkeypatch.setattr(classical, "run_svm_cv", counting)
+    out = tmp_path / "out"
+    kw = {"feature_sets": ["eGeMAPSv02"], "normalisations": ["global"], "cache_dir": tmp_path / "c", "c_grid": GRID}
+    first = classical.run_classical_report(manifest, out, only_folds=["s2", "spk-s4"], **kw)
+    assert computed == ["spk-s2", "spk-s4"]
+    run = first["runs"][0]
+    assert [f["name"] for f in run["folds"]] == ["spk-s2", "spk-s4"] and run["missing_folds"] == ["spk-s1", "spk-s3"]
+    md = (out / "report.md").read_text()
+    assert "Partial: eGeMAPSv02 / global: 2 of 4 folds (missing: spk-s1, spk-s3)" in md
+    assert "| 2 of 4 |" in md and "| spk-s1 |" not in md
+    computed.clear()
+    full = classical.run_classical_report(manifest, out, **kw)
+    assert computed == ["spk-s1", "spk-s3"]  # only the missing ones
+    run = full["runs"][0]
+    assert [f["name"] for f in run["folds"]] == ["spk-s1", "spk-s2", "spk-s3", "spk-s4"] and not run["missing_folds"]
+    assert "Partial" not in (out / "report.md").read_text()
+    toy = classical.read_manifest(manifest)
+    once = real(toy, classical.extract_functionals(toy, "eGeMAPSv02"), loso(toy), normalisation="global", c_grid=GRID)
+    assert [r["test"]["uar"] for r in run["folds"]] == [r["test"]["uar"] for r in once]  # same as in one go
+    computed.clear()
+    classical.run_classical_report(manifest, out, **{**kw, "c_grid": (0.1,)})  # another grid: all again
+    assert computed == ["spk-s1", "spk-s2", "spk-s3", "spk-s4"]
+    computed.clear()
+    classical.run_classical_report(manifest, out, **{**kw, "c_grid": (0.1,)}, restart=True)
+    assert len(computed) == 4
+    with pytest.raises(ValueError, match="no fold matches spk-s9"):
+        classical.run_classical_report(manifest, out, only_folds=["spk-s9"], **kw)
+
+
+def test_classical_jobs_give_the_same_folds_as_one_process(tmp_path, monkeypatch):
+    manifest = _toy_manifest(tmp_path, monkeypatch)
+    kw = {"feature_sets": ["eGeMAPSv02"], "normalisations": ["global", "speaker"], "cache_dir": tmp_path / "c",
+          "c_grid": GRID}
+    serial = classical.run_classical_report(manifest, tmp_path / "one", **kw)
+    parallel = classical.run_classical_report(manifest, tmp_path / "two", jobs=3, **kw)
+    assert "3 fold process(es)" in parallel["host"]
+    for a, b in zip(serial["runs"], parallel["runs"]):
+        assert [(f["name"], f["chosen_C"], f["test"]["uar"]) for f in a["folds"]] == [
+            (f["name"], f["chosen_C"], f["test"]["uar"]) for f in b["folds"]]
+    assert len(list((tmp_path / "two" / "folds").glob("*/*.json"))) == 8

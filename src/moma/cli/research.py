@@ -112,6 +112,11 @@ def add_research_commands(subparsers: Any) -> None:
     p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes for feature extraction")
+    p.add_argument("--fold", nargs="+", default=None, help="compute only these folds (names or test speakers); "
+                                                           "the report covers every fold finished so far")
+    p.add_argument("--jobs", type=int, default=1, help="folds computed at once, in parallel processes")
+    p.add_argument("--restart", action="store_true", help="compute every fold again (finished folds under "
+                                                          "OUT/folds are otherwise reused)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_classical)
 
@@ -158,16 +163,20 @@ def cmd_classical(args: argparse.Namespace) -> int:
             raise ValueError(f"{option}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
     if args.k < 2:
         raise ValueError(f"--k must be >= 2, got {args.k}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     require_extra("opensmile", "classical", "moma classical")
     report = run_classical_report(args.manifest, args.out, feature_sets=args.feature_sets,
                                   normalisations=args.normalisations, cache_dir=args.cache, command=command_line(args),
                                   protocol=args.protocol, k=args.k, seed=args.seed, workers=args.workers,
-                                  progress=not args.quiet, test_corpus=args.test_corpus)
+                                  progress=not args.quiet, test_corpus=args.test_corpus, only_folds=args.fold,
+                                  jobs=args.jobs, restart=args.restart)
     for run in report["runs"]:
         s = run["summary"]
+        part = f"  ({s['folds']} of {report['n_folds']} folds)" if run["missing_folds"] else ""
         print(f"{run['feature_set']:>13} {run['normalisation']:>7}: UAR {s['uar']['mean']:.3f} ± "
               f"{s['uar']['std']:.3f}  accuracy {s['accuracy']['mean']:.3f} ± {s['accuracy']['std']:.3f}  "
-              f"pooled UAR {s['pooled']['uar']:.3f}")
+              f"pooled UAR {s['pooled']['uar']:.3f}{part}")
     print(f"report:  {Path(args.out) / 'report.md'}")
     return 0
 

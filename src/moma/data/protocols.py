@@ -250,6 +250,19 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: 
     return folds
 
 
+def select_folds(folds: Sequence[Fold], wanted: Sequence[str] | None) -> list[Fold]:
+    """The folds named in ``wanted`` (a fold's name or one of its test speakers), all when ``wanted`` is empty;
+    a name that matches nothing is an error, so a typo never runs the wrong folds silently."""
+    if not wanted:
+        return list(folds)
+    chosen = [f for f in folds if f.name in wanted or any(s in wanted for s in f.test_speakers)]
+    known = {f.name for f in folds} | {s for f in folds for s in f.test_speakers}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise ValueError(f"no fold matches {', '.join(unknown)} (folds: {', '.join(f.name for f in folds)})")
+    return chosen
+
+
 def fold_scored_classes(fold: Fold, utterances: Sequence[Utterance], labels: Sequence[str]) -> list[str] | None:
     """The classes a fold is scored over: those of its test corpus, where a pool holds classes that corpus lacks
     (its speakers cannot be asked to tell apart classes their corpus never recorded). ``None`` otherwise."""

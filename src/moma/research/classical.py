@@ -319,31 +319,36 @@ def render_classical_markdown(report: dict[str, Any]) -> str:
               "- Wall time: feature extraction " + ", ".join(
                   f"{fs} {e['seconds']:.0f} s ({e['computed']} computed, {e['cached']} from the cache)"
                   for fs, e in report["extraction"].items())
-              + f"; SVM cross-validation {report['cv_time_s']:.0f} s in all ("
+              + f"; SVM cross-validation {report['cv_time_s']:.0f} s in this run (summed over folds, finished now "
+              "or earlier: "
               + ", ".join(f"{r['feature_set']}/{r['normalisation']} {r['wall_time_s']:.0f} s" for r in runs)
               + f"); {report.get('host', '')}",
               "", f"> {PAPER_NAMING_NOTE}", "",
               "## Summary (mean ± std over folds)", "",
               "| features | normalisation | UAR (the paper's \"WA\") | accuracy (the paper's \"UA\") | macro-F1 | "
-              "pooled UAR | pooled accuracy |",
-              "|---|---|---|---|---|---|---|"]
+              "pooled UAR | pooled accuracy | folds |",
+              "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         s = run["summary"]
         trans = " (transductive)" if run["normalisation"] == "speaker" else ""
         lines.append(f"| {run['feature_set']} | {run['normalisation']}{trans} | {_fmt(s['uar'])} | "
                      f"{_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | {s['pooled']['uar']:.3f} | "
-                     f"{s['pooled']['accuracy']:.3f} |")
-    names = [f["name"] for f in runs[0]["folds"]] if runs else []
+                     f"{s['pooled']['accuracy']:.3f} | {s['folds']} of {report['n_folds']} |")
+    # runs may have finished different folds (a partial run): rows follow the protocol's folds, "-" where missing
+    by_run = [{f["name"]: f for f in r["folds"]} for r in runs]
+    names = [f["name"] for f in report.get("folds_definition", []) if any(f["name"] in b for b in by_run)]
+    if not names and runs:  # reports written before folds_definition was kept
+        names = [f["name"] for f in runs[0]["folds"]]
     header = " | ".join(f"{r['feature_set']} {r['normalisation']}" for r in runs)
     lines += ["", "## Test UAR per fold", "", f"| fold | test speakers | n | {header} |",
               "|---|---|---|" + "---|" * len(runs)]
-    for i, name in enumerate(names):
-        f0 = runs[0]["folds"][i]
-        cells = " | ".join(f"{r['folds'][i]['test']['uar']:.3f}" for r in runs)
+    for name in names:
+        f0 = next(b[name] for b in by_run if name in b)
+        cells = " | ".join(f"{b[name]['test']['uar']:.3f}" if name in b else "-" for b in by_run)
         lines.append(f"| {name} | {', '.join(f0['test_speakers'])} | {f0['test']['n']} | {cells} |")
     lines += ["", "## Chosen C per fold", "", f"| fold | {header} |", "|---|" + "---|" * len(runs)]
-    for i, name in enumerate(names):
-        cells = " | ".join(f"{r['folds'][i]['chosen_C']:g}" for r in runs)
+    for name in names:
+        cells = " | ".join(f"{b[name]['chosen_C']:g}" if name in b else "-" for b in by_run)
         lines.append(f"| {name} | {cells} |")
     for run in runs:
         s = run["summary"]
@@ -373,24 +378,69 @@ def _software() -> str:
     return f"{smile}, scikit-learn {sklearn.__version__}, numpy {np.__version__}"
 
 
+def fold_result_path(out_dir: str | Path, feature_set: str, normalisation: str, fold_name: str) -> Path:
+    """Where one finished fold of one feature set x normalisation is kept, so that a stopped run resumes."""
+    return Path(out_dir) / "folds" / f"{feature_set}-{normalisation}" / f"{fold_name}.json"
+
+
+def _load_fold_result(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished fold's result when it was made with the same folds, features and settings, else None."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        log.warning("%s: unreadable; computing the fold again", path)
+        return None
+    if saved.get("key") != key:
+        log.info("%s: made with other settings or folds; computing the fold again", path)
+        return None
+    return saved["result"]
+
+
+def _svm_fold(utterances: Sequence[Utterance], features: dict[str, np.ndarray], fold: Any, normalisation: str,
+              c_grid: Sequence[float], seed: int, path: Path, key: dict[str, Any], threads: int | None) -> dict:
+    """One fold of :func:`run_svm_cv`, saved at ``path`` as soon as it is done (a process of its own with
+    ``--jobs``; ``threads`` then caps its BLAS threads so that the jobs share the cores instead of fighting)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        result = run_svm_cv(utterances, features, [fold], normalisation=normalisation, c_grid=c_grid, seed=seed)[0]
+    write_json_atomic(path, {"key": key, "result": result})
+    return result
+
+
 def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
                          feature_sets: Sequence[str] = ("eGeMAPSv02", "ComParE_2016"),
                          normalisations: Sequence[str] = DEFAULT_NORMALISATIONS,
                          cache_dir: str | Path = DEFAULT_CACHE,
                          command: str | None = None, protocol: str = "loso", k: int = 5,
                          c_grid: Sequence[float] = DEFAULT_C_GRID, seed: int = 0, workers: int = 1,
-                         progress: bool = False, test_corpus: str | None = None) -> dict[str, Any]:
+                         progress: bool = False, test_corpus: str | None = None,
+                         only_folds: Sequence[str] | None = None, jobs: int = 1,
+                         restart: bool = False) -> dict[str, Any]:
     """Every feature set x normalisation on the protocol's folds; writes ``report.md`` and ``report.json``.
 
     On a pooled manifest, ``protocol="loco"`` trains on the other corpora and tests on each in turn, and
     ``test_corpus`` (with ``loso``) leaves that corpus's speakers out one at a time; a fold is scored over its
-    test corpus's classes, as the MOMA runs are."""
-    from moma.data.protocols import make_folds
+    test corpus's classes, as the MOMA runs are.
+
+    Every finished fold is kept under ``out_dir/folds/`` with what it depends on (:func:`anchor_key`): the same
+    command run again computes only the folds still missing (``restart`` computes all again). ``only_folds``
+    (fold names or test speakers) computes just those; the report covers every fold finished so far and says
+    which are missing. ``jobs`` folds are computed at once in separate processes."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from moma.data.protocols import make_folds, select_folds
     from moma.evaluation.metrics import aggregate_folds
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     utterances = read_manifest(manifest_path)
     labels = label_list(utterances)
     folds = make_folds(utterances, protocol, val_speakers=0, k=k, seed=seed, test_corpus=test_corpus)
+    chosen = {f.name for f in select_folds(folds, only_folds)}
     features: dict[str, dict[str, np.ndarray]] = {}
     extraction: dict[str, dict[str, float]] = {}
     for fs in feature_sets:
@@ -401,18 +451,50 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
                           "cached": cached}
     extraction_s = sum(e["seconds"] for e in extraction.values())
     t1 = time.time()
+    finished: dict[tuple[str, str, str], dict[str, Any]] = {}
+    pending = []  # (feature set, normalisation, fold, path, key) still to compute
+    for fs in feature_sets:
+        for mode in normalisations:
+            for fold in folds:
+                path = fold_result_path(out_dir, fs, mode, fold.name)
+                key = anchor_key([fold], fs, mode, c_grid, seed)
+                result = None if restart else _load_fold_result(path, key)
+                if result is not None:
+                    finished[fs, mode, fold.name] = result
+                elif fold.name in chosen:
+                    pending.append((fs, mode, fold, path, key))
+    reused = sum(1 for fs, mode, name in finished if name in chosen)
+    if reused:
+        log.info("%d fold result(s) reused from %s (finished earlier)", reused, Path(out_dir) / "folds")
+    if jobs == 1 or len(pending) <= 1:
+        for fs, mode, fold, path, key in pending:
+            finished[fs, mode, fold.name] = _svm_fold(utterances, features[fs], fold, mode, c_grid, seed, path,
+                                                      key, None)
+    else:
+        # spawn, as moma cv's folds (forking a process whose BLAS threads run can deadlock); each task carries
+        # its feature set's vectors, each worker's BLAS runs one thread, and every fold is saved as it ends, so
+        # a failed fold costs only itself: the others finish and the same command resumes
+        with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_svm_fold, utterances, features[fs], fold, mode, c_grid, seed, path, key, 1):
+                       (fs, mode, fold.name) for fs, mode, fold, path, key in pending}
+            for done, future in enumerate(as_completed(futures), 1):
+                finished[futures[future]] = future.result()
+                log.info("fold %d/%d done: %s", done, len(pending), " / ".join(futures[future]))
     runs = []
     for fs in feature_sets:
         for mode in normalisations:
-            t_run = time.time()
-            results = run_svm_cv(utterances, features[fs], folds, normalisation=mode, c_grid=c_grid, seed=seed)
+            results = [finished[fs, mode, f.name] for f in folds if (fs, mode, f.name) in finished]
+            if not results:
+                continue
+            missing = [f.name for f in folds if (fs, mode, f.name) not in finished]
             summary = aggregate_folds(results, labels)
             runs.append({"feature_set": fs, "n_features": int(next(iter(features[fs].values())).shape[0]),
                          "normalisation": mode, "normalisation_note": NORMALISATION_NOTES[mode],
-                         "wall_time_s": round(time.time() - t_run, 1), "summary": summary, "folds": results})
-            log.info("%s / %s: UAR %.3f ± %.3f, accuracy %.3f ± %.3f (%.0f s)", fs, mode, summary["uar"]["mean"],
-                     summary["uar"]["std"], summary["accuracy"]["mean"], summary["accuracy"]["std"],
-                     time.time() - t_run)
+                         "wall_time_s": round(sum(r["train_time_s"] for r in results), 1), "summary": summary,
+                         "folds": results, "missing_folds": missing})
+            log.info("%s / %s: UAR %.3f ± %.3f, accuracy %.3f ± %.3f over %d of %d folds", fs, mode,
+                     summary["uar"]["mean"], summary["uar"]["std"], summary["accuracy"]["mean"],
+                     summary["accuracy"]["std"], len(results), len(folds))
     cv_s = time.time() - t1
     corpus = (utterances[0].corpus if utterances else "") or Path(manifest_path).stem
     report = {
@@ -431,7 +513,7 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
         "c_grid": [float(c) for c in c_grid],
         "seed": seed,
         "software": _software(),
-        "host": f"{os.cpu_count()} CPU cores visible, 1 process",
+        "host": f"{os.cpu_count()} CPU cores visible, {jobs} fold process(es) at a time",
         "extraction_time_s": round(extraction_s, 1),
         "extraction": extraction,
         "cv_time_s": round(cv_s, 1),
@@ -445,6 +527,11 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
                   "leaves the decision values unchanged (checked to ~1e-14 on EmoDB) and only makes fits faster."],
         "runs": runs,
     }
+    partial = [f"{r['feature_set']} / {r['normalisation']}: {len(r['folds'])} of {len(folds)} folds (missing: "
+               f"{', '.join(r['missing_folds'])})" for r in runs if r["missing_folds"]]
+    if partial:
+        report["notes"].insert(0, "Partial: " + "; ".join(partial) + ". Means are over the finished folds only; "
+                               "the same command with the missing folds (--fold) completes them.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")

@@ -25,7 +25,7 @@ from moma.capabilities import check_bf16
 from moma.checkpoint import load_checkpoint
 from moma.config import RunConfig, config_from_dict, config_to_dict, replace, save_config
 from moma.corpora.base import Utterance, label_list
-from moma.data.protocols import Fold, fold_scored_classes, make_folds, rotate_validation, validate_fold
+from moma.data.protocols import Fold, fold_scored_classes, make_folds, rotate_validation, select_folds, validate_fold
 from moma.evaluation.calibration import expected_calibration_error, negative_log_likelihood, scale_posteriors
 from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from moma.features.augment import augmented_utterances, parse_families
@@ -442,11 +442,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
         barrier(dist_info)
     folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
                        test_session=test_session, test_speakers=test_speakers, test_corpus=test_corpus)
-    if only_folds:
-        wanted = set(only_folds)
-        folds = [f for f in folds if f.name in wanted or any(s in wanted for s in f.test_speakers)]
-        if not folds:
-            raise ValueError(f"no fold matches {', '.join(only_folds)}")
+    folds = select_folds(folds, only_folds)
     for fold in folds:
         validate_fold(fold, utterances)
     meta = {
