@@ -375,6 +375,9 @@ def test_classical_computes_chosen_folds_then_resumes_the_rest(tmp_path, monkeyp
     computed.clear()
     classical.run_classical_report(manifest, out, **{**kw, "c_grid": (0.1,)}, restart=True)
     assert len(computed) == 4
+    computed.clear()
+    again = classical.run_classical_report(manifest, out, **{**kw, "c_grid": (0.1,)}, restart=True, only_folds=["s3"])
+    assert computed == ["spk-s3"] and len(again["runs"][0]["folds"]) == 4  # the others' results are kept
     with pytest.raises(ValueError, match="no fold matches spk-s9"):
         classical.run_classical_report(manifest, out, only_folds=["spk-s9"], **kw)
 

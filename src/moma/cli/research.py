@@ -115,8 +115,9 @@ def add_research_commands(subparsers: Any) -> None:
     p.add_argument("--fold", nargs="+", default=None, help="compute only these folds (names or test speakers); "
                                                            "the report covers every fold finished so far")
     p.add_argument("--jobs", type=int, default=1, help="folds computed at once, in parallel processes")
-    p.add_argument("--restart", action="store_true", help="compute every fold again (finished folds under "
-                                                          "OUT/folds are otherwise reused)")
+    p.add_argument("--restart", action="store_true", help="compute the folds again (with --fold: those "
+                                                          "named); finished folds under OUT/folds are otherwise "
+                                                          "reused")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_classical)
 

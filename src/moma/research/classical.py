@@ -426,7 +426,7 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
     test corpus's classes, as the MOMA runs are.
 
     Every finished fold is kept under ``out_dir/folds/`` with what it depends on (:func:`anchor_key`): the same
-    command run again computes only the folds still missing (``restart`` computes all again). ``only_folds``
+    command run again computes only the folds still missing (``restart``: the chosen ones again). ``only_folds``
     (fold names or test speakers) computes just those; the report covers every fold finished so far and says
     which are missing. ``jobs`` folds are computed at once in separate processes."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -458,7 +458,7 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
             for fold in folds:
                 path = fold_result_path(out_dir, fs, mode, fold.name)
                 key = anchor_key([fold], fs, mode, c_grid, seed)
-                result = None if restart else _load_fold_result(path, key)
+                result = None if restart and fold.name in chosen else _load_fold_result(path, key)
                 if result is not None:
                     finished[fs, mode, fold.name] = result
                 elif fold.name in chosen:
