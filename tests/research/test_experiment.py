@@ -518,3 +518,21 @@ def test_nemo_and_iemocap_grids_plan_the_same_cells(tmp_path, monkeypatch):
     assert cpu.variants["moma-3"].config.model.hidden_size == 128
     assert cpu.variants["moma-3"].config.model.gamma_init == "random"
     assert cpu.variants["moma-3-equal"].config.model.gamma_init == "equal"  # the variant's own set wins
+
+
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
+
+
+@pytest.mark.parametrize("report", sorted(p.parent.name for p in REPORTS.glob("*/experiment.yaml")))
+def test_shipped_grids_still_resolve_to_the_configs_their_committed_reports_ran(report):
+    """A shipped recipe's defaults may change (cpu gained min_epochs and smoothing); a grid whose report is
+    committed must pin what it ran with, or its own command would refuse every finished cell."""
+    from moma.research.experiment.cells import config_differences
+
+    saved = yaml.safe_load((REPORTS / report / "experiment.yaml").read_text())
+    shipped = Path(__import__("moma").__file__).with_name("configs") / "experiments" / Path(saved["source"]).name
+    exp = load_experiment(shipped)
+    assert set(exp.variants) == set(saved["variants"])
+    for name, variant in exp.variants.items():
+        ran = yaml.safe_load((REPORTS / report / "configs" / f"{name}.yaml").read_text())
+        assert config_differences(ran, variant.config) == [], f"{report}: variant {name}"

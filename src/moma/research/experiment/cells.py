@@ -72,16 +72,23 @@ def plan_cells(exp: Experiment, folds: Sequence[Fold], out_dir: str | Path) -> l
     return cells
 
 
+def config_differences(stamped: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """The keys (``section.key``) in which ``cfg`` differs from a config a run was stamped with, runtime keys
+    aside. An option added to the config after that run is absent from its stamp; the run had that option's
+    default (a new option's default keeps the old behaviour), so the stamp is read over the defaults."""
+    old = merge_overrides(config_signature(RunConfig()), stamped or {})
+    for section, key in RUNTIME_KEYS:
+        old.get(section, {}).pop(key, None)
+    return _diff_keys(old, config_signature(cfg))
+
+
 def check_cell(cell: Cell) -> None:
     """Refuse a cell folder that was computed (or started) with another configuration or fold."""
     stamp = cell.out_dir / "cell.json"
     if not stamp.is_file():
         return
     old = json.loads(stamp.read_text(encoding="utf-8"))
-    # an option added to the config after the cell ran is absent from its stamp; the cell ran with that
-    # option's default (a new option's default keeps the old behaviour), so the stamp is read over the defaults
-    stamped = merge_overrides(config_signature(RunConfig()), old.get("config") or {})
-    diff = _diff_keys(stamped, config_signature(cell.config))
+    diff = config_differences(old.get("config") or {}, cell.config)
     if old.get("fold") != cell.fold.to_dict():
         diff.append("fold (speakers)")
     if diff:
