@@ -257,20 +257,26 @@ def test_random_labels_do_not_score_perfectly():
     assert np.mean([r["test"]["uar"] for r in results]) < 0.8
 
 
-def test_moma_classical_writes_one_table(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("opensmile")  # the command refuses to start without it
-    from moma.cli.main import main
-
+def _toy_manifest(tmp_path, monkeypatch, scales=None):
+    """The toy corpus as a manifest, its vectors served in place of openSMILE's (no audio needed); ``scales``
+    (feature set -> factor) makes the feature sets differ."""
     utts, feats = toy_corpus()
     manifest = tmp_path / "toy.jsonl"
     manifest.write_text("".join(json.dumps({"id": u.id, "path": u.path, "speaker": u.speaker, "label": u.label,
                                             "corpus": "toy", "sha1": "ab" * 20}) + "\n" for u in utts))
-    fake_sets = {"eGeMAPSv02": 1.0, "ComParE_2016": 2.0}
 
-    def fake_extract(utterances, feature_set, **kwargs):  # no audio: the toy corpus's vectors
-        return {u.id: feats[u.id] * fake_sets[feature_set] for u in utterances}
+    def fake_extract(utterances, feature_set, **kwargs):
+        return {u.id: feats[u.id] * (scales or {}).get(feature_set, 1.0) for u in utterances}
 
     monkeypatch.setattr(classical, "extract_functionals", fake_extract)
+    return manifest
+
+
+def test_moma_classical_writes_one_table(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("opensmile")  # the command refuses to start without it
+    from moma.cli.main import main
+
+    manifest = _toy_manifest(tmp_path, monkeypatch, scales={"eGeMAPSv02": 1.0, "ComParE_2016": 2.0})
     out = tmp_path / "out"
     assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--cache", str(tmp_path / "c"),
                  "-q"]) == 0
@@ -328,15 +334,6 @@ def test_leave_one_corpus_out_and_per_corpus_standardisation():
         standardise(np.zeros((2, 3)), ["s1", "s2"], np.array([True, False]), "corpus")
 
 
-def _toy_manifest(tmp_path, monkeypatch):
-    """The toy corpus as a manifest, its vectors served in place of openSMILE's (no audio needed)."""
-    utts, feats = toy_corpus()
-    manifest = tmp_path / "toy.jsonl"
-    manifest.write_text("".join(json.dumps({"id": u.id, "path": u.path, "speaker": u.speaker, "label": u.label,
-                                            "corpus": "toy", "sha1": "ab" * 20}) + "\n" for u in utts))
-    monkeypatch.setattr(classical, "extract_functionals",
-                        lambda utterances, feature_set, **kw: {u.id: feats[u.id] for u in utterances})
-    return manifest
 
 
 def test_classical_computes_chosen_folds_then_resumes_the_rest(tmp_path, monkeypatch):
