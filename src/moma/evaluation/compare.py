@@ -210,10 +210,9 @@ def render_comparison(result: dict[str, Any]) -> str:
     metric, ref = result["metric"], result["reference"]
     unit = result.get("unit", "fold")
     units = "folds" if unit == "fold" else "test speakers"
+    paired = "folds both finished" if unit == "fold" else "test speakers of the folds both finished"
     lines = [f"# Paired comparison against {ref} ({metric})", "",
-             f"Differences are run − {ref} over the "
-             + ("folds both finished" if unit == "fold" else "test speakers of the folds both finished")
-             + ". p: two-sided sign-flip test "
+             f"Differences are run − {ref} over the {paired}. p: two-sided sign-flip test "
              f"over {units} (exact up to 16 pairs), Holm-adjusted over the rows; the CI is a paired bootstrap over "
              "the pooled test utterances.", "",
              f"| run | {units} | {metric} (mean over {units}) | {ref} | Δ | wins / losses / ties | p (sign-flip) | "
