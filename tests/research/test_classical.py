@@ -379,6 +379,46 @@ def test_classical_computes_chosen_folds_then_resumes_the_rest(tmp_path, monkeyp
         classical.run_classical_report(manifest, out, only_folds=["spk-s9"], **kw)
 
 
+def test_experiment_anchor_keeps_finished_folds_when_stopped(tmp_path, monkeypatch):
+    """An experiment's anchor (run_anchor) that stops part-way keeps the folds it finished: the rerun computes
+    only the rest, gives what one uninterrupted run gives, and a report-only call computes nothing."""
+    utts, feats = toy_corpus()
+    folds = loso(utts)
+    monkeypatch.setattr(classical, "extract_functionals", lambda utterances, feature_set, **kw: feats)
+    computed = []
+    real = classical.run_svm_cv
+
+    def stopping_after(n):
+        def run(utterances, features, folds, **kw):
+            if len(computed) == n:
+                raise KeyboardInterrupt  # the grid is stopped while this fold runs
+            computed.extend(f.name for f in folds)
+            return real(utterances, features, folds, **kw)
+        return run
+
+    out = tmp_path / "classical" / "eGeMAPSv02-global.json"
+    kw = {"feature_set": "eGeMAPSv02", "normalisation": "global", "c_grid": GRID}
+    monkeypatch.setattr(classical, "run_svm_cv", stopping_after(2))
+    with pytest.raises(KeyboardInterrupt):
+        classical.run_anchor(utts, folds, out, **kw)
+    assert computed == ["spk-s1", "spk-s2"] and not out.exists()
+    assert sorted(p.name for p in classical.anchor_fold_path(out, "x").parent.iterdir()) == ["spk-s1.json",
+                                                                                              "spk-s2.json"]
+    assert classical.run_anchor(utts, folds, out, compute=False, **kw) is None
+    computed.clear()
+    monkeypatch.setattr(classical, "run_svm_cv", stopping_after(99))
+    resumed = classical.run_anchor(utts, folds, out, **kw)
+    assert computed == ["spk-s3", "spk-s4"]  # only the folds the stopped run had not finished
+    once = real(utts, feats, folds, normalisation="global", c_grid=GRID)
+    assert [(r["name"], r["chosen_C"], r["test"]["uar"]) for r in resumed["folds"]] == [
+        (r["name"], r["chosen_C"], r["test"]["uar"]) for r in once]
+    assert resumed["wall_time_s"] == pytest.approx(sum(r["train_time_s"] for r in resumed["folds"]), abs=0.1)
+    computed.clear()
+    assert classical.run_anchor(utts, folds, out, compute=False, **kw) == resumed  # cached whole
+    classical.run_anchor(utts, folds, out, **{**kw, "c_grid": (0.1,)})  # another grid: every fold again
+    assert computed == ["spk-s1", "spk-s2", "spk-s3", "spk-s4"]
+
+
 def test_classical_jobs_give_the_same_folds_as_one_process(tmp_path, monkeypatch):
     manifest = _toy_manifest(tmp_path, monkeypatch)
     kw = {"feature_sets": ["eGeMAPSv02"], "normalisations": ["global", "speaker"], "cache_dir": tmp_path / "c",

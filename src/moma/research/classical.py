@@ -264,8 +264,10 @@ def run_anchor(utterances: Sequence[Utterance], folds: Sequence[Any], out_path: 
     """One feature set + linear SVM on given folds (an experiment's), cached in ``out_path`` (JSON).
 
     Returns ``{"key", "n_features", "folds": [fold results of run_svm_cv], "wall_time_s"}``; a cached result
-    with the same :func:`anchor_key` is returned as it is. With ``compute=False`` a missing or stale result
-    gives None instead of being computed (a report-only run).
+    with the same :func:`anchor_key` is returned as it is. Each fold is also kept as soon as it is finished
+    (:func:`anchor_fold_path`), so a stopped grid resumes with the anchor folds it had, as ``moma classical``
+    does. With ``compute=False`` a missing or stale result gives None instead of being computed (a report-only
+    run).
     """
     out_path = Path(out_path)
     key = anchor_key(folds, feature_set, normalisation, c_grid, seed)
@@ -277,11 +279,20 @@ def run_anchor(utterances: Sequence[Utterance], folds: Sequence[Any], out_path: 
                  "recomputing" if compute else "ignored")
     if not compute:
         return None
-    t0 = time.time()
-    features = extract_functionals(utterances, feature_set, cache_dir=cache_dir, workers=workers, progress=progress)
-    results = run_svm_cv(utterances, features, folds, normalisation=normalisation, c_grid=c_grid, seed=seed)
+    features: dict[str, np.ndarray] | None = None  # extracted only when a fold is still missing
+    results = []
+    for fold in folds:
+        path = anchor_fold_path(out_path, fold.name)
+        fold_key = anchor_key([fold], feature_set, normalisation, c_grid, seed)
+        result = _load_fold_result(path, fold_key)
+        if result is None:
+            if features is None:
+                features = extract_functionals(utterances, feature_set, cache_dir=cache_dir, workers=workers,
+                                               progress=progress)
+            result = _svm_fold(utterances, features, fold, normalisation, c_grid, seed, path, fold_key, None)
+        results.append(result)
     data = {"key": key, "n_features": FEATURE_SETS[feature_set], "folds": results,
-            "wall_time_s": round(time.time() - t0, 1)}
+            "wall_time_s": round(sum(r["train_time_s"] for r in results), 1)}  # summed over folds, resumed or not
     write_json_atomic(out_path, data)
     return data
 
@@ -381,6 +392,13 @@ def _software() -> str:
 def fold_result_path(out_dir: str | Path, feature_set: str, normalisation: str, fold_name: str) -> Path:
     """Where one finished fold of one feature set x normalisation is kept, so that a stopped run resumes."""
     return Path(out_dir) / "folds" / f"{feature_set}-{normalisation}" / f"{fold_name}.json"
+
+
+def anchor_fold_path(out_path: str | Path, fold_name: str) -> Path:
+    """Where :func:`run_anchor` keeps one finished fold of the anchor cached at ``out_path``
+    (``classical/eGeMAPSv02-global.json`` -> ``classical/eGeMAPSv02-global-folds/<fold>.json``)."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}-folds") / f"{fold_name}.json"
 
 
 def _load_fold_result(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:

@@ -58,7 +58,8 @@ After the cells, each analysed cell's results go to ``<cell>/analysis.json``
 (a rerun recomputes nothing that is there), the per-variant aggregates to
 ``results.json["analysis"]``, tables to report.md and the figures
 ``analysis_entropy.png``, ``analysis_probe.png``, ``analysis_robustness.png``; the attention maps go to
-``attention_maps/`` and the anchors' fold results to ``classical/``, both reused by a rerun.
+``attention_maps/`` and the anchors' fold results to ``classical/`` (each fold kept as it finishes, so a
+stopped grid keeps its finished anchor folds), both reused by a rerun.
 The per-speaker UAR spread and gender gap come from every finished cell.
 
 Paper claims: :func:`paper_claims` turns the numbers into a verdict per claim of
