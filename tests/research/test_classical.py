@@ -123,19 +123,28 @@ def test_inner_cv_holds_out_each_training_speaker_once(monkeypatch):
 
         def fit(self, xs, ys):
             self.inner.fit(xs, ys)
-            self.C = self.inner.C
+            self.C, self.classes_ = self.inner.C, self.inner.classes_
             return self
 
-        def predict(self, xs):
+        def decision_function(self, xs):
             predicted_rows.append(xs.shape[0])
-            return self.inner.predict(xs)
+            return self.inner.decision_function(xs)
 
     monkeypatch.setattr(classical, "_make_svm", lambda c, seed, dual="auto": SpySVC(c, seed))
-    best, scores = select_c(x, y, spk, normalisation="global", c_grid=GRID)
+    best, scores, held_out = select_c(x, y, spk, normalisation="global", c_grid=GRID)
     assert best in GRID
     assert sorted(scores) == sorted(GRID)
     # 3 inner folds (one per training speaker) x 2 values of C, each predicting one speaker's 18 rows
     assert predicted_rows == [18] * 6
+    # every training row gets one held-out posterior, from the inner fold that held its speaker out
+    assert held_out.shape == (54, 3) and np.allclose(held_out.sum(axis=1), 1.0)
+    for held in ("s1", "s2", "s3"):
+        rows = spk == held
+        xs = standardise(x, spk, ~rows, "global")
+        from sklearn.svm import LinearSVC
+
+        own = LinearSVC(C=best, class_weight="balanced", dual="auto", random_state=0).fit(xs[~rows], y[~rows])
+        assert (held_out[rows].argmax(axis=1) == own.predict(xs[rows])).all()
 
 
 def test_inner_folds_refit_global_statistics_without_their_held_out_speaker(monkeypatch):
@@ -155,6 +164,25 @@ def test_inner_folds_refit_global_statistics_without_their_held_out_speaker(monk
     select_c(x, y, spk, normalisation="global", c_grid=GRID)
     assert len(calls) == 3  # one fit per inner fold, each without its held-out speaker
     assert set(calls) == {frozenset({"s2", "s3"}), frozenset({"s1", "s3"}), frozenset({"s1", "s2"})}
+
+
+def test_svm_temperature_is_fitted_on_training_speakers_only():
+    """Each fold's temperature comes from the training rows' held-out inner predictions: relabelling the test
+    speaker's utterances moves its scores, never its temperature; the report shows what scaling does."""
+    import dataclasses
+
+    utts, feats = toy_corpus(separation=1.0)
+    folds = loso(utts)[:1]
+    a = run_svm_cv(utts, feats, folds, normalisation="global", c_grid=GRID)[0]
+    test = set(folds[0].test)
+    relabelled = [dataclasses.replace(u, label=LABELS[(LABELS.index(u.label) + 1) % 3]) if u.id in test else u
+                  for u in utts]
+    b = run_svm_cv(relabelled, feats, folds, normalisation="global", c_grid=GRID)[0]
+    assert a["test"]["uar"] != b["test"]["uar"]
+    (t,) = a["calibration"]["temperatures"]
+    assert b["calibration"]["temperatures"] == [t] and t > 0
+    assert a["calibration"]["n"] == len(test)
+    assert a["calibration"]["nll_before"] != a["calibration"]["nll_after"]
 
 
 def test_c_is_chosen_from_the_grid():
@@ -181,20 +209,21 @@ def test_select_c_prefers_the_best_inner_uar_then_the_smallest_c(monkeypatch):
             self.C = c
 
         def fit(self, xs, ys):
+            self.classes_ = np.arange(3)
             return self
 
-        def predict(self, xs):
+        def decision_function(self, xs):
             if self.C >= good_from["value"]:
-                return np.array([int(np.argmax(r[:3])) for r in xs])
-            return np.zeros(len(xs), dtype=int)
+                return np.eye(3)[[int(np.argmax(r[:3])) for r in xs]]
+            return np.eye(3)[np.zeros(len(xs), dtype=int)]
 
     monkeypatch.setattr(classical, "_make_svm", lambda c, seed, dual="auto": FakeSVC(c, seed))
-    best, scores = select_c(x, y, spk, normalisation="global", c_grid=(1.0, 1e-3, 0.1))
+    best, scores, _ = select_c(x, y, spk, normalisation="global", c_grid=(1.0, 1e-3, 0.1))
     assert scores[1e-3] == pytest.approx(1 / 3)
     assert scores[0.1] == scores[1.0] == 1.0
     assert best == 0.1  # tie: the smaller C
     good_from["value"] = 1.0
-    best, scores = select_c(x, y, spk, normalisation="global", c_grid=(1e-3, 0.1, 1.0))
+    best, scores, _ = select_c(x, y, spk, normalisation="global", c_grid=(1e-3, 0.1, 1.0))
     assert best == 1.0
 
 
@@ -291,6 +320,7 @@ def test_moma_classical_writes_one_table(tmp_path, monkeypatch, capsys):
     assert "| eGeMAPSv02 | speaker (transductive) |" in md
     assert "unlabelled" in md and PAPER_NAMING_NOTE in md
     assert md.count("| spk-s") >= 8  # per-fold UAR and chosen-C tables
+    assert md.count("| eGeMAPSv02 | global | ") == 2 and "ECE raw -> scaled" in md  # summary and calibration
     assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--feature-sets", "GeMAPS"]) == 2
     assert "--feature-sets: unknown GeMAPS (choose from eGeMAPSv02, ComParE_2016)" in capsys.readouterr().err
     part = tmp_path / "part"

@@ -144,13 +144,17 @@ def row_space(x_train: np.ndarray, x_other: np.ndarray) -> tuple[np.ndarray, np.
 
 def select_c(x: np.ndarray, y: np.ndarray, speakers: Sequence[str], *, normalisation: str,
              c_grid: Sequence[float] = DEFAULT_C_GRID, seed: int = 0,
-             corpora: Sequence[str] | None = None) -> tuple[float, dict[float, float]]:
+             corpora: Sequence[str] | None = None,
+             n_labels: int | None = None) -> tuple[float, dict[float, float], np.ndarray]:
     """Choose C by leave-one-speaker-out CV over the given (training) rows only.
 
     ``x`` is raw (unstandardised): in ``"global"`` mode each inner fold fits
     its own standardisation on its inner training speakers. Returns the C with
-    the highest mean inner UAR (the smallest such C on ties) and the mean
-    inner UAR of every C.
+    the highest mean inner UAR (the smallest such C on ties), the mean inner
+    UAR of every C, and the chosen C's held-out posteriors of every row
+    ``(rows, n_labels)`` (softmax of the decision values, each row predicted by
+    the inner fold that held its speaker out): out-of-sample predictions of the
+    training rows, on which a temperature can be fitted without the test rows.
     """
     spk = np.asarray(speakers)
     grid = sorted(float(c) for c in c_grid)
@@ -159,17 +163,21 @@ def select_c(x: np.ndarray, y: np.ndarray, speakers: Sequence[str], *, normalisa
     inner = sorted(set(spk.tolist()))
     if len(inner) < 2:
         raise ValueError("choosing C by leave-one-speaker-out needs at least two training speakers")
+    n_labels = int(y.max()) + 1 if n_labels is None else n_labels
     scores: dict[float, list[float]] = {c: [] for c in grid}
+    held_out = {c: np.zeros((len(y), n_labels)) for c in grid}  # C -> (rows, labels) held-out posteriors
     for held in inner:
         val = spk == held
         xs = standardise(x, spk, ~val, normalisation, corpora)
         x_fit, x_val, dual = row_space(xs[~val], xs[val])
         for c in grid:
             clf = _fit(_make_svm(c, seed, dual), x_fit, y[~val])
-            scores[c].append(_uar(y[val], clf.predict(x_val)))
+            held_out[c][val] = _posteriors(clf, x_val, n_labels)
+            # the argmax of the decision values is LinearSVC's own prediction
+            scores[c].append(_uar(y[val], held_out[c][val].argmax(axis=1)))
     mean_scores = {c: float(np.mean(v)) for c, v in scores.items()}
     best = max(grid, key=lambda c: (mean_scores[c], -c))
-    return best, mean_scores
+    return best, mean_scores, held_out[best]
 
 
 def _posteriors(clf, x: np.ndarray, n_labels: int) -> np.ndarray:
@@ -196,6 +204,7 @@ def run_svm_cv(utterances: Sequence[Utterance], features: dict[str, np.ndarray],
     prediction).
     """
     from moma.data.protocols import fold_scored_classes
+    from moma.evaluation.calibration import calibration_summary, fit_temperature
     from moma.evaluation.metrics import score_posteriors
 
     if normalisation not in NORMALISATIONS:
@@ -219,14 +228,18 @@ def run_svm_cv(utterances: Sequence[Utterance], features: dict[str, np.ndarray],
         corp = np.array([utts[k].corpus for k in ids])
         is_train = np.zeros(len(ids), dtype=bool)
         is_train[:len(train_ids)] = True
-        c, inner = select_c(x[is_train], y[is_train], spk[is_train], normalisation=normalisation,
-                            c_grid=c_grid, seed=seed, corpora=corp[is_train])
+        c, inner, held_out = select_c(x[is_train], y[is_train], spk[is_train], normalisation=normalisation,
+                                      c_grid=c_grid, seed=seed, corpora=corp[is_train], n_labels=len(labels))
         xs = standardise(x, spk, is_train, normalisation, corp)
         x_fit, x_test, dual = row_space(xs[is_train], xs[~is_train])
         clf = _fit(_make_svm(c, seed, dual), x_fit, y[is_train])
         post = _posteriors(clf, x_test, len(labels))
         posteriors = {k: post[i] for i, k in enumerate(test_ids)}
         scored = score_posteriors(posteriors, utts, labels, fold_scored_classes(fold, utterances, labels))
+        # a temperature for the decision values, fitted on the training rows' held-out predictions at the chosen
+        # C (as MOMA's on its validation speakers); the test rows only measure it
+        calibration = calibration_summary(post, y[~is_train], fit_temperature(held_out, y[is_train]))
+        calibration = {"temperatures": [calibration.pop("temperature")], **calibration}
         results.append({
             "name": fold.name,
             "test_speakers": list(fold.test_speakers),
@@ -239,6 +252,7 @@ def run_svm_cv(utterances: Sequence[Utterance], features: dict[str, np.ndarray],
             "inner_uar": {f"{k:g}": round(v, 4) for k, v in inner.items()},
             "train_time_s": round(time.time() - t0, 2),
             "test": scored,
+            "calibration": calibration,
         })
         log.info("fold %s (%s): C=%g inner UAR %.3f -> test UAR %.3f accuracy %.3f", fold.name, normalisation, c,
                  inner[c], scored["uar"], scored["accuracy"])
@@ -345,6 +359,17 @@ def render_classical_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {run['feature_set']} | {run['normalisation']}{trans} | {_fmt(s['uar'])} | "
                      f"{_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | {s['pooled']['uar']:.3f} | "
                      f"{s['pooled']['accuracy']:.3f} | {s['folds']} of {report['n_folds']} |")
+    calibrated = [r for r in runs if "calibration" in r["summary"]]
+    if calibrated:
+        lines += ["", "Calibration of the posteriors (softmax of the decision values; one temperature per fold, "
+                  "fitted on the training speakers' held-out inner-fold predictions at the chosen C, as MOMA's "
+                  "on its validation speakers), measured on the test folds, mean ± std over folds:", "",
+                  "| features | normalisation | ECE raw -> scaled (15 bins) | NLL raw -> scaled (nats) |",
+                  "|---|---|---|---|"]
+        for run in calibrated:
+            cal = run["summary"]["calibration"]
+            lines.append(f"| {run['feature_set']} | {run['normalisation']} | {_fmt(cal['ece_before'])} -> "
+                         f"{_fmt(cal['ece_after'])} | {_fmt(cal['nll_before'])} -> {_fmt(cal['nll_after'])} |")
     # runs may have finished different folds (a partial run): rows follow the protocol's folds, "-" where missing
     by_run = [{f["name"]: f for f in r["folds"]} for r in runs]
     names = [f["name"] for f in report.get("folds_definition", []) if any(f["name"] in b for b in by_run)]
@@ -537,8 +562,9 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
         "cv_time_s": round(cv_s, 1),
         "notes": ["\"Pooled\" scores are computed once on all folds' test predictions together; the mean ± std "
                   "columns are over the folds (one test speaker each).",
-                  "Posteriors in report.json are the softmax of the LinearSVC decision values (not calibrated "
-                  "probabilities); their argmax is the SVM's prediction.",
+                  "Posteriors in report.json are the softmax of the LinearSVC decision values (their argmax is "
+                  "the SVM's prediction); each fold's \"calibration\" gives the temperature that makes them "
+                  "probabilities (fitted on training speakers only) and what it does on the test fold.",
                   "When a fold has more features than training utterances (ComParE_2016), each SVM is fitted on "
                   "the coordinates of the standardised features in an orthonormal basis of the training rows' span "
                   "(dual solver, as dual=\"auto\" picks for the original matrix): an exact re-parametrisation that "
