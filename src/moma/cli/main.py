@@ -165,6 +165,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuse(args: argparse.Namespace) -> int:
+    import json
+
+    from moma.evaluation.compare import load_run_reports
+    from moma.evaluation.fusion import fuse_runs, render_fusion_markdown
+
+    report = fuse_runs([run for spec in args.runs for run in load_run_reports(spec)], weights=args.weights,
+                       command=command_line(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    (out / "report.md").write_text(render_fusion_markdown(report), encoding="utf-8")
+    s = report["summary"]
+    members = ", ".join(f"{name} {m['uar']:.3f}" for name, m in report["member_means"].items())
+    print(f"late fusion: UAR {s['uar']['mean']:.3f} ± {s['uar']['std']:.3f} over {s['folds']} folds "
+          f"(members: {members})")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
@@ -290,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "such as leave-one-corpus-out)")
     p.add_argument("--out", default=None, help="also write OUT.md and OUT.json")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("fuse", help="late fusion of cv runs on the same folds (for example MOMA and an openSMILE "
+                                    "+ SVM anchor): weighted geometric mean of their temperature-scaled posteriors")
+    p.add_argument("runs", nargs="+", help="`moma cv` run folders (or their report.json), or `moma classical` "
+                                          "reports with PATH#FEATURES/NORMALISATION")
+    p.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one positive weight per run, fixed in advance (default: equal)")
+    p.add_argument("--out", required=True, help="folder for report.json and report.md")
+    p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("plot-attention", help="plot a model's attention over one audio file")
     p.add_argument("checkpoint")
