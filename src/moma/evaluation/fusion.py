@@ -61,7 +61,8 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
         raise ValueError("late fusion needs at least two runs")
     names = [r["name"] for r in runs]
     if len(set(names)) != len(names):
-        raise ValueError(f"runs with the same name cannot be told apart: {', '.join(names)}")
+        raise ValueError(f"runs with the same name cannot be told apart: {', '.join(names)} (a run is named after "
+                         "its folder: copy or link one under another name)")
     weights = [1.0] * len(runs) if weights is None else [float(w) for w in weights]
     if len(weights) != len(runs) or not all(w > 0 for w in weights):
         raise ValueError(f"--weights: one positive weight per run ({len(runs)}), got {weights}")
