@@ -409,6 +409,52 @@ def test_classical_computes_chosen_folds_then_resumes_the_rest(tmp_path, monkeyp
         classical.run_classical_report(manifest, out, only_folds=["spk-s9"], **kw)
 
 
+def test_classical_resumes_from_an_earlier_report_in_a_fresh_folder(tmp_path, monkeypatch):
+    """A fresh checkout has the committed report.json but no fold store: --resume-from takes the report's finished
+    folds (same utterances, grid and seed) and computes only the rest; the result equals one uninterrupted run."""
+    manifest = _toy_manifest(tmp_path, monkeypatch)
+    computed = []
+    real = classical.run_svm_cv
+
+    def counting(utterances, features, folds, **kw):
+        computed.extend(f.name for f in folds)
+        return real(utterances, features, folds, **kw)
+
+    monkeypatch.setattr(classical, "run_svm_cv", counting)
+    kw = {"feature_sets": ["eGeMAPSv02"], "normalisations": ["global"], "cache_dir": tmp_path / "c", "c_grid": GRID}
+    classical.run_classical_report(manifest, tmp_path / "old", only_folds=["s1", "s3"], **kw)
+    committed = tmp_path / "committed.json"
+    committed.write_text((tmp_path / "old" / "report.json").read_text())
+    computed.clear()
+    full = classical.run_classical_report(manifest, tmp_path / "fresh", resume_from=committed, **kw)
+    assert computed == ["spk-s2", "spk-s4"]  # the committed folds are not computed again
+    once = classical.run_classical_report(manifest, tmp_path / "once", **kw)
+    assert [(f["name"], f["chosen_C"], f["test"]["uar"]) for f in full["runs"][0]["folds"]] == [
+        (f["name"], f["chosen_C"], f["test"]["uar"]) for f in once["runs"][0]["folds"]]
+    computed.clear()
+    with pytest.raises(ValueError, match="made with C grid"):
+        classical.run_classical_report(manifest, tmp_path / "grid", resume_from=committed,
+                                       **{**kw, "c_grid": (0.1,)})
+    # a report whose fold held other utterances lends nothing: that fold is computed
+    changed = json.loads(committed.read_text())
+    changed["runs"][0]["fold_keys"]["spk-s1"]["folds"] = "0" * 16
+    committed.write_text(json.dumps(changed))
+    classical.run_classical_report(manifest, tmp_path / "other", resume_from=committed, only_folds=["s1"], **kw)
+    assert computed == ["spk-s1"]
+    # a report from before fold keys were kept is matched by its fold definitions (speakers and counts)
+    del changed["runs"][0]["fold_keys"]
+    changed["folds_definition"][2]["n_test"] -= 1  # spk-s3
+    committed.write_text(json.dumps(changed))
+    computed.clear()
+    classical.run_classical_report(manifest, tmp_path / "older", resume_from=committed, **kw)
+    assert computed == ["spk-s2", "spk-s3", "spk-s4"]
+    with pytest.raises(ValueError, match="toy.jsonl: not a readable report.json"):
+        classical.run_classical_report(manifest, tmp_path / "x", resume_from=tmp_path / "toy.jsonl", **kw)
+    (tmp_path / "cv.json").write_text(json.dumps({"folds": [], "labels": []}))  # a moma cv report
+    with pytest.raises(ValueError, match="cv.json: not a `moma classical` report"):
+        classical.run_classical_report(manifest, tmp_path / "x", resume_from=tmp_path / "cv.json", **kw)
+
+
 def test_experiment_anchor_keeps_finished_folds_when_stopped(tmp_path, monkeypatch):
     """An experiment's anchor (run_anchor) that stops part-way keeps the folds it finished: the rerun computes
     only the rest, gives what one uninterrupted run gives, and a report-only call computes nothing."""

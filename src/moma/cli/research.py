@@ -115,6 +115,9 @@ def add_research_commands(subparsers: Any) -> None:
     p.add_argument("--fold", nargs="+", default=None, help="compute only these folds (names or test speakers); "
                                                            "the report covers every fold finished so far")
     p.add_argument("--jobs", type=int, default=1, help="folds computed at once, in parallel processes")
+    p.add_argument("--resume-from", default=None, metavar="REPORT",
+                   help="an earlier report.json of the same command (e.g. a committed one): its finished folds are "
+                        "reused when their utterances, C grid and seed match, so a fresh checkout continues it")
     p.add_argument("--restart", action="store_true", help="compute the folds again (with --fold: those "
                                                           "named); finished folds under OUT/folds are otherwise "
                                                           "reused")
@@ -171,7 +174,7 @@ def cmd_classical(args: argparse.Namespace) -> int:
                                   normalisations=args.normalisations, cache_dir=args.cache, command=command_line(args),
                                   protocol=args.protocol, k=args.k, seed=args.seed, workers=args.workers,
                                   progress=not args.quiet, test_corpus=args.test_corpus, only_folds=args.fold,
-                                  jobs=args.jobs, restart=args.restart)
+                                  jobs=args.jobs, restart=args.restart, resume_from=args.resume_from)
     for run in report["runs"]:
         s = run["summary"]
         part = f"  ({s['folds']} of {report['n_folds']} folds)" if run["missing_folds"] else ""

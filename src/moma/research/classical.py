@@ -441,6 +441,45 @@ def _load_fold_result(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return saved["result"]
 
 
+def seed_fold_store(report_path: str | Path, folds: Sequence[Any], out_dir: str | Path, c_grid: Sequence[float],
+                    seed: int) -> int:
+    """Copy the finished folds of an earlier ``moma classical`` report (a committed ``report.json``) into
+    ``out_dir``'s fold store, so that a fresh checkout continues a partial anchor instead of starting over.
+
+    A fold is taken only when it was made with the same C grid and seed and the same utterances: the report's
+    ``fold_keys`` (:func:`anchor_key` of each fold, which hashes its utterance ids) must equal this run's, or,
+    in reports written before those were kept, its ``folds_definition`` (speakers and counts) must. A fold
+    already in the store is kept. Returns how many folds were copied."""
+    path = Path(report_path)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--resume-from {path}: not a readable report.json ({err})") from None
+    if "runs" not in report or "folds_definition" not in report:
+        raise ValueError(f"--resume-from {path}: not a `moma classical` report with its fold definitions")
+    if [float(c) for c in report.get("c_grid", [])] != [float(c) for c in c_grid] or report.get("seed") != seed:
+        raise ValueError(f"--resume-from {path}: made with C grid {report.get('c_grid')} and seed "
+                         f"{report.get('seed')}, not {list(c_grid)} and {seed}")
+    defined = {d["name"]: d for d in report["folds_definition"]}
+    ours = {f.name: f for f in folds}
+    copied = 0
+    for run in report["runs"]:
+        for result in run["folds"]:
+            fold = ours.get(result["name"])
+            key = None if fold is None else anchor_key([fold], run["feature_set"], run["normalisation"], c_grid, seed)
+            same = fold is not None and (run["fold_keys"].get(fold.name) == key if "fold_keys" in run
+                                         else defined.get(fold.name) == fold.to_dict())
+            if not same:
+                log.info("%s: fold %s is not one of this run's folds; not reused", path, result["name"])
+                continue
+            target = fold_result_path(out_dir, run["feature_set"], run["normalisation"], fold.name)
+            if target.is_file():
+                continue
+            write_json_atomic(target, {"key": key, "result": result})
+            copied += 1
+    return copied
+
+
 def _svm_fold(utterances: Sequence[Utterance], features: dict[str, np.ndarray], fold: Any, normalisation: str,
               c_grid: Sequence[float], seed: int, path: Path, key: dict[str, Any], threads: int | None) -> dict:
     """One fold of :func:`run_svm_cv`, saved at ``path`` as soon as it is done (a process of its own with
@@ -461,7 +500,7 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
                          c_grid: Sequence[float] = DEFAULT_C_GRID, seed: int = 0, workers: int = 1,
                          progress: bool = False, test_corpus: str | None = None,
                          only_folds: Sequence[str] | None = None, jobs: int = 1,
-                         restart: bool = False) -> dict[str, Any]:
+                         restart: bool = False, resume_from: str | Path | None = None) -> dict[str, Any]:
     """Every feature set x normalisation on the protocol's folds; writes ``report.md`` and ``report.json``.
 
     On a pooled manifest, ``protocol="loco"`` trains on the other corpora and tests on each in turn, and
@@ -471,7 +510,9 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
     Every finished fold is kept under ``out_dir/folds/`` with what it depends on (:func:`anchor_key`): the same
     command run again computes only the folds still missing (``restart``: the chosen ones again). ``only_folds``
     (fold names or test speakers) computes just those; the report covers every fold finished so far and says
-    which are missing. ``jobs`` folds are computed at once in separate processes."""
+    which are missing. ``jobs`` folds are computed at once in separate processes. ``resume_from`` (an earlier
+    report.json, e.g. a committed one) seeds the fold store with its finished folds first
+    (:func:`seed_fold_store`)."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
@@ -484,6 +525,9 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
     labels = label_list(utterances)
     folds = make_folds(utterances, protocol, val_speakers=0, k=k, seed=seed, test_corpus=test_corpus)
     chosen = {f.name for f in select_folds(folds, only_folds)}
+    if resume_from is not None:
+        log.info("%d finished fold(s) taken from %s", seed_fold_store(resume_from, folds, out_dir, c_grid, seed),
+                 resume_from)
     features: dict[str, dict[str, np.ndarray]] = {}
     extraction: dict[str, dict[str, float]] = {}
     for fs in feature_sets:
@@ -534,7 +578,10 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
             runs.append({"feature_set": fs, "n_features": int(next(iter(features[fs].values())).shape[0]),
                          "normalisation": mode, "normalisation_note": NORMALISATION_NOTES[mode],
                          "wall_time_s": round(sum(r["train_time_s"] for r in results), 1), "summary": summary,
-                         "folds": results, "missing_folds": missing})
+                         "folds": results, "missing_folds": missing,
+                         # what each finished fold was made from, so that --resume-from can trust it exactly
+                         "fold_keys": {f.name: anchor_key([f], fs, mode, c_grid, seed) for f in folds
+                                       if (fs, mode, f.name) in finished}})
             log.info("%s / %s: UAR %.3f ± %.3f, accuracy %.3f ± %.3f over %d of %d folds", fs, mode,
                      summary["uar"]["mean"], summary["uar"]["std"], summary["accuracy"]["mean"],
                      summary["accuracy"]["std"], len(results), len(folds))
