@@ -366,10 +366,8 @@ def test_leave_one_corpus_out_and_per_corpus_standardisation():
 
 
 
-def test_classical_computes_chosen_folds_then_resumes_the_rest(tmp_path, monkeypatch):
-    """A stopped or partial anchor run keeps its finished folds: the report says what is missing, and the same
-    command computes only the missing folds; other settings never reuse a fold made with different ones."""
-    manifest = _toy_manifest(tmp_path, monkeypatch)
+def _count_computed_folds(monkeypatch):
+    """(the names of the folds the SVM is run on, in order; the real run_svm_cv)."""
     computed = []
     real = classical.run_svm_cv
 
@@ -378,6 +376,14 @@ def test_classical_computes_chosen_folds_then_resumes_the_rest(tmp_path, monkeyp
         return real(utterances, features, folds, **kw)
 
     monkeypatch.setattr(classical, "run_svm_cv", counting)
+    return computed, real
+
+
+def test_classical_computes_chosen_folds_then_resumes_the_rest(tmp_path, monkeypatch):
+    """A stopped or partial anchor run keeps its finished folds: the report says what is missing, and the same
+    command computes only the missing folds; other settings never reuse a fold made with different ones."""
+    manifest = _toy_manifest(tmp_path, monkeypatch)
+    computed, real = _count_computed_folds(monkeypatch)
     out = tmp_path / "out"
     kw = {"feature_sets": ["eGeMAPSv02"], "normalisations": ["global"], "cache_dir": tmp_path / "c", "c_grid": GRID}
     first = classical.run_classical_report(manifest, out, only_folds=["s2", "spk-s4"], **kw)
@@ -413,14 +419,7 @@ def test_classical_resumes_from_an_earlier_report_in_a_fresh_folder(tmp_path, mo
     """A fresh checkout has the committed report.json but no fold store: --resume-from takes the report's finished
     folds (same utterances, grid and seed) and computes only the rest; the result equals one uninterrupted run."""
     manifest = _toy_manifest(tmp_path, monkeypatch)
-    computed = []
-    real = classical.run_svm_cv
-
-    def counting(utterances, features, folds, **kw):
-        computed.extend(f.name for f in folds)
-        return real(utterances, features, folds, **kw)
-
-    monkeypatch.setattr(classical, "run_svm_cv", counting)
+    computed, real = _count_computed_folds(monkeypatch)
     kw = {"feature_sets": ["eGeMAPSv02"], "normalisations": ["global"], "cache_dir": tmp_path / "c", "c_grid": GRID}
     classical.run_classical_report(manifest, tmp_path / "old", only_folds=["s1", "s3"], **kw)
     committed = tmp_path / "committed.json"
