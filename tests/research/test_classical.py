@@ -137,12 +137,12 @@ def test_inner_cv_holds_out_each_training_speaker_once(monkeypatch):
     # 3 inner folds (one per training speaker) x 2 values of C, each predicting one speaker's 18 rows
     assert predicted_rows == [18] * 6
     # every training row gets one held-out posterior, from the inner fold that held its speaker out
+    from sklearn.svm import LinearSVC
+
     assert held_out.shape == (54, 3) and np.allclose(held_out.sum(axis=1), 1.0)
     for held in ("s1", "s2", "s3"):
         rows = spk == held
         xs = standardise(x, spk, ~rows, "global")
-        from sklearn.svm import LinearSVC
-
         own = LinearSVC(C=best, class_weight="balanced", dual="auto", random_state=0).fit(xs[~rows], y[~rows])
         assert (held_out[rows].argmax(axis=1) == own.predict(xs[rows])).all()
 

@@ -540,11 +540,12 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
     t1 = time.time()
     finished: dict[tuple[str, str, str], dict[str, Any]] = {}
     pending = []  # (feature set, normalisation, fold, path, key) still to compute
+    keys: dict[tuple[str, str, str], dict[str, Any]] = {}  # what each fold depends on (anchor_key), for the report
     for fs in feature_sets:
         for mode in normalisations:
             for fold in folds:
                 path = fold_result_path(out_dir, fs, mode, fold.name)
-                key = anchor_key([fold], fs, mode, c_grid, seed)
+                key = keys[fs, mode, fold.name] = anchor_key([fold], fs, mode, c_grid, seed)
                 result = None if restart and fold.name in chosen else _load_fold_result(path, key)
                 if result is not None:
                     finished[fs, mode, fold.name] = result
@@ -580,7 +581,7 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
                          "wall_time_s": round(sum(r["train_time_s"] for r in results), 1), "summary": summary,
                          "folds": results, "missing_folds": missing,
                          # what each finished fold was made from, so that --resume-from can trust it exactly
-                         "fold_keys": {f.name: anchor_key([f], fs, mode, c_grid, seed) for f in folds
+                         "fold_keys": {f.name: keys[fs, mode, f.name] for f in folds
                                        if (fs, mode, f.name) in finished}})
             log.info("%s / %s: UAR %.3f ± %.3f, accuracy %.3f ± %.3f over %d of %d folds", fs, mode,
                      summary["uar"]["mean"], summary["uar"]["std"], summary["accuracy"]["mean"],
