@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.svm import LinearSVC
 
 import moma.research.classical as classical
 from moma.corpora.base import Utterance
@@ -117,8 +118,6 @@ def test_inner_cv_holds_out_each_training_speaker_once(monkeypatch):
 
     class SpySVC:
         def __init__(self, c, seed):
-            from sklearn.svm import LinearSVC
-
             self.inner = LinearSVC(C=c, class_weight="balanced", dual="auto", random_state=seed)
 
         def fit(self, xs, ys):
@@ -137,8 +136,6 @@ def test_inner_cv_holds_out_each_training_speaker_once(monkeypatch):
     # 3 inner folds (one per training speaker) x 2 values of C, each predicting one speaker's 18 rows
     assert predicted_rows == [18] * 6
     # every training row gets one held-out posterior, from the inner fold that held its speaker out
-    from sklearn.svm import LinearSVC
-
     assert held_out.shape == (54, 3) and np.allclose(held_out.sum(axis=1), 1.0)
     for held in ("s1", "s2", "s3"):
         rows = spk == held
@@ -419,7 +416,7 @@ def test_classical_resumes_from_an_earlier_report_in_a_fresh_folder(tmp_path, mo
     """A fresh checkout has the committed report.json but no fold store: --resume-from takes the report's finished
     folds (same utterances, grid and seed) and computes only the rest; the result equals one uninterrupted run."""
     manifest = _toy_manifest(tmp_path, monkeypatch)
-    computed, real = _count_computed_folds(monkeypatch)
+    computed, _ = _count_computed_folds(monkeypatch)
     kw = {"feature_sets": ["eGeMAPSv02"], "normalisations": ["global"], "cache_dir": tmp_path / "c", "c_grid": GRID}
     classical.run_classical_report(manifest, tmp_path / "old", only_folds=["s1", "s3"], **kw)
     committed = tmp_path / "committed.json"
