@@ -157,6 +157,35 @@ def test_classical_reports_expand_to_one_run_per_feature_set_and_normalisation(t
     assert "| eGeMAPSv02/global | 4 | 0.500 | 0.500 | +0.000 |" in out and "| ComParE_2016/global | 4 | 1.000 |" in out
 
 
+def test_a_partial_leave_one_corpus_out_run_pairs_with_the_whole_one_by_its_own_names():
+    """Two runs on one pool: the whole run tests emodb.* and nemo.* speakers, the partial one only nemo.*.
+    The partial one looks like a pooled run testing one corpus, but the other side is namespaced too, so
+    nothing is stripped and the finished fold pairs with its namesake."""
+    def loco_report(name, right, corpora=("emodb", "nemo")):
+        folds = []
+        for corpus in corpora:
+            speakers = [f"{corpus}.{s}" for s in ("s1", "s2")]
+            truth = [LABELS[i % 3] for i in range(6)]
+            preds = [{"id": f"{corpus}.u{i}", "speaker": speakers[i % 2], "label": t,
+                      "predicted": t if i < right else LABELS[(LABELS.index(t) + 1) % 3]}
+                     for i, t in enumerate(truth)]
+            metrics = compute_metrics([LABELS.index(p["label"]) for p in preds],
+                                      [LABELS.index(p["predicted"]) for p in preds], LABELS)
+            per_speaker = {s: {"n": 3, "uar": metrics["uar"], "accuracy": metrics["accuracy"],
+                               "macro_f1": metrics["macro_f1"]} for s in speakers}
+            folds.append({"name": f"corpus-{corpus}", "test_speakers": speakers, "val_speakers": [],
+                          "test": {**metrics, "per_speaker": per_speaker, "predictions": preds}})
+        return {"name": name, "labels": LABELS, "folds": folds}
+
+    whole = loco_report("whole", 2)
+    partial = loco_report("partial", 5, corpora=("nemo",))
+    for unit in ("fold", "speaker"):
+        pair = compare_pair(whole, partial, unit=unit)
+        assert pair["skipped_folds"] == ["corpus-emodb"] and pair["pooled"]["n"] == 6
+        assert pair["test"]["wins"] == (1 if unit == "fold" else 2)
+    assert compare_pair(partial, whole)["test"]["losses"] == 1
+
+
 def test_speaker_unit_pairs_each_test_speaker_of_few_folds():
     """Two folds of three speakers each (leave one corpus out): fold pairs are too few to test anything, so
     ``unit="speaker"`` pairs the six speakers' own scores."""

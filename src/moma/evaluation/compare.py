@@ -124,6 +124,10 @@ def align_corpus_namespaces(reference: dict[str, Any], other: dict[str, Any]) ->
         return reference, other
     corpus = ref_ns or oth_ns
     pooled, single = (reference, other) if ref_ns else (other, reference)
+    if any(SEPARATOR in s for f in single["folds"] for s in f["test_speakers"]):
+        # both are runs on a pool: a leave-one-corpus-out run tests several namespaced corpora, and the same run
+        # with one fold finished tests one; they pair by their own names
+        return reference, other
     log.info("%s is a pooled run testing %s: its speakers are matched to %s's without the %r namespace",
              pooled["name"], corpus, single["name"], corpus + SEPARATOR)
     stripped = _strip_namespace(pooled, corpus)
