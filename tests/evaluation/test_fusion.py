@@ -23,8 +23,8 @@ def _run(name, folds, labels=LABELS):
                              for c in sorted({r[2] for r in rows})]))
         fold_result = {"name": fold, "test_speakers": sorted({r[1] for r in rows}),
                        "test": {"uar": uar, "accuracy": uar, "predictions": preds}}
-        if temp is not None:
-            fold_result["calibration"] = {"temperatures": [temp]}
+        if temp is not None:  # a list: one temperature per ensemble member
+            fold_result["calibration"] = {"temperatures": temp if isinstance(temp, list) else [temp]}
         out.append(fold_result)
     return {"name": name, "labels": list(labels), "folds": out}
 
@@ -63,6 +63,18 @@ def test_fusion_pairs_folds_by_name_reorders_labels_and_notes_what_it_lacks(tmp_
     fused = load_run_reports(out)[0]
     assert fused["name"] == "fused"
     assert compare_runs([a, fused])["comparisons"][0]["folds"] == ["f1"]
+
+
+def test_a_seed_ensemble_is_scaled_by_the_geometric_mean_of_its_members_temperatures():
+    rows = [("u1", "s1", "angry", [0.6, 0.3, 0.1]), ("u2", "s1", "sad", [0.5, 0.1, 0.4])]
+    svm_rows = [("u1", "s1", "angry", [0.4, 0.35, 0.25]), ("u2", "s1", "sad", [0.3, 0.2, 0.5])]
+    ensemble = _run("ens", {"f1": ([2.0, 8.0], rows)})
+    report = fuse_runs([ensemble, _run("svm", {"f1": (1.0, svm_rows)})])
+    assert report["folds"][0]["members"]["ens"]["temperature"] == pytest.approx(4.0)
+    got = report["folds"][0]["test"]["predictions"][1]["posteriors"]
+    z = 0.5 / 4.0 * np.log([0.5, 0.1, 0.4]) + 0.5 * np.log([0.3, 0.2, 0.5])
+    assert got == pytest.approx(np.exp(z) / np.exp(z).sum(), abs=1e-6)
+    assert report["notes"] == ["Seed ensembles, scaled by the geometric mean of their members' temperatures: ens f1."]
 
 
 def test_fusion_refuses_runs_that_cannot_be_fused():

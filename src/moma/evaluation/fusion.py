@@ -11,8 +11,11 @@ temperature-scaled posteriors,
 so the fused argmax is ``argmax_c sum_i (w_i / T_i) log p_i(c | x)``. The temperatures T_i are each fold's own
 (``calibration.temperatures`` in the run's report: fitted on MOMA's validation speakers, or on the SVM's inner
 folds), so both runs' scores are on a probability scale before they are weighed, and the weights are fixed in
-advance (equal unless told otherwise): nothing is fitted on a test speaker. A fold without exactly one
-temperature (a seed ensemble, an older report) keeps T = 1 and the report says so.
+advance (equal unless told otherwise): nothing is fitted on a test speaker. A seed ensemble stores the mean of
+its members' raw posteriors and one temperature per member, each fitted on that member's validation speakers;
+no held-out set is common to all members (with rotated validation each trained on the others' validation
+speakers), so the ensemble takes the geometric mean of its members' temperatures, and the report says so. A fold
+without any temperature (an older report) keeps T = 1, also said.
 
 The result is a ``moma cv``-shaped report (folds, labels, predictions with posteriors), so ``moma compare`` pairs
 it with each of its members on the same folds. Only ``report.json`` files are read.
@@ -35,9 +38,10 @@ LOG_FLOOR = 1e-12  # posteriors are stored rounded to 6 decimals; a 0 (a class t
 
 
 def fold_temperature(fold: dict[str, Any]) -> float | None:
-    """The fold's one fitted temperature, or None (no calibration, or one temperature per ensemble member)."""
+    """The fold's fitted temperature: its one temperature, the geometric mean of an ensemble's (one per member),
+    or None (no calibration)."""
     temps = (fold.get("calibration") or {}).get("temperatures") or []
-    return float(temps[0]) if len(temps) == 1 else None
+    return float(np.exp(np.mean(np.log(temps)))) if temps else None
 
 
 def _fold_posteriors(run: dict[str, Any], fold: dict[str, Any], labels: Sequence[str]) -> dict[str, np.ndarray]:
@@ -80,7 +84,7 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
     left_out = sorted({n for b in by_run for n in b} - set(common))
     if left_out:
         notes.append(f"Folds not finished by every run, left out: {', '.join(left_out)}.")
-    uncalibrated = []
+    uncalibrated, ensembles = [], []
     folds = []
     for name in common:
         members = [b[name] for b in by_run]
@@ -95,6 +99,8 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
             t = fold_temperature(fold)
             if t is None:
                 uncalibrated.append(f"{run['name']} {name}")
+            elif len(fold["calibration"]["temperatures"]) > 1:
+                ensembles.append(f"{run['name']} {name}")
             temps.append(1.0 if t is None else t)
         # (n, labels) per run -> weighted sum of log posteriors, each divided by its run's temperature
         logits = sum((w / t) * np.log(np.clip(np.stack([p[k] for k in ids]), LOG_FLOOR, None))
@@ -109,7 +115,10 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
                                   for run, t, f in zip(runs, temps, members)},
                       "test": scored})
     if uncalibrated:
-        notes.append("No single fitted temperature (T = 1 used): " + ", ".join(uncalibrated) + ".")
+        notes.append("No fitted temperature (T = 1 used): " + ", ".join(uncalibrated) + ".")
+    if ensembles:
+        notes.append("Seed ensembles, scaled by the geometric mean of their members' temperatures: "
+                     + ", ".join(ensembles) + ".")
     member_means = {run["name"]: {m: float(np.mean([by_run[i][n]["test"][m] for n in common]))
                                   for m in ("uar", "accuracy")} for i, run in enumerate(runs)}
     return {"title": "Late fusion of " + " + ".join(names), "command": command, "labels": labels,
