@@ -109,6 +109,30 @@ def test_a_failing_fold_is_named_and_the_other_folds_are_kept(corpus, jobs):
     assert any(f"missing: {bad}" in note for note in report["notes"])
 
 
+def test_folds_computed_by_separate_calls_share_one_report(corpus):
+    """--fold A, then --fold B into the same folder: the second report covers both finished folds in the
+    protocol's order and says which folds are still missing; `moma report` rebuilds the same."""
+    from moma.training.crossval import rebuild_report
+
+    root, utts = corpus
+    cfg = load_run_config(sets=[s for s in TINY if not s.startswith("train.ensemble")])
+    out = root / "by-parts"
+    speakers = sorted({u.speaker for u in utts})
+    first = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
+                                 only_folds=[f"spk-{speakers[2]}"])
+    assert [f["name"] for f in first["folds"]] == [f"spk-{speakers[2]}"]
+    second = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
+                                  only_folds=[f"spk-{speakers[0]}"])
+    names = [f"spk-{speakers[0]}", f"spk-{speakers[2]}"]
+    assert [f["name"] for f in second["folds"]] == names and second["summary"]["folds"] == 2
+    assert second["fold_names"] == [f"spk-{s}" for s in speakers]
+    missing = ", ".join(f"spk-{s}" for s in speakers if f"spk-{s}" not in names)
+    assert any(f"2 of {len(speakers)} folds finished" in n and f"missing: {missing}" in n for n in second["notes"])
+    rebuilt = rebuild_report(out)
+    assert [f["name"] for f in rebuilt["folds"]] == names
+    assert rebuilt["summary"]["uar"]["mean"] == pytest.approx(second["summary"]["uar"]["mean"])
+
+
 def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_checkpoint_keeps_them(corpus):
     """features.functionals: eGeMAPS functionals are extracted beside the frame cache, standardised with the
     fold's training-side statistics, joined in the model, stored in the checkpoint and reused by moma evaluate;

@@ -440,9 +440,9 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
                                           workers=feature_workers, progress=progress and main)
     if main:
         barrier(dist_info)
-    folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
-                       test_session=test_session, test_speakers=test_speakers, test_corpus=test_corpus)
-    folds = select_folds(folds, only_folds)
+    all_folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
+                           test_session=test_session, test_speakers=test_speakers, test_corpus=test_corpus)
+    folds = select_folds(all_folds, only_folds)  # what this call computes; the report covers every fold
     for fold in folds:
         validate_fold(fold, utterances)
     meta = {
@@ -453,7 +453,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
         "n_speakers": len({u.speaker for u in utterances}),
         "labels": labels,
         "protocol": protocol,
-        "fold_names": [f.name for f in folds],
+        "fold_names": [f.name for f in all_folds],
         "normalisation": NORMALISATION_NOTES.get(cfg.data.normalisation, cfg.data.normalisation),
         "model": describe_model(cfg),
         "device": str(resolve_device(cfg.train.device)),
@@ -468,9 +468,13 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     outcomes, failures = run_in_pool(jobs_list, jobs, [f.name for f in folds], dist_info=dist_info)
     if not main:
         return {**meta, "summary": None, "folds": []}
+    computed = {fold.name: res for fold, res in zip(folds, outcomes)}
     results = []
-    for fold, res in zip(folds, outcomes):
-        if res is not None:  # a failed fold is left out: the report says it is missing
+    for fold in all_folds:  # in the protocol's order; a failed or never-run fold is missing, and the report says so
+        res = computed.get(fold.name)
+        if fold.name not in computed and (out_dir / fold.name / "result.json").is_file():
+            res = json.loads((out_dir / fold.name / "result.json").read_text(encoding="utf-8"))  # an earlier --fold
+        if res is not None:
             res["name"] = fold.name
             results.append(res)
     report = {**meta, "summary": None, "folds": results}  # nothing was tested: no report to write
