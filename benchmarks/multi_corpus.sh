@@ -25,10 +25,11 @@ run() {  # one moma command, or its text under DRY_RUN
   if [ "${DRY_RUN:-0}" = 1 ]; then echo "moma $*"; else moma "$@"; fi
 }
 
-# the recipe every nEMO and leave-one-corpus-out MOMA run starts from (reports/nemo-loso/README.md)
-TRAIN="--config cpu --set train.val_speakers=2 --set train.max_epochs=20 --set train.early_stop_patience=6 \
---set train.min_epochs=3 --set train.monitor_smoothing=0.5 --set train.num_threads=1 --set train.tensorboard=false \
---set data.normalisation=utterance --set train.balance=corpus-class"
+# the cpu recipe as every nEMO and leave-one-corpus-out MOMA run uses it, and TRAIN, the recipe those runs start
+# from (reports/nemo-loso/README.md): BASE with per-utterance normalisation and the (corpus, class)-balanced loss
+BASE="--config cpu --set train.val_speakers=2 --set train.max_epochs=20 --set train.early_stop_patience=6 \
+--set train.min_epochs=3 --set train.monitor_smoothing=0.5 --set train.num_threads=1 --set train.tensorboard=false"
+TRAIN="$BASE --set data.normalisation=utterance --set train.balance=corpus-class"
 LLD="--set features.pitch=true --set features.lld=compare"
 declare -A variants=()  # name -> the moma command and its options, --out and --jobs added below
 defaults=()
@@ -49,14 +50,12 @@ case "$suite" in
     ;;
   loco)
     out=$OUT/loco; on="--manifest $OUT/pool-shared.jsonl --protocol loco"
-    base="--config cpu --set train.val_speakers=2 --set train.max_epochs=20 --set train.early_stop_patience=6 \
---set train.min_epochs=3 --set train.monitor_smoothing=0.5 --set train.num_threads=1 --set train.tensorboard=false"
     variants=(
       [classical-egemaps]="classical $on --feature-sets eGeMAPSv02 --normalisations global corpus speaker"
       [classical-compare]="classical $on --feature-sets ComParE_2016 --normalisations global"
-      [moma-global]="cv $on $base"
-      [moma-utterance]="cv $on $base --set data.normalisation=utterance"
-      [moma-utterance-augment]="cv $on $base --set data.normalisation=utterance --set data.augment_copies=2"
+      [moma-global]="cv $on $BASE"
+      [moma-utterance]="cv $on $BASE --set data.normalisation=utterance"
+      [moma-utterance-augment]="cv $on $BASE --set data.normalisation=utterance --set data.augment_copies=2"
       [moma-utterance-balanced]="cv $on $TRAIN"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
