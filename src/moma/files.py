@@ -1,22 +1,36 @@
-"""Files that a killed process must leave whole or not at all.
+"""Files that a killed process must leave whole or not at all, and folders one process works in at a time.
 
 Every result, cache entry, checkpoint, manifest and export is written through
 :func:`replace_atomically`: the content goes to a temporary file in the same
 folder, which is then ``os.replace``-d onto the final name. A process killed
 mid-write leaves at most a stray ``.*.tmp`` file, never a truncated file under
 the final name, and concurrent writers of the same name never interleave.
+
+:func:`claim_directory` keeps a second process (another ``moma cv`` on the same
+folder, or the pool workers a killed parent left running) from training into a
+folder that a live process is training into.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["replace_atomically", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders are not claimed
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["claim_directory", "replace_atomically", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+
+CLAIM_FILE = ".claim"  # in the claimed folder: the owner's pid, host and start time (JSON), locked while it runs
 
 
 def replace_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
@@ -54,3 +68,38 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 1) -> Path:
     """``data`` as JSON (one-space indent by default: results stay readable and diffable)."""
     return write_text_atomic(path, json.dumps(data, indent=indent))
+
+
+@contextmanager
+def claim_directory(path: str | Path) -> Iterator[dict[str, Any] | None]:
+    """Claim ``path`` for this process for the duration of the block.
+
+    Yields None when the claim holds, or the record (``pid``, ``host``, ``since``) of the process that holds
+    it already, in which case nothing is claimed and the caller must leave the folder alone. The claim is an
+    exclusive ``flock`` on ``path/.claim``, so the kernel drops it when its process ends however it ends
+    (killed, crashed): a folder is never left claimed by a dead process, and no stale lock needs removing.
+    The file stays behind after release (removing it could let two processes lock two different files);
+    only the lock counts. Where ``fcntl`` does not exist (not POSIX) every claim holds.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield None
+        return
+    fd = os.open(path / CLAIM_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                owner = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):  # the owner is between truncating and writing its record
+                owner = {}
+            yield {"pid": owner.get("pid", "?"), "host": owner.get("host", "?"), "since": owner.get("since", "?")}
+            return
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        yield None
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,6 +1,7 @@
 """moma.training.crossval: seed ensembles per fold, with the fold's validation speakers or rotated ones."""
 
 import json
+import os
 
 import pytest
 
@@ -131,6 +132,50 @@ def test_folds_computed_by_separate_calls_share_one_report(corpus):
     rebuilt = rebuild_report(out)
     assert [f["name"] for f in rebuilt["folds"]] == names
     assert rebuilt["summary"]["uar"]["mean"] == pytest.approx(second["summary"]["uar"]["mean"])
+
+
+def test_a_fold_another_process_is_training_is_skipped_and_joins_the_report_later(corpus, caplog):
+    """Two runs on one folder must not train the same fold into the same checkpoints: a claimed fold is
+    skipped with one warning naming its owner; once it is finished, the skipping run's next report takes it."""
+    pytest.importorskip("fcntl")
+    from moma.files import claim_directory
+
+    root, utts = corpus
+    cfg = load_run_config(sets=[s for s in TINY if not s.startswith("train.ensemble")])
+    out = root / "claimed"
+    speakers = sorted({u.speaker for u in utts})
+    busy, free = f"spk-{speakers[0]}", f"spk-{speakers[1]}"
+    elsewhere = run_cross_validation(utts, cfg, root / "claimed-elsewhere", protocol="loso",
+                                     cache_dir=root / "cache", only_folds=[busy])
+    with claim_directory(out / busy):  # stands in for another `moma cv` training that fold now
+        with caplog.at_level("WARNING", logger="moma.training.crossval"):
+            report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
+                                          only_folds=[busy, free])
+        assert [f["name"] for f in report["folds"]] == [free]
+        assert not (out / busy / "result.json").exists() and not (out / busy / "best.safetensors").exists()
+        assert any(f"fold {busy} is being trained by process {os.getpid()}" in r.getMessage() for r in caplog.records)
+        # the other process finishes the fold while it still holds it: this run's report takes its result
+        (out / busy / "result.json").write_text((root / "claimed-elsewhere" / busy / "result.json").read_text())
+        again = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
+                                     only_folds=[busy, free])
+    assert [f["name"] for f in again["folds"]] == [busy, free]
+    assert again["folds"][0]["test"]["uar"] == pytest.approx(elsewhere["folds"][0]["test"]["uar"])
+
+
+def test_restart_computes_a_finished_fold_again(corpus):
+    """`moma cv --restart` (resume=False) ignores finished folds: it used to reuse their result.json."""
+    root, utts = corpus
+    cfg = load_run_config(sets=[s for s in TINY if not s.startswith("train.ensemble")])
+    out = root / "restarted"
+    fold = f"spk-{sorted({u.speaker for u in utts})[0]}"
+    run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold])
+    result = out / fold / "result.json"
+    marked = {**json.loads(result.read_text()), "marker": "the first run's"}
+    result.write_text(json.dumps(marked))
+    run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold])
+    assert json.loads(result.read_text())["marker"] == "the first run's"  # resuming reuses it
+    run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold], resume=False)
+    assert "marker" not in json.loads(result.read_text())
 
 
 def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_checkpoint_keeps_them(corpus):

@@ -15,6 +15,7 @@ import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,7 +33,7 @@ from moma.features.augment import augmented_utterances, parse_families
 from moma.features.cache import FeatureCache, pack_features
 from moma.features.functionals import extract_run_functionals
 from moma.features.normalise import NormalisedFeatures, Normaliser, normalise_functionals
-from moma.files import write_json_atomic
+from moma.files import claim_directory, write_json_atomic
 from moma.training.distributed import (
     DistInfo,
     barrier,
@@ -105,12 +106,29 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
     """
     dist_info = dist_info or DistInfo()
     main = dist_info.is_main
+    result_path = job.out_dir / "result.json"
+    # rank 0 claims the fold's folder and its view decides, so all ranks agree on whether this fold trains.
+    # The claim keeps a second `moma cv` on the same folder, or pool workers that outlived a killed run, from
+    # training the same fold into the same checkpoints at once
+    with claim_directory(job.out_dir) if main else nullcontext() as owner:
+        if broadcast_object(owner is not None, dist_info):
+            if main:
+                log.warning("fold %s is being trained by process %s on %s (since %s): skipped here; rerun this "
+                            "command once that run is done and its result joins the report",
+                            job.fold.name, owner["pid"], owner["host"], owner["since"])
+            return None
+        if main and not job.resume:  # --restart: computed again; a run killed meanwhile must not reuse the old one
+            result_path.unlink(missing_ok=True)
+        if broadcast_object(result_path.is_file(), dist_info):
+            log.info("fold %s already finished: reusing %s", job.fold.name, result_path)
+            return json.loads(result_path.read_text(encoding="utf-8")) if main else None
+        return _train_and_test_fold(job, dist_info)
+
+
+def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | None:
+    main = dist_info.is_main
     out_dir = job.out_dir
     result_path = out_dir / "result.json"
-    # rank 0's view decides, so all ranks agree on whether this fold trains
-    if broadcast_object(result_path.is_file(), dist_info):
-        log.info("fold %s already finished: reusing %s", job.fold.name, result_path)
-        return json.loads(result_path.read_text(encoding="utf-8")) if main else None
     fold, utts = job.fold, job.utterances
     norm = fit_normaliser(job.cfg.data.normalisation, job.features, utts, fold.train + fold.val, fold.test)
     # training utterances may be read from their perturbed copies, normalised like the originals; validation
@@ -472,8 +490,9 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     results = []
     for fold in all_folds:  # in the protocol's order; a failed or never-run fold is missing, and the report says so
         res = computed.get(fold.name)
-        if fold.name not in computed and (out_dir / fold.name / "result.json").is_file():
-            res = json.loads((out_dir / fold.name / "result.json").read_text(encoding="utf-8"))  # an earlier --fold
+        if res is None and (out_dir / fold.name / "result.json").is_file():
+            # an earlier --fold call, or another process that held this fold while this call ran
+            res = json.loads((out_dir / fold.name / "result.json").read_text(encoding="utf-8"))
         if res is not None:
             res["name"] = fold.name
             results.append(res)
