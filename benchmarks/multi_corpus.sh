@@ -43,6 +43,9 @@ case "$suite" in
       [moma-raw-choice]="cv $on $TRAIN --set train.min_epochs=0 --set train.monitor_smoothing=0"
       [pitch-compare-lld]="cv $on $TRAIN $LLD"
       [pitch-compare-lld-ens2]="cv $on $TRAIN $LLD --set train.ensemble=2 --set train.ensemble_validation=rotate"
+      [pitch-compare-lld-ens3]="cv $on $TRAIN $LLD --set train.ensemble=3 --set train.ensemble_validation=rotate"
+      [pitch-compare-lld-vtlp-tempo]="cv $on $TRAIN $LLD --set data.vtlp=0.1 --set data.tempo=0.1"
+      [pitch-compare-lld-noval-e12]="cv $on $TRAIN $LLD --set train.val_speakers=0 --set train.max_epochs=12"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
     )
@@ -61,6 +64,16 @@ case "$suite" in
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
       [pitch-compare-lld]="cv $on $TRAIN $LLD"
     )
+    # seeds and recipes of the bundled model's kind (reports/loco/README.md, "Seeds"): the reference, VTLP and
+    # tempo perturbation, and pool-cpu as shipped (4 validation speakers of one training corpus) and with 2
+    POOL="--config pool-cpu --set train.num_threads=1 --set train.tensorboard=false"
+    for seed in 0 1 2; do
+      sfx=$([ "$seed" = 0 ] || echo "-seed$seed"); s="--set train.seed=$seed"
+      [ "$seed" = 0 ] || variants[moma-utterance-balanced$sfx]="cv $on $TRAIN $s"
+      variants[vtlp-tempo$sfx]="cv $on $TRAIN --set data.vtlp=0.1 --set data.tempo=0.1 $s"
+      variants[pool-cpu$sfx]="cv $on $POOL $s"
+      variants[pool-cpu-val2$sfx]="cv $on $POOL --set train.val_speakers=2 $s"
+    done
     defaults=(classical-egemaps moma-utterance-balanced fusion-egemaps)
     ;;
   pool-emodb-loso)
