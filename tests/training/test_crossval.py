@@ -11,6 +11,7 @@ from moma.training.crossval import run_cross_validation
 
 TINY = ["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8", "train.max_epochs=1",
         "train.lr=0.01", "train.tensorboard=false", "train.val_speakers=1", "train.ensemble=3"]
+SINGLE = [s for s in TINY if not s.startswith("train.ensemble")]  # one model per fold
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_a_failing_fold_is_named_and_the_other_folds_are_kept(corpus, jobs):
     import re
 
     root, utts = corpus
-    cfg = load_run_config(sets=[s for s in TINY if not s.startswith("train.ensemble")])
+    cfg = load_run_config(sets=SINGLE)
     out = root / f"failing-{jobs}"
     speakers = sorted({u.speaker for u in utts})[:3]
     bad = f"spk-{speakers[1]}"
@@ -116,7 +117,7 @@ def test_folds_computed_by_separate_calls_share_one_report(corpus):
     from moma.training.crossval import rebuild_report
 
     root, utts = corpus
-    cfg = load_run_config(sets=[s for s in TINY if not s.startswith("train.ensemble")])
+    cfg = load_run_config(sets=SINGLE)
     out = root / "by-parts"
     speakers = sorted({u.speaker for u in utts})
     first = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
@@ -141,7 +142,7 @@ def test_a_fold_another_process_is_training_is_skipped_and_joins_the_report_late
     from moma.files import claim_directory
 
     root, utts = corpus
-    cfg = load_run_config(sets=[s for s in TINY if not s.startswith("train.ensemble")])
+    cfg = load_run_config(sets=SINGLE)
     out = root / "claimed"
     speakers = sorted({u.speaker for u in utts})
     busy, free = f"spk-{speakers[0]}", f"spk-{speakers[1]}"
@@ -165,9 +166,9 @@ def test_a_fold_another_process_is_training_is_skipped_and_joins_the_report_late
 def test_restart_computes_a_finished_fold_again(corpus):
     """`moma cv --restart` (resume=False) ignores finished folds: it used to reuse their result.json."""
     root, utts = corpus
-    cfg = load_run_config(sets=[s for s in TINY if not s.startswith("train.ensemble")])
+    cfg = load_run_config(sets=SINGLE)
     out = root / "restarted"
-    fold = f"spk-{sorted({u.speaker for u in utts})[0]}"
+    fold = f"spk-{min(u.speaker for u in utts)}"
     run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold])
     result = out / fold / "result.json"
     marked = {**json.loads(result.read_text()), "marker": "the first run's"}
