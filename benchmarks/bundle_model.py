@@ -3,7 +3,7 @@
     python benchmarks/bundle_model.py runs/bundled-v2/all/best.safetensors emodb-nemo-8class \
         --description "..." --intended-use "..." --limitations "..."
 
-Every tensor and all other metadata (config, labels, normaliser, calibration, provenance) are kept as they are;
+Every tensor and all other metadata (config, labels, normalisers, calibration, provenance) are kept as they are;
 only ``description``, ``intended_use`` and ``limitations`` are added to the checkpoint's info. The model card
 itself (``src/moma/pretrained/NAME.md``) is written by hand from the reports it cites.
 """
@@ -24,13 +24,17 @@ def main() -> int:
     parser.add_argument("--description", required=True)
     parser.add_argument("--intended-use", required=True)
     parser.add_argument("--limitations", required=True)
+    parser.add_argument("--out-dir", type=Path, default=PRETRAINED_DIR,
+                        help=f"where NAME.safetensors is written (default: the package's {PRETRAINED_DIR})")
     args = parser.parse_args()
     loaded = load_checkpoint(args.checkpoint)
-    out = PRETRAINED_DIR / f"{args.name}.safetensors"
+    out = args.out_dir / f"{args.name}.safetensors"
     info = {k: v for k, v in loaded.info.items() if k not in ("moma_version", "torch_version", "python", "created")}
     info.update(description=args.description, intended_use=args.intended_use, limitations=args.limitations,
-                trained=loaded.info.get("created", ""))
-    save_checkpoint(out, loaded.model, loaded.config, loaded.labels, loaded.normaliser, info=info)
+                trained=loaded.info.get("trained") or loaded.info.get("created", ""))  # rebundling keeps the first
+    # a fusion model (features.functionals) is unusable without the statistics of its functionals
+    save_checkpoint(out, loaded.model, loaded.config, loaded.labels, loaded.normaliser, info=info,
+                    functionals_normaliser=loaded.functionals_normaliser)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); card: {Path(out).with_suffix('.md')}")
     return 0
 

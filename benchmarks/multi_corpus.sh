@@ -64,15 +64,18 @@ case "$suite" in
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
       [pitch-compare-lld]="cv $on $TRAIN $LLD"
     )
-    # seeds and recipes of the bundled model's kind (reports/loco/README.md, "Seeds"): the reference, VTLP and
-    # tempo perturbation, and pool-cpu as shipped (4 validation speakers of one training corpus) and with 2
+    # seeds and recipes of the bundled models' kind (reports/loco/README.md, "Seeds"): the reference, VTLP and
+    # tempo perturbation, pool-cpu as shipped (4 validation speakers of one training corpus) and with 2, and
+    # pool-egemaps-cpu (the default bundled model's recipe) with 2 as it was trained
     POOL="--config pool-cpu --set train.num_threads=1 --set train.tensorboard=false"
+    POOL_EGEMAPS="--config pool-egemaps-cpu --set train.num_threads=1 --set train.tensorboard=false"
     for seed in 0 1 2; do
       sfx=$([ "$seed" = 0 ] || echo "-seed$seed"); s="--set train.seed=$seed"
       [ "$seed" = 0 ] || variants[moma-utterance-balanced$sfx]="cv $on $TRAIN $s"
       variants[vtlp-tempo$sfx]="cv $on $TRAIN --set data.vtlp=0.1 --set data.tempo=0.1 $s"
       variants[pool-cpu$sfx]="cv $on $POOL $s"
       variants[pool-cpu-val2$sfx]="cv $on $POOL --set train.val_speakers=2 $s"
+      variants[pool-egemaps-val2$sfx]="cv $on $POOL_EGEMAPS --set train.val_speakers=2 $s"
     done
     defaults=(classical-egemaps moma-utterance-balanced fusion-egemaps)
     ;;
@@ -83,6 +86,8 @@ case "$suite" in
       [pool-cpu]="cv --manifest $OUT/pool.jsonl --protocol loso --test-corpus emodb --config pool-cpu \
 --set train.max_epochs=20 --set train.early_stop_patience=6 $rest"
       [emodb-only-pool-cpu]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 $rest"
+      [pool-egemaps-cpu]="cv --manifest $OUT/pool.jsonl --protocol loso --test-corpus emodb --config pool-egemaps-cpu \
+--set train.max_epochs=20 --set train.early_stop_patience=6 $rest"
       [emodb-only-raw-choice]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
 --set train.min_epochs=0 --set train.monitor_smoothing=0 $rest"
     )

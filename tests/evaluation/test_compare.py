@@ -184,6 +184,10 @@ def test_a_partial_leave_one_corpus_out_run_pairs_with_the_whole_one_by_its_own_
         assert pair["skipped_folds"] == ["corpus-emodb"] and pair["pooled"]["n"] == 6
         assert pair["test"]["wins"] == (1 if unit == "fold" else 2)
     assert compare_pair(partial, whole)["test"]["losses"] == 1
+    # the partial run as the reference of several, one of them namespaced too: still paired by its own names
+    both = compare_runs([partial, whole, loco_report("other", 4)], unit="speaker")
+    assert [c["test"]["n"] for c in both["comparisons"]] == [2, 2]
+    assert set(both["reference_folds"]) == {"nemo.s1", "nemo.s2"}
 
 
 def test_speaker_unit_pairs_each_test_speaker_of_few_folds():

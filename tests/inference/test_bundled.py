@@ -57,7 +57,10 @@ def test_default_model_is_the_pooled_one_and_calibrated(predictor):
     from moma.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(BUNDLED_CHECKPOINT)
-    assert DEFAULT_MODEL == "emodb-nemo-8class"
+    assert DEFAULT_MODEL == "emodb-nemo-egemaps-8class"
+    # a fusion model: eGeMAPS functionals of every input, standardised with the training statistics it carries
+    assert loaded.config.features.functionals == "eGeMAPSv02" and loaded.config.model.functionals_dim == 88
+    assert loaded.functionals_normaliser is not None and predictor.functionals_normaliser is not None
     assert set(EMODB_LABELS) < set(loaded.labels) and "surprise" in loaded.labels
     assert loaded.info["corpus"] == "pool" or "nemo" in str(loaded.info.get("corpus"))
     assert {s.split(".")[0] for s in loaded.info["val_speakers"]} == {"emodb", "nemo"}
@@ -66,11 +69,13 @@ def test_default_model_is_the_pooled_one_and_calibrated(predictor):
         "ece_before"]
 
 
-def test_emodb_model_stays_selectable_by_name():
+def test_earlier_models_stay_selectable_by_name():
     from moma.inference.predictor import Predictor
 
     old = Predictor.from_checkpoint("emodb-7class")
     assert old.labels == EMODB_LABELS and old.config.features.pitch
+    pooled = Predictor.from_checkpoint("emodb-nemo-8class")  # the default before the fusion model
+    assert pooled.labels == Predictor.from_checkpoint(None).labels and pooled.functionals_normaliser is None
 
 
 def test_bundled_model_predicts_a_signal(predictor):

@@ -121,3 +121,39 @@ def test_evaluate_robustness_cache_reuses_conditions(tiny_setup, tmp_path):
     assert [f.stat().st_mtime_ns for f in files] == stamps and len(list(tmp_path.glob("*.json"))) == 3
     other_seed = rb.evaluate_robustness(ckpt, utts, ["white-5dB"], seed=1, cache_dir=tmp_path)
     assert other_seed["white-5dB"]["n"] == len(utts) and len(list(tmp_path.glob("*.json"))) == 4
+
+
+def test_evaluate_robustness_fusion_model_computes_functionals_of_the_perturbed_audio(tiny_setup, tmp_path):
+    """A fusion checkpoint (features.functionals) is scored with the openSMILE functionals of each perturbed
+    signal, standardised as trained: clean-condition predictions equal the Predictor's, which computes the
+    functionals of the file by its own path."""
+    pytest.importorskip("opensmile")
+    import torch
+
+    from moma.checkpoint import save_checkpoint
+    from moma.config import RunConfig, replace
+    from moma.features.functionals import compute_functionals
+    from moma.features.normalise import Normaliser
+    from moma.inference.predictor import Predictor
+    from moma.model import build_model
+
+    _, utts = tiny_setup
+    cfg = RunConfig()
+    cfg = replace(cfg, features=replace(cfg.features, functionals="eGeMAPSv02"),
+                  model=replace(cfg.model, num_classes=2, hidden_size=4, context_dim=4, projection_dim=4,
+                                num_layers=1, functionals_dim=88))
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    rng = np.random.default_rng(0)
+    raw = [compute_functionals(speech_like(50 + i, 0.5, amp=0.1 + 0.3 * rng.random()), "eGeMAPSv02", SR)
+           for i in range(6)]
+    ckpt = save_checkpoint(tmp_path / "fusion.safetensors", model, cfg, ["calm", "angry"], Normaliser("utterance"),
+                           functionals_normaliser=Normaliser("global").fit([np.stack(raw)]))
+    res = rb.evaluate_robustness(ckpt, utts, ["clean", "gain-10dB"], seed=0)
+    assert res["clean"]["n"] == res["gain-10dB"]["n"] == len(utts)
+    predictor = Predictor.from_checkpoint(ckpt)
+    labels = ["calm", "angry"]
+    confusion = np.zeros((2, 2), dtype=int)
+    for u in utts:
+        confusion[labels.index(u.label), labels.index(predictor.predict_file(u.path).label)] += 1
+    np.testing.assert_array_equal(np.asarray(res["clean"]["confusion"]), confusion)

@@ -96,6 +96,11 @@ def _namespace(report: dict[str, Any]) -> str | None:
     return corpora.pop()
 
 
+def _carries_namespace(report: dict[str, Any]) -> bool:
+    """Whether any test speaker of the run is namespaced by a corpus (a run on a pool, of one corpus or several)."""
+    return any(SEPARATOR in s for f in report["folds"] for s in f["test_speakers"])
+
+
 def _strip_namespace(report: dict[str, Any], corpus: str) -> dict[str, Any]:
     """A copy of a pooled run's report in its test corpus's own names: ``C.03`` -> ``03`` in folds,
     speakers and utterance ids, so that it pairs with a run on corpus C alone."""
@@ -124,7 +129,7 @@ def align_corpus_namespaces(reference: dict[str, Any], other: dict[str, Any]) ->
         return reference, other
     corpus = ref_ns or oth_ns
     pooled, single = (reference, other) if ref_ns else (other, reference)
-    if any(SEPARATOR in s for f in single["folds"] for s in f["test_speakers"]):
+    if _carries_namespace(single):
         # both are runs on a pool: a leave-one-corpus-out run tests several namespaced corpora, and the same run
         # with one fold finished tests one; they pair by their own names
         return reference, other
@@ -197,8 +202,8 @@ def compare_runs(reports: Sequence[dict[str, Any]], *, metric: str = "uar", n_bo
     if len(reports) < 2:
         raise ValueError("compare needs a reference run and at least one other run")
     ref_ns = _namespace(reports[0])
-    if ref_ns is not None and any(_namespace(r) is None for r in reports[1:]):  # a pooled reference, named as
-        reports = [_strip_namespace(reports[0], ref_ns), *reports[1:]]          # the single-corpus runs it meets
+    if ref_ns is not None and any(not _carries_namespace(r) for r in reports[1:]):  # a pooled reference, named
+        reports = [_strip_namespace(reports[0], ref_ns), *reports[1:]]              # as the single-corpus runs it meets
     pairs = [compare_pair(reports[0], other, metric=metric, n_boot=n_boot, seed=seed, unit=unit)
              for other in reports[1:]]
     for pair, adj in zip(pairs, holm_adjust([p["test"]["permutation_p"] for p in pairs])):

@@ -76,7 +76,7 @@ from moma.inference.backends import Backend, TorchBackend, quantize_torch_int8
 log = logging.getLogger(__name__)
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"  # NAME.safetensors + NAME.md (its card)
-DEFAULT_MODEL = "emodb-nemo-8class"  # the bundled model used when no checkpoint is named
+DEFAULT_MODEL = "emodb-nemo-egemaps-8class"  # the bundled model used when no checkpoint is named
 BUNDLED_CHECKPOINT = PRETRAINED_DIR / f"{DEFAULT_MODEL}.safetensors"
 BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 ATTENTION_KEYS = ("layer1", "mixture", "blocks", "gammas")

@@ -60,7 +60,8 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
     from moma.checkpoint import LoadedCheckpoint, load_checkpoint
     from moma.evaluation.metrics import predict_posteriors, score_posteriors
     from moma.features.frontend import compute_features
-    from moma.features.normalise import normalise_for_checkpoint
+    from moma.features.functionals import compute_functionals
+    from moma.features.normalise import normalise_for_checkpoint, normalise_functionals
 
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device=device)
     utterances = list(utterances)
@@ -106,12 +107,16 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
             continue
         ctx = PerturbContext(pool_signals, pool_speakers, num_talkers=num_talkers)
         feats: dict[str, np.ndarray] = {}
+        funcs: dict[str, np.ndarray] | None = None if loaded.functionals_normaliser is None else {}
         for i, u in enumerate(utterances):
             ctx.speaker = u.speaker
             perturbed = cond(signals[u.id], sr, condition_rng(seed, cond.name, i), ctx)
             feats[u.id] = compute_features(perturbed, fcfg)
+            if funcs is not None:  # a fusion model: its functionals see the same perturbed audio as its frames
+                funcs[u.id] = normalise_functionals(loaded.functionals_normaliser,
+                                                    compute_functionals(perturbed, fcfg.functionals, sr), u.speaker)
         normed = normalise_for_checkpoint(loaded.normaliser, feats, utterances)
-        post = predict_posteriors(loaded.model, normed, ids, loaded.config, device)
+        post = predict_posteriors(loaded.model, normed, ids, loaded.config, device, functionals=funcs)
         metrics = score_posteriors(post, utts, loaded.labels)
         metrics.pop("predictions", None)
         metrics["perturbation"] = {"mix_rescaled": ctx.counts.get("mix_rescaled", 0),
