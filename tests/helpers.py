@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: a tiny trained checkpoint, speech-like tones, browser-style WebM/Opus, and the
+"""Helpers shared by the tests: a tiny trained checkpoint, a tiny fusion checkpoint, speech-like tones, browser-style WebM/Opus, and the
 inference CLI in a subprocess."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import io
 import math
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,30 @@ def make_tiny_checkpoint(out_dir: Path, arch: str = "moma") -> Path:
                                 "train.early_stop_patience=0", "train.tensorboard=false", "train.num_threads=1"])
     result = train_model(cfg, normed, LABELS, label_of, ids[:18], ids[18:], out_dir, norm)
     return result.best_checkpoint
+
+
+def make_fusion_checkpoint(path: Path, *, labels: Sequence[str] = ("calm", "angry"), functionals_dim: int = 88,
+                           functionals_normaliser=None, info: dict | None = None) -> Path:
+    """An untrained tiny fusion checkpoint (eGeMAPS functionals joined after pooling, per-utterance frames):
+    for the code paths that must feed a fusion model its functionals. Default functionals statistics: fitted
+    on standard normal rows."""
+    import torch
+
+    from moma.checkpoint import save_checkpoint
+    from moma.config import RunConfig, replace
+    from moma.features.normalise import Normaliser
+    from moma.model import build_model
+
+    cfg = RunConfig()
+    cfg = replace(cfg, features=replace(cfg.features, functionals="eGeMAPSv02"),
+                  model=replace(cfg.model, num_classes=len(labels), hidden_size=4, context_dim=4, projection_dim=8,
+                                num_layers=1, functionals_dim=functionals_dim))
+    torch.manual_seed(0)
+    if functionals_normaliser is None:
+        rows = np.random.default_rng(0).normal(size=(30, functionals_dim)).astype(np.float32)
+        functionals_normaliser = Normaliser("global").fit([rows])
+    return save_checkpoint(path, build_model(cfg.model).eval(), cfg, list(labels), Normaliser("utterance"),
+                           info=info, functionals_normaliser=functionals_normaliser)
 
 
 def write_tone(path: Path, seconds: float, sr: int = 16000, level: float = 0.1, seed: int = 0,

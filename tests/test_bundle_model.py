@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from helpers import make_fusion_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bundle_model.py"
@@ -14,24 +15,15 @@ SCRIPT = ROOT / "benchmarks" / "bundle_model.py"
 def test_bundling_keeps_weights_normalisers_and_calibration_and_adds_the_card_fields(tmp_path):
     import torch
 
-    from moma.checkpoint import load_checkpoint, save_checkpoint
-    from moma.config import RunConfig, replace
+    from moma.checkpoint import load_checkpoint
     from moma.features.normalise import Normaliser
-    from moma.model import build_model
 
     rng = np.random.default_rng(0)
-    cfg = RunConfig()
-    cfg = replace(cfg, features=replace(cfg.features, functionals="eGeMAPSv02"),
-                  model=replace(cfg.model, num_classes=3, hidden_size=8, context_dim=4, projection_dim=8,
-                                functionals_dim=5))
-    torch.manual_seed(0)
-    model = build_model(cfg.model).eval()
-    norm = Normaliser("utterance").fit([rng.normal(size=(40, 23)).astype(np.float32)])
     func_norm = Normaliser("global").fit([rng.normal(2.0, 3.0, size=(30, 5)).astype(np.float32)])
-    trained = save_checkpoint(tmp_path / "best.safetensors", model, cfg, ["a", "b", "c"], norm,
-                              info={"calibration": {"temperature": 1.7}, "val_speakers": ["x", "y"],
-                                    "created": "2020-01-01T00:00:00+0000"},  # trained long before bundling
-                              functionals_normaliser=func_norm)
+    trained = make_fusion_checkpoint(tmp_path / "best.safetensors", labels=["a", "b", "c"], functionals_dim=5,
+                                     functionals_normaliser=func_norm,
+                                     info={"calibration": {"temperature": 1.7}, "val_speakers": ["x", "y"],
+                                           "created": "2020-01-01T00:00:00+0000"})  # trained long before bundling
     res = subprocess.run([sys.executable, str(SCRIPT), str(trained), "tiny-fusion", "--out-dir", str(tmp_path / "pkg"),
                           "--description", "d", "--intended-use", "u", "--limitations", "l"],
                          capture_output=True, text=True, check=False)

@@ -325,3 +325,19 @@ def test_batch_adaptation_normalises_files_with_their_own_statistics(predictor, 
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert "tested with global mean/variance from the 4 inputs together" in report["normalisation"]
     assert "transductive" in report["normalisation"]
+
+
+def test_plot_attention_of_a_fusion_model_computes_the_file_s_functionals(tmp_path):
+    """`moma plot-attention` on a fusion checkpoint (the default bundled model is one) predicts with the file's
+    functionals, as `moma predict` does (it used to refuse: no functionals were computed for the plot)."""
+    from helpers import make_fusion_checkpoint
+
+    from moma.inference.predictor import plot_attention_for_file
+
+    ckpt = make_fusion_checkpoint(tmp_path / "fusion.safetensors", labels=LABELS)
+    wav = write_tone(tmp_path / "tone.wav", 1.0)
+    out = plot_attention_for_file(ckpt, wav, tmp_path / "att.png")
+    assert out.is_file() and out.stat().st_size > 1000
+    res = run_cli("plot-attention", str(ckpt), str(wav), "--out", str(tmp_path / "cli.png"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "cli.png").stat().st_size > 1000

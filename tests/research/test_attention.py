@@ -159,3 +159,33 @@ def test_probe_stages_needs_two_speakers_and_drops_singletons(feats):
     assert set(res["stages"]) == {"encoder", "layer1", "pooled", "embedding"} and res["final"] == "pooled"
     assert all(r["folds"] == 3 and r["n"] == 6 for r in res["stages"].values())
     assert an.probe_stages(tiny("attention"), feats, ids, ["a", "b"] * 3 + ["a"])["final"] == "embedding"
+
+
+def test_analyse_checkpoint_of_a_fusion_model_feeds_it_the_standardised_functionals(feats):
+    """A fusion checkpoint (features.functionals) needs each utterance's functionals: they are standardised with
+    its training statistics and change what the model pools; without them the analysis says so in one error."""
+    from moma.checkpoint import LoadedCheckpoint
+    from moma.config import RunConfig, replace
+    from moma.corpora.base import Utterance
+    from moma.features.normalise import Normaliser
+
+    torch.manual_seed(0)
+    cfg = RunConfig()
+    cfg = replace(cfg, features=replace(cfg.features, functionals="eGeMAPSv02"),
+                  model=ModelConfig(input_dim=5, num_classes=3, hidden_size=4, num_layers=1, context_dim=4,
+                                    num_blocks=3, projection_dim=6, functionals_dim=4))
+    rng = np.random.default_rng(1)
+    raw = {k: rng.normal(5.0, 2.0, size=4).astype(np.float32) for k in feats}
+    func_norm = Normaliser("global").fit([np.stack(list(raw.values()))])
+    loaded = LoadedCheckpoint(model=build_model(cfg.model).eval(), config=cfg, labels=["a", "b", "c"],
+                              normaliser=Normaliser("none"), info={}, path="tiny",
+                              functionals_normaliser=func_norm)
+    utts = [Utterance(id=k, path="", speaker="ab"[i % 2], label="a") for i, k in enumerate(sorted(feats))]
+    res = an.analyse_checkpoint(loaded, feats, utts, probe_folds=2, functionals=raw)
+    assert res["attention"]["n"] == 7 and set(res["probe"]["stages"]) >= {"pooled", "embedding"}
+    standardised = {k: func_norm.transform(v[None, :])[0] for k, v in raw.items()}
+    embedded = an.pooled_representations(loaded.model, feats, sorted(feats), functionals=standardised)["embedding"]
+    unscaled = an.pooled_representations(loaded.model, feats, sorted(feats), functionals=raw)["embedding"]
+    assert not np.allclose(embedded, unscaled)  # the functionals, and their standardisation, reach the embedding
+    with pytest.raises(ValueError, match="fusion checkpoint"):
+        an.analyse_checkpoint(loaded, feats, utts)

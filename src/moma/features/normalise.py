@@ -324,6 +324,18 @@ def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], ada
     return adapted
 
 
+def standardise_functionals_for_checkpoint(normaliser: Normaliser, raw: Mapping[str, np.ndarray],
+                                           utterances: Sequence[Utterance], adapt: str = "none"
+                                           ) -> dict[str, np.ndarray]:
+    """A fusion checkpoint's utterance functionals (id -> (D_f,)) standardised as it was trained, or with the
+    test data's own statistics under ``adapt`` "batch" / "speaker" (transductive). "utterance" leaves them as
+    trained: one vector per utterance has no statistics of its own."""
+    func_adapt = adapt if adapt in ("batch", "speaker") else "none"
+    rows = normalise_for_checkpoint(normaliser, {k: np.asarray(v)[None, :] for k, v in raw.items()}, utterances,
+                                    adapt=func_adapt)
+    return {k: v[0] for k, v in rows.items()}  # (1, D_f) -> (D_f,)
+
+
 def normalise_for_checkpoint(normaliser: Normaliser, features: dict[str, np.ndarray],
                              utterances: Sequence[Utterance], adapt: str = "none") -> dict[str, np.ndarray]:
     """Normalise labelled test features the way a checkpoint was trained.

@@ -70,6 +70,7 @@ from moma.features.normalise import (
     normalise_features,
     normalise_for_checkpoint,
     normalise_functionals,
+    standardise_functionals_for_checkpoint,
 )
 from moma.inference.backends import Backend, TorchBackend, quantize_torch_int8
 
@@ -468,21 +469,17 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
                                       [u.speaker for u in scored_utts])
     normed = normalise_for_checkpoint(normaliser, feats, scored_utts)
     funcs = None
-    # one vector per utterance has no statistics of its own: "utterance" adaptation leaves the functionals as trained
-    func_adapt = adapt if adapt in ("batch", "speaker") else "none"
     if loaded.functionals_normaliser is not None:  # a fusion model: its utterance functionals, standardised alike
         raw = extract_run_functionals(loaded.config.features.functionals, scored_utts, cache_dir) or {}
-        rows = normalise_for_checkpoint(loaded.functionals_normaliser, {k: v[None, :] for k, v in raw.items()},
-                                        scored_utts, adapt=func_adapt)
-        funcs = {k: v[0] for k, v in rows.items()}  # (1, D_f) -> (D_f,)
+        funcs = standardise_functionals_for_checkpoint(loaded.functionals_normaliser, raw, scored_utts, adapt)
     normalisation = loaded.normaliser.describe() + (
         "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
         if loaded.normaliser.mode == "speaker" else "")
     if adapt != "none":
         normalisation = f"trained with {loaded.normaliser.describe()}; tested with {normaliser.describe()}"
     if funcs is not None:  # the functionals follow their own rule: say which, transductive ones included
-        if func_adapt != "none":
-            scope = "over all of it" if func_adapt == "batch" else "per speaker"
+        if adapt in ("batch", "speaker"):  # the rule of standardise_functionals_for_checkpoint
+            scope = "over all of it" if adapt == "batch" else "per speaker"
             normalisation += (f"; openSMILE functionals standardised with the test data's own statistics, {scope} "
                               "(transductive: unlabelled test audio)")
         else:
@@ -533,8 +530,9 @@ def plot_prediction(predictor: Predictor, audio: str | Path, out: str | Path, *,
     cfg = predictor.config.features
     sig = load_audio(audio, cfg.sample_rate, min_duration=cfg.frame_length_ms / 1000.0)
     raw = compute_features(sig, cfg)
-    if pred is None:
-        pred = predictor.predict_features(normalise_features(predictor.normaliser, raw))
+    if pred is None:  # a fusion model also reads the file's functionals (None for any other model)
+        pred = predictor.predict_features(normalise_features(predictor.normaliser, raw),
+                                          predictor.functionals_of_prepared(sig))
     probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]))
     return plot_attention(out, sig, cfg.sample_rate, raw[:, :cfg.n_mels], pred.attention, cfg.frame_shift_ms,
                           title=title or f"{Path(audio).name}: {pred.label} ({probs})",

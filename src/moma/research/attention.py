@@ -133,8 +133,10 @@ def block_correlation(blocks: Any, lengths: Any) -> float:
     return float(per.mean()) if per.size else math.nan
 
 
-def _batches(features: Mapping[str, np.ndarray], ids: Sequence[str], batch_size: int):
-    """Padded (x, lengths, ids) batches in the order of ``ids``."""
+def _batches(features: Mapping[str, np.ndarray], ids: Sequence[str], batch_size: int,
+             functionals: Mapping[str, np.ndarray] | None = None):
+    """Padded (x, lengths, ids, extra model inputs) batches in the order of ``ids``; the extra inputs are a
+    fusion model's standardised functionals (B, D_f), or nothing."""
     for start in range(0, len(ids), batch_size):
         chunk = list(ids[start:start + batch_size])
         arrays = [np.asarray(features[k], dtype=np.float32) for k in chunk]
@@ -142,7 +144,9 @@ def _batches(features: Mapping[str, np.ndarray], ids: Sequence[str], batch_size:
         x = np.zeros((len(arrays), max(lens), arrays[0].shape[1]), dtype=np.float32)
         for i, a in enumerate(arrays):
             x[i, : a.shape[0]] = a
-        yield torch.from_numpy(x), torch.tensor(lens, dtype=torch.long), chunk
+        extra = () if functionals is None else (
+            torch.from_numpy(np.stack([np.asarray(functionals[k], dtype=np.float32) for k in chunk])),)
+        yield torch.from_numpy(x), torch.tensor(lens, dtype=torch.long), chunk, extra
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -152,7 +156,8 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def collect_attention_stats(model: torch.nn.Module, features: Mapping[str, np.ndarray], ids: Sequence[str], *,
-                            batch_size: int = 16) -> dict[str, Any]:
+                            batch_size: int = 16, functionals: Mapping[str, np.ndarray] | None = None
+                            ) -> dict[str, Any]:
     """Attention statistics of ``model`` over the (normalised) features of ``ids``.
 
     Returns ``{"n": utterances, <stat>: {"mean", "std", "n"}, ...}`` with, where the model has them:
@@ -167,8 +172,8 @@ def collect_attention_stats(model: torch.nn.Module, features: Mapping[str, np.nd
     dev = _device(model)
     acc: dict[str, list] = {}
     try:
-        for x, lens, _ in _batches(features, list(ids), batch_size):
-            out = model(x.to(dev), lens.to(dev))
+        for x, lens, _, extra in _batches(features, list(ids), batch_size, functionals):
+            out = model(x.to(dev), lens.to(dev), *(e.to(dev) for e in extra))
             att = out.attention or {}
             for key in ("layer1", "mixture"):
                 if att.get(key) is not None:
@@ -207,7 +212,8 @@ def collect_attention_stats(model: torch.nn.Module, features: Mapping[str, np.nd
 
 @torch.no_grad()
 def pooled_representations(model: torch.nn.Module, features: Mapping[str, np.ndarray], ids: Sequence[str], *,
-                           batch_size: int = 16) -> dict[str, np.ndarray]:
+                           batch_size: int = 16, functionals: Mapping[str, np.ndarray] | None = None
+                           ) -> dict[str, np.ndarray]:
     """Utterance-level representations at each stage, rows in the order of ``ids``.
 
     * ``"encoder"`` (n, 2H): masked mean of the BLSTM output Y (all architectures).
@@ -228,10 +234,10 @@ def pooled_representations(model: torch.nn.Module, features: Mapping[str, np.nda
     encoded: list[tuple[torch.Tensor, torch.Tensor]] = []
     hook = model.encoder.register_forward_hook(lambda _module, _inputs, output: encoded.append(output))
     try:
-        for x, lens, _ in _batches(features, list(ids), batch_size):
+        for x, lens, _, extra in _batches(features, list(ids), batch_size, functionals):
             x, lens = x.to(dev), lens.to(dev)
             encoded.clear()
-            out = model(x, lens)
+            out = model(x, lens, *(e.to(dev) for e in extra))
             y, mask = encoded[0]  # (B, T, 2H), (B, T)
             parts.setdefault("encoder", []).append(_np(masked_mean(y, mask)))
             if is_moma:
@@ -329,7 +335,8 @@ def speaker_bias(per_speaker: Mapping[str, Mapping[str, Any]], genders: Mapping[
 
 
 def probe_stages(model: torch.nn.Module, features: Mapping[str, np.ndarray], ids: Sequence[str],
-                 speakers: Sequence[str], *, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+                 speakers: Sequence[str], *, folds: int = 5, seed: int = 0,
+                 functionals: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """:func:`speaker_probe` on every stage of :func:`pooled_representations`.
 
     Speakers with fewer than 2 of the given utterances cannot be cross-validated and are left out (listed in
@@ -347,7 +354,7 @@ def probe_stages(model: torch.nn.Module, features: Mapping[str, np.ndarray], ids
                            f"{len(kept_speakers)} ({', '.join(kept_speakers) or 'none'})"}
     sel_ids = [ids[i] for i in keep]
     sel_spk = [speakers[i] for i in keep]
-    reps = pooled_representations(model, features, sel_ids)
+    reps = pooled_representations(model, features, sel_ids, functionals=functionals)
     arch = getattr(getattr(model, "cfg", None), "arch", "moma" if isinstance(model, MOMA) else "mean")
     stages = {name: speaker_probe(rep, sel_spk, folds=folds, seed=seed) for name, rep in reps.items()}
     return {"stages": stages, "final": FINAL_STAGE.get(arch, "embedding"), "speakers": kept_speakers,
@@ -356,14 +363,17 @@ def probe_stages(model: torch.nn.Module, features: Mapping[str, np.ndarray], ids
 
 def analyse_checkpoint(loaded: Any, features: Mapping[str, np.ndarray], utterances: Sequence[Any], *,
                        attention: bool = True, probe: bool = True, probe_utterances: Optional[Sequence[Any]] = None,
-                       probe_folds: int = 5, seed: int = 0) -> dict[str, Any]:
+                       probe_folds: int = 5, seed: int = 0,
+                       functionals: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Attention statistics and speaker probes of a :class:`~moma.checkpoint.LoadedCheckpoint`.
 
     ``features``: raw (unnormalised) features with the checkpoint's feature config, for every utterance used.
     They are normalised as the checkpoint was trained (:func:`moma.inference.predictor.normalise_for_checkpoint`).
-    Attention statistics run on ``utterances``; the probe on ``probe_utterances`` (default the same).
+    ``functionals``: a fusion checkpoint's raw utterance functionals of the same utterances, standardised here
+    as it was trained. Attention statistics run on ``utterances``; the probe on ``probe_utterances`` (default
+    the same).
     """
-    from moma.features.normalise import normalise_for_checkpoint
+    from moma.features.normalise import normalise_for_checkpoint, standardise_functionals_for_checkpoint
 
     probe_utts = list(probe_utterances) if probe_utterances is not None else list(utterances)
     every = {u.id: u for u in list(utterances) + probe_utts}
@@ -371,13 +381,20 @@ def analyse_checkpoint(loaded: Any, features: Mapping[str, np.ndarray], utteranc
     if missing:
         raise ValueError(f"no features for {len(missing)} utterance(s), e.g. {missing[0]}")
     normed = normalise_for_checkpoint(loaded.normaliser, {k: features[k] for k in every}, list(every.values()))
+    funcs = None
+    if loaded.functionals_normaliser is not None:
+        if functionals is None:
+            raise ValueError("a fusion checkpoint (features.functionals) needs the utterances' functionals")
+        funcs = standardise_functionals_for_checkpoint(loaded.functionals_normaliser,
+                                                       {k: functionals[k] for k in every}, list(every.values()))
     out: dict[str, Any] = {"arch": loaded.config.model.arch, "num_blocks": loaded.config.model.num_blocks}
     if attention:
-        out["attention"] = collect_attention_stats(loaded.model, normed, [u.id for u in utterances])
+        out["attention"] = collect_attention_stats(loaded.model, normed, [u.id for u in utterances],
+                                                   functionals=funcs)
     if probe:
         ids = [u.id for u in probe_utts]
         out["probe"] = probe_stages(loaded.model, normed, ids, [u.speaker for u in probe_utts],
-                                    folds=probe_folds, seed=seed)
+                                    folds=probe_folds, seed=seed, functionals=funcs)
     return out
 
 
@@ -395,6 +412,7 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
     from moma.checkpoint import existing_checkpoint_paths, load_checkpoint
     from moma.features.cache import FeatureCache, extract_features
     from moma.features.frontend import feature_config_hash
+    from moma.features.functionals import extract_run_functionals
 
     paths = existing_checkpoint_paths(checkpoints)
     utterances = sorted(utterances, key=lambda u: u.id)
@@ -415,7 +433,10 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
         if h not in features_by_hash:
             features_by_hash[h] = extract_features(utterances, FeatureCache(cache_dir, loaded.config.features),
                                                    workers=feature_workers)
-        res = analyse_checkpoint(loaded, features_by_hash[h], utterances, probe_folds=probe_folds, seed=seed)
+        raw_funcs = extract_run_functionals(loaded.config.features.functionals, utterances, cache_dir,
+                                            workers=feature_workers)  # None unless a fusion checkpoint
+        res = analyse_checkpoint(loaded, features_by_hash[h], utterances, probe_folds=probe_folds, seed=seed,
+                                 functionals=raw_funcs)
         info = loaded.info
         held_out = set(info.get("test_speakers", [])) | set(info.get("val_speakers", []))
         res.update({"checkpoint": str(path),
