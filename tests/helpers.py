@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: a tiny trained checkpoint, a tiny fusion checkpoint, speech-like tones, browser-style WebM/Opus, and the
-inference CLI in a subprocess."""
+"""Helpers shared by the tests: a tiny trained checkpoint, a tiny fusion checkpoint, speech-like tones,
+browser-style WebM/Opus, and the inference CLI in a subprocess."""
 
 from __future__ import annotations
 

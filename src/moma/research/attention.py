@@ -421,6 +421,7 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     features_by_hash: dict[str, dict[str, np.ndarray]] = {}
+    functionals_by_set: dict[str, dict[str, np.ndarray] | None] = {}  # a fusion checkpoint's raw functionals
     models: dict[str, Any] = {}
     speakers = sorted({u.speaker for u in utterances})
     for name, path in zip(short_checkpoint_names(paths), paths):
@@ -433,10 +434,11 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
         if h not in features_by_hash:
             features_by_hash[h] = extract_features(utterances, FeatureCache(cache_dir, loaded.config.features),
                                                    workers=feature_workers)
-        raw_funcs = extract_run_functionals(loaded.config.features.functionals, utterances, cache_dir,
-                                            workers=feature_workers)  # None unless a fusion checkpoint
+        fset = loaded.config.features.functionals
+        if fset not in functionals_by_set:  # once per feature set, like the frames above; None for "none"
+            functionals_by_set[fset] = extract_run_functionals(fset, utterances, cache_dir, workers=feature_workers)
         res = analyse_checkpoint(loaded, features_by_hash[h], utterances, probe_folds=probe_folds, seed=seed,
-                                 functionals=raw_funcs)
+                                 functionals=functionals_by_set[fset])
         info = loaded.info
         held_out = set(info.get("test_speakers", [])) | set(info.get("val_speakers", []))
         res.update({"checkpoint": str(path),
