@@ -46,6 +46,9 @@ case "$suite" in
       [pitch-compare-lld-ens3]="cv $on $TRAIN $LLD --set train.ensemble=3 --set train.ensemble_validation=rotate"
       [pitch-compare-lld-vtlp-tempo]="cv $on $TRAIN $LLD --set data.vtlp=0.1 --set data.tempo=0.1"
       [pitch-compare-lld-noval-e12]="cv $on $TRAIN $LLD --set train.val_speakers=0 --set train.max_epochs=12"
+      # the descriptor recipe with the frames standardised by the training actors' statistics (strict, as the SVMs
+      # standardise), so that an utterance's level of pitch and loudness is kept rather than removed
+      [pitch-compare-lld-global]="cv $on $TRAIN $LLD --set data.normalisation=global"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
     )
@@ -66,7 +69,8 @@ case "$suite" in
     )
     # seeds and recipes of the bundled models' kind (reports/loco/README.md, "Seeds"): the reference, VTLP and
     # tempo perturbation, pool-cpu as shipped (4 validation speakers of one training corpus) and with 2, and
-    # pool-egemaps-cpu (the default bundled model's recipe) with 2 as it was trained
+    # pool-egemaps-cpu (the default bundled model's recipe) with 2 as it was trained, and with level-invariant
+    # functionals
     POOL="--config pool-cpu --set train.num_threads=1 --set train.tensorboard=false"
     POOL_EGEMAPS="--config pool-egemaps-cpu --set train.num_threads=1 --set train.tensorboard=false"
     for seed in 0 1 2; do
@@ -76,6 +80,8 @@ case "$suite" in
       variants[pool-cpu$sfx]="cv $on $POOL $s"
       variants[pool-cpu-val2$sfx]="cv $on $POOL --set train.val_speakers=2 $s"
       variants[pool-egemaps-val2$sfx]="cv $on $POOL_EGEMAPS --set train.val_speakers=2 $s"
+      # the same with the functionals read at a fixed active-speech level (features.functionals_level)
+      variants[pool-egemaps-level-val2$sfx]="cv $on $POOL_EGEMAPS --set train.val_speakers=2 --set features.functionals_level=-26 $s"
     done
     defaults=(classical-egemaps moma-utterance-balanced fusion-egemaps)
     ;;

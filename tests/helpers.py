@@ -43,10 +43,11 @@ def make_tiny_checkpoint(out_dir: Path, arch: str = "moma") -> Path:
 
 
 def make_fusion_checkpoint(path: Path, *, labels: Sequence[str] = ("calm", "angry"), functionals_dim: int = 88,
-                           functionals_normaliser=None, info: dict | None = None) -> Path:
+                           functionals_normaliser=None, info: dict | None = None,
+                           functionals_level: float = 0.0) -> Path:
     """An untrained tiny fusion checkpoint (eGeMAPS functionals joined after pooling, per-utterance frames):
     for the code paths that must feed a fusion model its functionals. Default functionals statistics: fitted
-    on standard normal rows."""
+    on standard normal rows; ``functionals_level`` as ``features.functionals_level``."""
     import torch
 
     from moma.checkpoint import save_checkpoint
@@ -55,7 +56,7 @@ def make_fusion_checkpoint(path: Path, *, labels: Sequence[str] = ("calm", "angr
     from moma.model import build_model
 
     cfg = RunConfig()
-    cfg = replace(cfg, features=replace(cfg.features, functionals="eGeMAPSv02"),
+    cfg = replace(cfg, features=replace(cfg.features, functionals="eGeMAPSv02", functionals_level=functionals_level),
                   model=replace(cfg.model, num_classes=len(labels), hidden_size=4, context_dim=4, projection_dim=8,
                                 num_layers=1, functionals_dim=functionals_dim))
     torch.manual_seed(0)

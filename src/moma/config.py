@@ -37,6 +37,10 @@ class FeatureConfig:
     lld: str = "none"  # none | egemaps (25 dims) | compare (65 dims): openSMILE low-level descriptors appended per frame
     functionals: str = "none"  # none | eGeMAPSv02 (88) | ComParE_2016 (6373): openSMILE functionals of each utterance,
     #   standardised with training-speaker statistics and joined to the model's pooled representation (fusion)
+    functionals_level: float = 0.0  # dBFS; < 0 scales each utterance to this active-speech level before openSMILE
+    #   computes its functionals, so that they do not depend on the recording's gain (-26: ITU-T P.56's usual
+    #   level); 0 keeps the level as recorded. The frames are not rescaled (per-utterance normalisation already
+    #   removes a gain from log-Mel frames)
 
 
 @dataclass

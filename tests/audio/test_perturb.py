@@ -48,6 +48,18 @@ def test_active_reference_measures_speech_frames_only():
     assert pt.measure_snr(s_part, n_part) < 10 - 2  # over the whole signal the silent half lowers it
 
 
+def test_set_active_level_reaches_the_level_whatever_the_recorded_gain():
+    speech = np.concatenate([np.zeros(SR // 2, dtype=np.float32), speech_like(3, 1.0)])
+    for gain_db in (-30.0, 0.0, 6.0):
+        scaled = speech * np.float32(10 ** (gain_db / 20))
+        out = pt.set_active_level(scaled, -26.0, SR)
+        assert out.dtype == np.float32 and out.shape == speech.shape
+        assert abs(10 * np.log10(pt.signal_power(out, "active", SR)) + 26.0) < 1e-3
+        np.testing.assert_allclose(out, pt.set_active_level(speech, -26.0, SR), rtol=1e-5, atol=1e-7)
+    silence = np.zeros(SR, dtype=np.float32)
+    np.testing.assert_array_equal(pt.set_active_level(silence, -26.0, SR), silence)
+
+
 def test_mix_is_deterministic_given_rng():
     speech, noise = speech_like(0), pt.white_noise(3000, np.random.default_rng(0))
     a = pt.mix_at_snr(speech, noise, 5, np.random.default_rng(7))

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import moma.features.functionals as functionals
+from moma.config import FeatureConfig
 from moma.corpora.base import Utterance
+from moma.features.frontend import feature_config_hash
 
 
 def test_functionals_dim_names_the_sets_and_refuses_others():
@@ -20,7 +22,7 @@ def test_functionals_dim_names_the_sets_and_refuses_others():
 
 def test_functionals_live_beside_the_frame_feature_cache(tmp_path):
     assert functionals.functionals_cache_dir("cache/features").as_posix() == "cache/opensmile"
-    assert functionals.extract_run_functionals("none", [], tmp_path) is None
+    assert functionals.extract_run_functionals(FeatureConfig(), [], tmp_path) is None
 
 
 def test_importing_functionals_does_not_import_torch():
@@ -48,3 +50,36 @@ def test_opensmile_egemaps_on_a_tone(tmp_path, monkeypatch):
     monkeypatch.setattr(functionals, "compute_functionals", lambda *a, **k: pytest.fail("cache miss"))
     second = functionals.extract_functionals([utt], "eGeMAPSv02", cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(first["tone"], second["tone"])
+
+
+def test_functionals_level_makes_them_independent_of_the_recording_gain(tmp_path):
+    pytest.importorskip("opensmile")
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(24000) / 16000.0
+    voice = (0.2 * np.sin(2 * np.pi * 180 * t) + 0.1 * np.sin(2 * np.pi * 360 * t)) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    voice = (voice + 0.005 * rng.standard_normal(t.size)).astype(np.float32)
+    quiet = (voice * np.float32(10 ** (-20 / 20))).astype(np.float32)
+    as_recorded = [functionals.compute_functionals(x, "eGeMAPSv02") for x in (voice, quiet)]
+    levelled = [functionals.compute_functionals(x, "eGeMAPSv02", level=-26.0) for x in (voice, quiet)]
+    # loudness (loudness_sma3_amean, the set's 11th functional) follows the gain as recorded, not when levelled
+    assert as_recorded[0][10] > 2 * as_recorded[1][10]
+    np.testing.assert_allclose(levelled[0], levelled[1], rtol=1e-3, atol=1e-3)
+    # the cache keeps a folder per level, and the recorded level keeps its old folder
+    wavs = []
+    for name, x in (("loud", voice), ("quiet", quiet)):
+        sf.write(tmp_path / f"{name}.wav", x, 16000, subtype="FLOAT")
+        wavs.append(Utterance(id=name, path=str(tmp_path / f"{name}.wav"), speaker="x", label="neutral", sha1=name * 4))
+    cfg = FeatureConfig(functionals="eGeMAPSv02", functionals_level=-26.0)
+    got = functionals.extract_run_functionals(cfg, wavs, tmp_path / "cache" / "features")
+    np.testing.assert_allclose(got["loud"], got["quiet"], rtol=1e-3, atol=1e-3)
+    assert functionals.count_cached(wavs, "eGeMAPSv02", tmp_path / "cache" / "opensmile", level=-26.0) == 2
+    assert functionals.count_cached(wavs, "eGeMAPSv02", tmp_path / "cache" / "opensmile") == 0
+    assert [p.name for p in (tmp_path / "cache" / "opensmile").iterdir()] == ["opensmile-eGeMAPSv02-level-26dB"]
+    with pytest.raises(ValueError, match="functionals_level: 3.0 dBFS is above full scale"):
+        functionals.compute_functionals(voice, "eGeMAPSv02", level=3.0)
+
+
+def test_functionals_level_leaves_the_frame_cache_alone():
+    assert feature_config_hash(FeatureConfig(functionals_level=-26.0)) == feature_config_hash(FeatureConfig())

@@ -341,3 +341,24 @@ def test_plot_attention_of_a_fusion_model_computes_the_file_s_functionals(tmp_pa
     res = run_cli("plot-attention", str(ckpt), str(wav), "--out", str(tmp_path / "cli.png"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "cli.png").stat().st_size > 1000
+
+
+def test_a_fusion_model_with_functionals_level_predicts_alike_at_any_recording_gain(tmp_path):
+    """``features.functionals_level``: the file 20 dB quieter gets the same probabilities (frames per utterance,
+    functionals at a fixed level); the same model reading the functionals as recorded does not."""
+    pytest.importorskip("opensmile")
+    from helpers import make_fusion_checkpoint
+
+    from moma.inference.predictor import Predictor
+
+    loud = write_tone(tmp_path / "loud.wav", 1.5, level=0.1, subtype="FLOAT")
+    quiet = write_tone(tmp_path / "quiet.wav", 1.5, level=0.01, subtype="FLOAT")
+    probs = {}
+    for level in (0.0, -26.0):
+        ckpt = make_fusion_checkpoint(tmp_path / f"fusion{level:g}.safetensors", labels=LABELS, functionals_level=level)
+        predictor = Predictor.from_checkpoint(ckpt)
+        assert predictor.config.features.functionals_level == level
+        # log-probabilities: the untrained model's raw functionals sit far from its statistics and saturate
+        probs[level] = [np.log(list(predictor.predict_file(p).probabilities.values())) for p in (loud, quiet)]
+    assert np.abs(probs[0.0][0] - probs[0.0][1]).max() > 0.1
+    np.testing.assert_allclose(probs[-26.0][0], probs[-26.0][1], rtol=1e-3, atol=1e-3)

@@ -85,6 +85,10 @@ def test_model_description_names_every_input_feature_group():
     assert "23 log-Mel" in plain and "pitch" not in plain and "openSMILE" not in plain
     both = describe_model(load_run_config(sets=["features.pitch=true", "features.lld=egemaps"]))
     assert "23 log-Mel + pitch (log F0, voicing) + openSMILE egemaps LLDs" in both
+    recorded = describe_model(load_run_config(sets=["features.functionals=eGeMAPSv02"]))
+    assert "fusion: openSMILE eGeMAPSv02 functionals joined" in recorded
+    levelled = describe_model(load_run_config(sets=["features.functionals=eGeMAPSv02", "features.functionals_level=-26"]))
+    assert "eGeMAPSv02 functionals (each utterance first scaled to -26 dBFS active level) joined" in levelled
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

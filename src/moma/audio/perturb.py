@@ -78,6 +78,17 @@ def signal_power(x: np.ndarray, reference: str = "whole", sr: int = 16000) -> fl
     return float(np.mean(frames[active] ** 2))
 
 
+def set_active_level(signal: np.ndarray, level_db: float, sr: int = 16000) -> np.ndarray:
+    """``signal`` scaled so that its active-speech power (:func:`signal_power` with ``"active"``) is
+    ``level_db`` dBFS, float32. Not clipped: the result feeds an analysis (level-invariant descriptors), not a
+    file. A silent signal comes back unchanged."""
+    power = signal_power(signal, "active", sr)
+    if power <= _EPS:
+        return np.asarray(signal, dtype=np.float32)
+    scale = math.sqrt(10.0 ** (level_db / 10.0) / power)
+    return (np.asarray(signal, dtype=np.float64) * scale).astype(np.float32)
+
+
 def measure_snr(speech: np.ndarray, noise: np.ndarray, reference: str = "whole", sr: int = 16000) -> float:
     """``10 log10(P_speech / P_noise)`` in dB; with ``"active"`` both powers are taken over the speech's active
     frames."""

@@ -190,10 +190,11 @@ def feature_dim(cfg: FeatureConfig) -> int:
 
 
 def frame_feature_settings(cfg: FeatureConfig) -> dict:
-    """The settings the frame features depend on: every option but ``functionals`` (utterance functionals have
-    their own cache, so a fusion model shares the frame cache of the same front end)."""
+    """The settings the frame features depend on: every option but ``functionals`` and ``functionals_level``
+    (utterance functionals have their own cache, so a fusion model shares the frame cache of the same front
+    end)."""
     data = asdict(cfg)
-    del data["functionals"]
+    del data["functionals"], data["functionals_level"]
     return data
 
 

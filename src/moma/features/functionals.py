@@ -16,7 +16,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from moma.audio.io import SAMPLE_RATE, AudioError, file_sha1, load_audio
+from moma.audio.perturb import set_active_level
 from moma.capabilities import require_extra
+from moma.config import FeatureConfig
 from moma.corpora.base import Utterance
 from moma.features.cache import load_cached_array
 from moma.files import replace_atomically
@@ -25,6 +27,14 @@ log = logging.getLogger(__name__)
 
 FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}  # name -> number of functionals
 DEFAULT_CACHE = "cache/opensmile"
+
+
+def check_level(level: float) -> float:
+    """``features.functionals_level`` checked: 0 (as recorded) or a level below 0 dBFS."""
+    if level > 0:
+        raise ValueError(f"features.functionals_level: {level} dBFS is above full scale; use a level below 0 "
+                         "(for example -26) or 0 to keep the recorded level")
+    return float(level)
 
 
 def functionals_dim(feature_set: str) -> int:
@@ -47,8 +57,11 @@ _SMILES: dict[str, Any] = {}  # one openSMILE instance per feature set and proce
 
 
 def compute_functionals(signal: np.ndarray, feature_set: str = "eGeMAPSv02",
-                        sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """openSMILE functionals of one 1-D float signal: a float32 vector of the set's length."""
+                        sample_rate: int = SAMPLE_RATE, level: float = 0.0) -> np.ndarray:
+    """openSMILE functionals of one 1-D float signal: a float32 vector of the set's length. ``level`` < 0
+    first scales the signal to that active-speech level in dBFS (``features.functionals_level``)."""
+    if check_level(level) < 0:
+        signal = set_active_level(signal, level, sample_rate)
     if feature_set not in _SMILES:
         _SMILES[feature_set] = _smile(feature_set)
     frame = _SMILES[feature_set].process_signal(np.asarray(signal, dtype=np.float32), sample_rate)
@@ -59,38 +72,40 @@ def compute_functionals(signal: np.ndarray, feature_set: str = "eGeMAPSv02",
     return values
 
 
-def _cache_path(cache_dir: Path, feature_set: str, utt: Utterance) -> Path:
+def _cache_path(cache_dir: Path, feature_set: str, utt: Utterance, level: float = 0.0) -> Path:
     stem = utt.sha1
     if utt.start > 0 or utt.end > 0:
         stem = f"{utt.sha1}_{utt.start:.6f}_{utt.end:.6f}"
-    return cache_dir / f"opensmile-{feature_set}" / utt.sha1[:2] / f"{stem}.npy"
+    folder = f"opensmile-{feature_set}" + (f"-level{level:g}dB" if level < 0 else "")  # recorded level: as before
+    return cache_dir / folder / utt.sha1[:2] / f"{stem}.npy"
 
 
 def _save_atomic(path: Path, values: np.ndarray) -> None:
     replace_atomically(path, lambda tmp: np.save(tmp, values.astype(np.float32), allow_pickle=False))
 
 
-def _compute_entry(args: tuple[Utterance, str, str]) -> str:
+def _compute_entry(args: tuple[Utterance, str, float, str]) -> str:
     """Compute one utterance's functionals and write its cache entry; returns the id."""
-    utt, feature_set, path = args
+    utt, feature_set, level, path = args
     try:
         signal = load_audio(utt.path, SAMPLE_RATE, start=utt.start, end=utt.end)
     except AudioError as exc:
         raise AudioError(utt.path, f"{exc.reason} (utterance {utt.id})") from None
-    values = compute_functionals(signal, feature_set)
+    values = compute_functionals(signal, feature_set, level=level)
     if not np.isfinite(values).all():
         raise ValueError(f"{utt.path}: openSMILE {feature_set} gave non-finite values (utterance {utt.id})")
     _save_atomic(Path(path), values)
     return utt.id
 
 
-def count_cached(utterances: Sequence[Utterance], feature_set: str, cache_dir: str | Path) -> int:
+def count_cached(utterances: Sequence[Utterance], feature_set: str, cache_dir: str | Path,
+                 level: float = 0.0) -> int:
     """How many utterances already have a cache entry (those without a ``sha1`` count as missing)."""
-    return sum(1 for u in utterances if u.sha1 and _cache_path(Path(cache_dir), feature_set, u).is_file())
+    return sum(1 for u in utterances if u.sha1 and _cache_path(Path(cache_dir), feature_set, u, level).is_file())
 
 
 def extract_functionals(utterances: Iterable[Utterance], feature_set: str = "eGeMAPSv02", *,
-                        cache_dir: str | Path = DEFAULT_CACHE, workers: int = 1,
+                        cache_dir: str | Path = DEFAULT_CACHE, workers: int = 1, level: float = 0.0,
                         progress: bool = False) -> dict[str, np.ndarray]:
     """openSMILE functionals of every utterance, ``{utterance id: (n_features,) float32}``.
 
@@ -98,12 +113,14 @@ def extract_functionals(utterances: Iterable[Utterance], feature_set: str = "eGe
     the utterance's region when it has one). Vectors are cached as ``.npy``
     under ``cache_dir/opensmile-<feature set>/`` keyed by the audio's SHA-1
     (the manifest's ``sha1``, or hashed from the file when empty), so a rerun
-    only loads files.
+    only loads files. ``level`` < 0: each signal is first scaled to that
+    active-speech level (dBFS), cached in a folder of its own.
     """
     functionals_dim(feature_set)
+    check_level(level)
     cache = Path(cache_dir)
     utts = [u if u.sha1 else dataclasses.replace(u, sha1=file_sha1(u.path)) for u in utterances]
-    paths = {u.id: _cache_path(cache, feature_set, u) for u in utts}
+    paths = {u.id: _cache_path(cache, feature_set, u, level) for u in utts}
     out: dict[str, np.ndarray] = {}
     misses = []
     for u in utts:
@@ -117,7 +134,7 @@ def extract_functionals(utterances: Iterable[Utterance], feature_set: str = "eGe
 
         log.info("openSMILE %s: computing %d of %d utterances (%d cached)", feature_set, len(misses), len(utts),
                  len(utts) - len(misses))
-        tasks = [(u, feature_set, str(paths[u.id])) for u in misses]
+        tasks = [(u, feature_set, level, str(paths[u.id])) for u in misses]
         with tqdm(total=len(tasks), desc=f"openSMILE {feature_set}", unit="utt", disable=not progress) as bar:
             if workers > 1 and len(tasks) > 1:
                 import multiprocessing as mp
@@ -145,10 +162,17 @@ def functionals_cache_dir(feature_cache_dir: str | Path) -> Path:
     return Path(feature_cache_dir).parent / "opensmile"
 
 
-def extract_run_functionals(feature_set: str, utterances: Sequence[Utterance], feature_cache_dir: str | Path, *,
+def extract_run_functionals(cfg: FeatureConfig, utterances: Sequence[Utterance], feature_cache_dir: str | Path, *,
                             workers: int = 1, progress: bool = False) -> dict[str, np.ndarray] | None:
-    """The raw functionals a fusion run (``features.functionals`` = ``feature_set``) needs, or None for "none"."""
-    if functionals_dim(feature_set) == 0:
+    """The raw functionals a fusion run with feature settings ``cfg`` needs (``features.functionals`` at
+    ``features.functionals_level``), or None when it has none."""
+    if functionals_dim(cfg.functionals) == 0:
         return None
-    return extract_functionals(utterances, feature_set, cache_dir=functionals_cache_dir(feature_cache_dir),
-                               workers=workers, progress=progress)
+    return extract_functionals(utterances, cfg.functionals, cache_dir=functionals_cache_dir(feature_cache_dir),
+                               workers=workers, level=cfg.functionals_level, progress=progress)
+
+
+def compute_run_functionals(signal: np.ndarray, cfg: FeatureConfig, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """One signal's raw functionals as a fusion model with feature settings ``cfg`` reads them (its set, at its
+    level): the single-file form of :func:`extract_run_functionals`."""
+    return compute_functionals(signal, cfg.functionals, sample_rate, level=cfg.functionals_level)

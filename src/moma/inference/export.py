@@ -193,7 +193,9 @@ def export_metadata(loaded: LoadedCheckpoint, output_names: tuple[str, ...], mod
                    "lengths": {"shape": ["batch"], "dtype": "int64", "description": "valid frames per row"},
                    **({"functionals": {"shape": ["batch", loaded.config.model.functionals_dim], "dtype": "float32",
                                        "description": "the utterance's openSMILE functionals (features."
-                                                      "functionals), standardised (see 'functionals_normaliser')"}}
+                                                      "functionals; computed after scaling the signal to features."
+                                                      "functionals_level dBFS of active speech when that is below "
+                                                      "0), standardised (see 'functionals_normaliser')"}}
                       if loaded.functionals_normaliser is not None else {})},
         "outputs": list(output_names),
         "features": config_to_dict(loaded.config.features),

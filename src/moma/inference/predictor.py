@@ -63,7 +63,7 @@ from moma.evaluation.metrics import (
 )
 from moma.features.cache import FeatureCache, extract_features
 from moma.features.frontend import compute_features
-from moma.features.functionals import compute_functionals, extract_run_functionals
+from moma.features.functionals import compute_run_functionals, extract_run_functionals
 from moma.features.normalise import (
     Normaliser,
     adapt_normaliser,
@@ -251,7 +251,7 @@ class Predictor:
         return normalise_functionals(self.functionals_normaliser, self._raw_functionals(signal))
 
     def _raw_functionals(self, signal: np.ndarray) -> np.ndarray:
-        return compute_functionals(signal, self.config.features.functionals, self.sample_rate)
+        return compute_run_functionals(signal, self.config.features, self.sample_rate)
 
     def file_features(self, path: str | Path) -> tuple[np.ndarray, float]:
         """Normalised features of one audio file and its duration in seconds; raises AudioError."""
@@ -470,7 +470,7 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
     normed = normalise_for_checkpoint(normaliser, feats, scored_utts)
     funcs = None
     if loaded.functionals_normaliser is not None:  # a fusion model: its utterance functionals, standardised alike
-        raw = extract_run_functionals(loaded.config.features.functionals, scored_utts, cache_dir) or {}
+        raw = extract_run_functionals(loaded.config.features, scored_utts, cache_dir) or {}
         funcs = standardise_functionals_for_checkpoint(loaded.functionals_normaliser, raw, scored_utts, adapt)
     normalisation = loaded.normaliser.describe() + (
         "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"

@@ -421,7 +421,8 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     features_by_hash: dict[str, dict[str, np.ndarray]] = {}
-    functionals_by_set: dict[str, dict[str, np.ndarray] | None] = {}  # a fusion checkpoint's raw functionals
+    # a fusion checkpoint's raw functionals, by (feature set, level)
+    functionals_by_set: dict[tuple[str, float], dict[str, np.ndarray] | None] = {}
     models: dict[str, Any] = {}
     speakers = sorted({u.speaker for u in utterances})
     for name, path in zip(short_checkpoint_names(paths), paths):
@@ -434,9 +435,10 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
         if h not in features_by_hash:
             features_by_hash[h] = extract_features(utterances, FeatureCache(cache_dir, loaded.config.features),
                                                    workers=feature_workers)
-        fset = loaded.config.features.functionals
-        if fset not in functionals_by_set:  # once per feature set, like the frames above; None for "none"
-            functionals_by_set[fset] = extract_run_functionals(fset, utterances, cache_dir, workers=feature_workers)
+        fset = (loaded.config.features.functionals, loaded.config.features.functionals_level)
+        if fset not in functionals_by_set:  # once per feature set and level, like the frames above; None for none
+            functionals_by_set[fset] = extract_run_functionals(loaded.config.features, utterances, cache_dir,
+                                                               workers=feature_workers)
         res = analyse_checkpoint(loaded, features_by_hash[h], utterances, probe_folds=probe_folds, seed=seed,
                                  functionals=functionals_by_set[fset])
         info = loaded.info

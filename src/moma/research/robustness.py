@@ -60,7 +60,7 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
     from moma.checkpoint import LoadedCheckpoint, load_checkpoint
     from moma.evaluation.metrics import predict_posteriors, score_posteriors
     from moma.features.frontend import compute_features
-    from moma.features.functionals import compute_functionals
+    from moma.features.functionals import compute_run_functionals
     from moma.features.normalise import normalise_for_checkpoint, normalise_functionals
 
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device=device)
@@ -114,7 +114,7 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
             feats[u.id] = compute_features(perturbed, fcfg)
             if funcs is not None:  # a fusion model: its functionals see the same perturbed audio as its frames
                 funcs[u.id] = normalise_functionals(loaded.functionals_normaliser,
-                                                    compute_functionals(perturbed, fcfg.functionals, sr), u.speaker)
+                                                    compute_run_functionals(perturbed, fcfg, sr), u.speaker)
         normed = normalise_for_checkpoint(loaded.normaliser, feats, utterances)
         post = predict_posteriors(loaded.model, normed, ids, loaded.config, device, functionals=funcs)
         metrics = score_posteriors(post, utts, loaded.labels)

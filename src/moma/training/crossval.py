@@ -322,7 +322,9 @@ def describe_model(cfg: RunConfig) -> str:
     extras = [f"{f.n_mels} log-Mel" + (" + pitch (log F0, voicing)" if f.pitch else "")
               + (f" + openSMILE {f.lld} LLDs" if f.lld != "none" else "")]
     if f.functionals != "none":
-        extras.append(f"fusion: openSMILE {f.functionals} functionals joined to the pooled representation")
+        level = (f" (each utterance first scaled to {f.functionals_level:g} dBFS active level)"
+                 if f.functionals_level < 0 else "")
+        extras.append(f"fusion: openSMILE {f.functionals} functionals{level} joined to the pooled representation")
     if d.segment_length_s > 0:
         extras.append(f"segments {d.segment_length_s:g} s / hop {d.segment_hop_s:g} s")
     if d.random_crop_s > 0:
@@ -454,7 +456,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     features = pack_features(list(utterances) + [c for cs in copies.values() for c in cs], cache,
                              workers=feature_workers, progress=progress and main)
     variants = {k: [c.id for c in cs] for k, cs in copies.items()} or None
-    functionals = extract_run_functionals(cfg.features.functionals, list(utterances), cache_dir,
+    functionals = extract_run_functionals(cfg.features, list(utterances), cache_dir,
                                           workers=feature_workers, progress=progress and main)
     if main:
         barrier(dist_info)

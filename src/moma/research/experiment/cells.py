@@ -121,9 +121,12 @@ def run_cells(cells: Sequence[Cell], utterances: Sequence[Utterance], labels: li
             cache = FeatureCache(cache_dir, cell.config.features)
             features_by_hash[h] = extract_features(list(utterances), cache, workers=feature_workers,
                                                    progress=progress)
-    functionals = {fs: extract_run_functionals(fs, list(utterances), cache_dir, workers=feature_workers,
-                                               progress=progress)
-                   for fs in sorted({c.config.features.functionals for c in cells})}
+    functionals = {}  # (feature set, level) -> raw functionals, one extraction each
+    for cell in cells:
+        key = (cell.config.features.functionals, cell.config.features.functionals_level)
+        if key not in functionals:
+            functionals[key] = extract_run_functionals(cell.config.features, list(utterances), cache_dir,
+                                                       workers=feature_workers, progress=progress)
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     jobs_list = []
     for cell in cells:
@@ -133,6 +136,6 @@ def run_cells(cells: Sequence[Cell], utterances: Sequence[Utterance], labels: li
         _stamp_cell(cell)
         jobs_list.append(FoldJob(cfg, cell.fold, features_by_hash[feature_config_hash(cfg.features)], utts, labels,
                                  cell.out_dir, True, progress and jobs == 1, corpus,
-                                 functionals=functionals[cfg.features.functionals]))
+                                 functionals=functionals[(cfg.features.functionals, cfg.features.functionals_level)]))
     _, failures = run_in_pool(jobs_list, jobs, [c.key for c in cells], what="cell")
     return failures
