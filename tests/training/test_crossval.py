@@ -6,6 +6,7 @@ import os
 import pytest
 
 from moma.config import load_run_config
+from moma.corpora.base import Utterance
 from moma.corpora.synthetic import make_synthetic_corpus
 from moma.training.crossval import run_cross_validation
 
@@ -89,6 +90,15 @@ def test_model_description_names_every_input_feature_group():
     assert "fusion: openSMILE eGeMAPSv02 functionals joined" in recorded
     levelled = describe_model(load_run_config(sets=["features.functionals=eGeMAPSv02", "features.functionals_level=-26"]))
     assert "eGeMAPSv02 functionals (each utterance first scaled to -26 dBFS active level) joined" in levelled
+
+
+def test_a_functionals_level_above_full_scale_is_refused_before_any_file_is_read(tmp_path):
+    utts = [Utterance(id=f"u{i}", path=str(tmp_path / "missing.wav"), speaker=f"s{i % 3}", label="angry")
+            for i in range(6)]
+    cfg = load_run_config(sets=["features.functionals=eGeMAPSv02", "features.functionals_level=3"])
+    with pytest.raises(ValueError, match="functionals_level: 3.0 dBFS is above full scale"):
+        run_cross_validation(utts, cfg, tmp_path / "out", protocol="loso", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

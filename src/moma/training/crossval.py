@@ -31,7 +31,7 @@ from moma.evaluation.calibration import expected_calibration_error, negative_log
 from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from moma.features.augment import augmented_utterances, parse_families
 from moma.features.cache import FeatureCache, pack_features
-from moma.features.functionals import extract_run_functionals
+from moma.features.functionals import check_level, extract_run_functionals, functionals_dim
 from moma.features.normalise import NormalisedFeatures, Normaliser, normalise_functionals
 from moma.files import claim_directory, write_json_atomic
 from moma.training.distributed import (
@@ -435,6 +435,8 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     t0 = time.time()
     main = dist_info.is_main
     out_dir = Path(out_dir)
+    functionals_dim(cfg.features.functionals)  # bad functionals settings are refused before any file is read
+    check_level(cfg.features.functionals_level)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
