@@ -172,6 +172,12 @@ def extract_run_functionals(cfg: FeatureConfig, utterances: Sequence[Utterance],
                                workers=workers, level=cfg.functionals_level, progress=progress)
 
 
+def functionals_key(cfg: FeatureConfig) -> tuple[str, float]:
+    """What the functionals of feature settings ``cfg`` depend on, (set, level): runs with equal keys share one
+    extraction, as :func:`moma.features.frontend.feature_config_hash` does for the frames."""
+    return cfg.functionals, cfg.functionals_level
+
+
 def compute_run_functionals(signal: np.ndarray, cfg: FeatureConfig, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """One signal's raw functionals as a fusion model with feature settings ``cfg`` reads them (its set, at its
     level): the single-file form of :func:`extract_run_functionals`."""

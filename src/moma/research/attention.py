@@ -412,7 +412,7 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
     from moma.checkpoint import existing_checkpoint_paths, load_checkpoint
     from moma.features.cache import FeatureCache, extract_features
     from moma.features.frontend import feature_config_hash
-    from moma.features.functionals import extract_run_functionals
+    from moma.features.functionals import extract_run_functionals, functionals_key
 
     paths = existing_checkpoint_paths(checkpoints)
     utterances = sorted(utterances, key=lambda u: u.id)
@@ -421,7 +421,7 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     features_by_hash: dict[str, dict[str, np.ndarray]] = {}
-    # a fusion checkpoint's raw functionals, by (feature set, level)
+    # a fusion checkpoint's raw functionals, by functionals_key; None for a model without them
     functionals_by_set: dict[tuple[str, float], dict[str, np.ndarray] | None] = {}
     models: dict[str, Any] = {}
     speakers = sorted({u.speaker for u in utterances})
@@ -435,8 +435,8 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
         if h not in features_by_hash:
             features_by_hash[h] = extract_features(utterances, FeatureCache(cache_dir, loaded.config.features),
                                                    workers=feature_workers)
-        fset = (loaded.config.features.functionals, loaded.config.features.functionals_level)
-        if fset not in functionals_by_set:  # once per feature set and level, like the frames above; None for none
+        fset = functionals_key(loaded.config.features)
+        if fset not in functionals_by_set:  # once per feature set and level, like the frames above
             functionals_by_set[fset] = extract_run_functionals(loaded.config.features, utterances, cache_dir,
                                                                workers=feature_workers)
         res = analyse_checkpoint(loaded, features_by_hash[h], utterances, probe_folds=probe_folds, seed=seed,

@@ -110,20 +110,19 @@ def run_cells(cells: Sequence[Cell], utterances: Sequence[Utterance], labels: li
     failed. A failing cell does not stop the others (see :func:`moma.training.crossval.run_in_pool`)."""
     from moma.features.cache import FeatureCache, extract_features
     from moma.features.frontend import feature_config_hash
-    from moma.features.functionals import extract_run_functionals
+    from moma.features.functionals import extract_run_functionals, functionals_key
     from moma.training.crossval import FoldJob, run_in_pool
 
     utts = {u.id: u for u in utterances}
     features_by_hash: dict[str, dict[str, np.ndarray]] = {}
-    for cell in cells:  # one extraction per distinct feature configuration
+    functionals: dict[tuple[str, float], dict[str, np.ndarray] | None] = {}  # by functionals_key; None for none
+    for cell in cells:  # one extraction per distinct feature configuration, frames and functionals alike
         h = feature_config_hash(cell.config.features)
         if h not in features_by_hash:
             cache = FeatureCache(cache_dir, cell.config.features)
             features_by_hash[h] = extract_features(list(utterances), cache, workers=feature_workers,
                                                    progress=progress)
-    functionals = {}  # (feature set, level) -> raw functionals, one extraction each
-    for cell in cells:
-        key = (cell.config.features.functionals, cell.config.features.functionals_level)
+        key = functionals_key(cell.config.features)
         if key not in functionals:
             functionals[key] = extract_run_functionals(cell.config.features, list(utterances), cache_dir,
                                                        workers=feature_workers, progress=progress)
@@ -136,6 +135,6 @@ def run_cells(cells: Sequence[Cell], utterances: Sequence[Utterance], labels: li
         _stamp_cell(cell)
         jobs_list.append(FoldJob(cfg, cell.fold, features_by_hash[feature_config_hash(cfg.features)], utts, labels,
                                  cell.out_dir, True, progress and jobs == 1, corpus,
-                                 functionals=functionals[(cfg.features.functionals, cfg.features.functionals_level)]))
+                                 functionals=functionals[functionals_key(cfg.features)]))
     _, failures = run_in_pool(jobs_list, jobs, [c.key for c in cells], what="cell")
     return failures
