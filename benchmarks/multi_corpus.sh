@@ -49,6 +49,9 @@ case "$suite" in
       # the descriptor recipe with the frames standardised by the training actors' statistics (strict, as the SVMs
       # standardise), so that an utterance's level of pitch and loudness is kept rather than removed
       [pitch-compare-lld-global]="cv $on $TRAIN $LLD --set data.normalisation=global"
+      # the descriptor recipe with each utterance's mean removed but its spread kept (one scale from the training
+      # actors): pitch range and loudness dynamics stay comparable between utterances, the level does not
+      [pitch-compare-lld-umean]="cv $on $TRAIN $LLD --set data.normalisation=utterance-mean"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
     )

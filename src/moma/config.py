@@ -74,7 +74,7 @@ class ModelConfig:
 class DataConfig:
     """How features become batches."""
 
-    normalisation: str = "global"  # global | speaker | utterance | none (see features.Normaliser)
+    normalisation: str = "global"  # global | speaker | utterance | utterance-mean | none (see features.Normaliser)
     # frames (10 ms each) per batch, padding included; under torchrun both limits are for the GLOBAL batch,
     # shared by the processes, so a recipe means the same on 1 or N processes
     max_frames_per_batch: int = 12000

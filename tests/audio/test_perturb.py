@@ -46,6 +46,8 @@ def test_active_reference_measures_speech_frames_only():
                                       return_components=True)
     assert abs(pt.measure_snr(s_part, n_part, "active") - 10) < 1e-6
     assert pt.measure_snr(s_part, n_part) < 10 - 2  # over the whole signal the silent half lowers it
+    with pytest.raises(ValueError, match="empty signal"):  # one speech detector: it refuses nothing to detect
+        pt.measure_snr(np.zeros(0), np.zeros(0), "active")
 
 
 def test_set_active_level_reaches_the_level_whatever_the_recorded_gain():

@@ -77,3 +77,41 @@ def test_pooled_training_statistics_equal_those_of_all_training_rows_and_serve_u
                                (value - both.mean(0)) / both.std(0), rtol=1e-5)
     with pytest.raises(ValueError, match="pooled statistics need a speaker normaliser"):
         pooled_training_statistics(Normaliser("global").fit([both]))
+
+
+def test_utterance_mean_removes_each_level_but_keeps_how_widely_utterances_move():
+    rng = np.random.default_rng(5)
+    # training utterances of one spread about different levels (speakers' registers, channels)
+    train = [(rng.normal(size=(60, 3)) + offset).astype(np.float32) for offset in (-4.0, 0.0, 6.0)]
+    norm = Normaliser("utterance-mean").fit(train, ["a", "b", "c"])
+    within = np.concatenate([t - t.mean(axis=0) for t in train])
+    np.testing.assert_allclose(norm.std, within.std(axis=0), rtol=1e-6)  # the spread about each own mean
+    assert norm.frames == 180 and "3 training speakers only" in norm.describe()
+    flat = (rng.normal(size=(80, 3)) * 0.5 + 20.0).astype(np.float32)  # another level, half the spread
+    lively = (rng.normal(size=(80, 3)) * 2.0 - 9.0).astype(np.float32)  # another level, twice the spread
+    kept = [norm.transform(x) for x in (flat, lively)]
+    for x in kept:
+        np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)  # the level is gone
+    ratio = kept[1].std(axis=0) / kept[0].std(axis=0)
+    np.testing.assert_allclose(ratio, lively.std(axis=0) / flat.std(axis=0), rtol=1e-5)  # the spread is not
+    assert ratio.min() > 3
+    erased = [Normaliser("utterance").transform(x) for x in (flat, lively)]
+    np.testing.assert_allclose(erased[1].std(axis=0) / erased[0].std(axis=0), 1.0, rtol=1e-5)  # full CMVN erases it
+    restored = Normaliser.from_state(norm.state_dict())
+    np.testing.assert_array_equal(restored.transform(lively), kept[1])
+    assert restored.describe() == norm.describe()
+    with pytest.raises(RuntimeError, match="before fit"):
+        Normaliser("utterance-mean").transform(flat)
+
+
+def test_utterance_mean_adaptation_refits_the_scale_on_the_inputs_or_refuses_per_speaker():
+    rng = np.random.default_rng(6)
+    trained = Normaliser("utterance-mean").fit(shifted(rng, 4, 0.0))
+    test = shifted(rng, 5, 3.0, scale=4.0)
+    batch = adapt_normaliser(trained, test, "batch")
+    assert batch.mode == "utterance-mean" and "5 inputs together; transductive" in batch.describe()
+    np.testing.assert_allclose(np.concatenate([batch.transform(f) for f in test]).std(axis=0), 1.0, rtol=1e-5)
+    assert np.concatenate([trained.transform(f) for f in test]).std(axis=0).min() > 3  # training scale: 4x
+    assert adapt_normaliser(trained, test, "utterance").mode == "utterance"
+    with pytest.raises(ValueError, match="adaptation 'speaker' does not apply .* use --adapt batch"):
+        adapt_normaliser(trained, test, "speaker", ["s"] * 5)

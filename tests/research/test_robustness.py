@@ -145,3 +145,38 @@ def test_evaluate_robustness_fusion_model_computes_functionals_of_the_perturbed_
     for u in utts:
         confusion[labels.index(u.label), labels.index(predictor.predict_file(u.path).label)] += 1
     np.testing.assert_array_equal(np.asarray(res["clean"]["confusion"]), confusion)
+
+
+def test_robustness_standardises_a_speaker_normalised_fusion_models_functionals_as_evaluate_does(tiny_setup, tmp_path,
+                                                                                            monkeypatch):
+    """Functionals of test speakers a speaker-normalised fusion model never met: `moma evaluate` fits each
+    speaker's statistics on its own audio (transductive, as for the frames); the robustness harness used the
+    training speakers' pooled statistics instead. The clean condition must feed the model what evaluate feeds it."""
+    import moma.inference.predictor as predictor_module
+    from moma.evaluation import metrics
+    from moma.features.functionals import compute_functionals
+    from moma.features.normalise import Normaliser
+    from moma.inference.predictor import evaluate_checkpoint
+
+    _, utts = tiny_setup
+    rng = np.random.default_rng(1)
+    rows = [compute_functionals(speech_like(70 + i, 0.5, amp=0.1 + 0.3 * rng.random()), "eGeMAPSv02", SR)
+            for i in range(6)]
+    func_norm = Normaliser("speaker").fit([np.stack(rows[:3]), np.stack(rows[3:])], ["train-a", "train-b"])
+    ckpt = make_fusion_checkpoint(tmp_path / "fusion-speaker.safetensors", functionals_normaliser=func_norm)
+    fed: list[dict[str, np.ndarray]] = []
+    real = metrics.predict_posteriors
+
+    def recording(*args, functionals=None, **kwargs):
+        fed.append(functionals)
+        return real(*args, functionals=functionals, **kwargs)
+
+    monkeypatch.setattr(metrics, "predict_posteriors", recording)  # the harness imports it when it runs
+    monkeypatch.setattr(predictor_module, "predict_posteriors", recording)
+    rb.evaluate_robustness(ckpt, utts, ["clean"], seed=0)
+    evaluated = evaluate_checkpoint(ckpt, utts, tmp_path / "eval", cache_dir=tmp_path / "cache")
+    assert "functionals standardised with per-speaker" in evaluated["normalisation"]
+    robust, evaluate = fed
+    assert set(robust) == set(evaluate) == {u.id for u in utts}
+    for u in utts:
+        np.testing.assert_allclose(robust[u.id], evaluate[u.id], rtol=1e-4, atol=1e-4)

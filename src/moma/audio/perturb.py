@@ -67,15 +67,21 @@ def signal_power(x: np.ndarray, reference: str = "whole", sr: int = 16000) -> fl
         return float(np.mean(x * x))
     if reference != "active":
         raise ValueError(f"unknown SNR reference {reference!r}; use 'whole' or 'active'")
-    hop = max(1, int(round(ACTIVE_FRAME_S * sr)))
-    n_frames = max(1, x.size // hop)
-    frames = x[: n_frames * hop].reshape(n_frames, -1) if x.size >= hop else x.reshape(1, -1)
-    powers = np.mean(frames * frames, axis=1)
-    top = powers.max()
-    if top <= 0:
-        return 0.0
-    active = powers >= top * 10.0 ** (-ACTIVE_THRESHOLD_DB / 10.0)
+    hop, active = _active_frames(x, sr)
+    frames = x[: active.size * hop].reshape(active.size, hop)  # (n_frames, hop)
     return float(np.mean(frames[active] ** 2))
+
+
+def _active_frames(x: np.ndarray, sr: int) -> tuple[int, np.ndarray]:
+    """Samples per frame and which of ``x``'s whole 20 ms frames are active: within 30 dB of the loudest (a
+    signal shorter than one frame is one frame; a silent one is active throughout). The one speech detector
+    behind :func:`signal_power` and :func:`measure_snr`."""
+    if x.size == 0:
+        raise ValueError("empty signal")
+    hop = min(x.size, max(1, int(round(ACTIVE_FRAME_S * sr))))
+    n_frames = x.size // hop
+    powers = np.mean(x[: n_frames * hop].reshape(n_frames, hop) ** 2, axis=1)  # (n_frames,)
+    return hop, powers >= powers.max() * 10.0 ** (-ACTIVE_THRESHOLD_DB / 10.0)
 
 
 def set_active_level(signal: np.ndarray, level_db: float, sr: int = 16000) -> np.ndarray:
@@ -95,12 +101,9 @@ def measure_snr(speech: np.ndarray, noise: np.ndarray, reference: str = "whole",
     speech = np.asarray(speech, dtype=np.float64)
     noise = np.asarray(noise, dtype=np.float64)
     if reference == "active":
-        hop = max(1, int(round(ACTIVE_FRAME_S * sr)))
-        n_frames = max(1, speech.size // hop)
-        s = speech[: n_frames * hop].reshape(n_frames, -1)
-        nz = noise[: n_frames * hop].reshape(n_frames, -1)
-        powers = np.mean(s * s, axis=1)
-        active = powers >= powers.max() * 10.0 ** (-ACTIVE_THRESHOLD_DB / 10.0)
+        hop, active = _active_frames(speech, sr)
+        s = speech[: active.size * hop].reshape(active.size, hop)  # (n_frames, hop)
+        nz = noise[: active.size * hop].reshape(active.size, hop)
         return 10.0 * math.log10(max(np.mean(s[active] ** 2), _EPS) / max(np.mean(nz[active] ** 2), _EPS))
     return 10.0 * math.log10(max(float(np.mean(speech ** 2)), _EPS) / max(float(np.mean(noise ** 2)), _EPS))
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # unscaled (std 1). Dividing by a floor instead (the old filterbank rule, 1e-5) blew up any variation such a
 # feature showed at test time by 1e5; the classical anchor's rule (kept here) cannot.
 STD_FLOOR = 1e-10
-NORMALISATION_MODES = ("global", "speaker", "utterance", "none")
+NORMALISATION_MODES = ("global", "speaker", "utterance", "utterance-mean", "none")
 # Where a checkpoint's statistics may come from at test time: its training set (none), each input alone
 # (utterance), all of the inputs together (batch: the files a user passes from one source), or each input
 # speaker/recording (speaker).
@@ -53,6 +53,27 @@ def _moments(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, in
     return mean, np.where(std < STD_FLOOR, 1.0, std), count
 
 
+def check_normalisation(mode: str) -> str:
+    """``mode`` if it names a normalisation, else one ValueError line listing them (before anything is read)."""
+    if mode not in NORMALISATION_MODES:
+        raise ValueError(f"unknown normalisation mode {mode!r}; choose one of {', '.join(NORMALISATION_MODES)}")
+    return mode
+
+
+def _centred_scale(features: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
+    """Standard deviation (floored) of every frame about its own utterance's mean, over all frames: the
+    within-utterance spread that "utterance-mean" normalisation keeps comparable between utterances."""
+    count = sum(int(f.shape[0]) for f in features)
+    if count == 0:
+        raise ValueError("cannot fit normalisation statistics on zero frames")
+    sq = np.zeros(features[0].shape[1], dtype=np.float64)
+    for f in features:
+        d = f.astype(np.float64) - f.mean(axis=0, dtype=np.float64)  # (T, D) about the utterance's mean
+        sq += np.einsum("ij,ij->j", d, d)
+    std = np.sqrt(sq / count)
+    return np.where(std < STD_FLOOR, 1.0, std), count
+
+
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -76,6 +97,12 @@ class Normaliser:
       before evaluation); :meth:`describe` states it, and reports must say so.
     * ``"utterance"``: each utterance is normalised by its own statistics;
       nothing is fitted.
+    * ``"utterance-mean"``: each utterance's own mean is removed (its level,
+      channel and the speaker's pitch register), and every dimension is divided
+      by one scale fitted on the training set: the spread of training frames
+      about their own utterance's mean. Unlike ``"utterance"`` it keeps how
+      widely an utterance moves (pitch range, loudness dynamics) comparable
+      between utterances; nothing of a test speaker's but the input itself.
     * ``"none"``: features pass through unchanged.
 
     Statistics are accumulated in float64; standard deviations are floored
@@ -83,11 +110,9 @@ class Normaliser:
     """
 
     def __init__(self, mode: str = "global") -> None:
-        if mode not in NORMALISATION_MODES:
-            raise ValueError(f"unknown normalisation mode {mode!r}; choose one of {', '.join(NORMALISATION_MODES)}")
-        self.mode = mode
+        self.mode = check_normalisation(mode)
         self.mean: np.ndarray | None = None  # global mode
-        self.std: np.ndarray | None = None
+        self.std: np.ndarray | None = None  # global and utterance-mean modes
         self.frames = 0  # training frames behind the global statistics
         self.num_speakers = 0  # training speakers seen by fit
         self.speakers: dict[str, dict[str, Any]] = {}  # speaker -> {"mean", "std", "frames", "transductive"}
@@ -106,6 +131,9 @@ class Normaliser:
         _check_dims(feats)
         if self.mode == "global":
             self.mean, self.std, self.frames = _moments(feats)
+            return self
+        if self.mode == "utterance-mean":
+            self.std, self.frames = _centred_scale(feats)
             return self
         if speakers is None:
             raise ValueError("speaker normalisation needs the speaker of every training utterance")
@@ -150,6 +178,12 @@ class Normaliser:
             if x.shape[0] == 0:
                 return x
             mean, std, _ = _moments([x])
+        elif self.mode == "utterance-mean":
+            if self.std is None:
+                raise RuntimeError("Normaliser.transform called before fit")
+            if x.shape[0] == 0:
+                return x
+            mean, std = x.mean(axis=0, dtype=np.float64), self.std
         elif self.mode == "global":
             if self.mean is None or self.std is None:
                 raise RuntimeError("Normaliser.transform called before fit")
@@ -203,6 +237,12 @@ class Normaliser:
             return "no feature normalisation"
         if self.mode == "utterance":
             return "per-utterance mean/variance (each utterance normalised by its own statistics)"
+        if self.mode == "utterance-mean":
+            source = (f"{self.adapted_to}; transductive" if self.adapted_to else
+                      f"{_plural(self.num_speakers, 'training speaker') if self.num_speakers else 'training speakers'}"
+                      " only")
+            return (f"per-utterance mean removed, scaled by the spread within utterances from {source} "
+                    f"({self.frames} {rows})")
         if self.adapted_to:
             return f"{self.mode} mean/variance from {self.adapted_to} ({self.frames} {rows}; transductive)"
         if self.mode == "global":
@@ -295,7 +335,9 @@ def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], ada
     ``utterance``: each input by its own mean/variance (uses nothing but the input itself); ``batch``: one
     mean/variance over all of ``features`` (the files a user passes from one source, a test corpus);
     ``speaker``: one per speaker or recording in ``speakers``. Models normalised per utterance, or not at
-    all, have no statistics to replace and come back unchanged; ``none`` returns ``normaliser``.
+    all, have no statistics to replace and come back unchanged; ``none`` returns ``normaliser``. An
+    ``utterance-mean`` model's one statistic is its scale: ``batch`` refits it on the inputs, ``speaker``
+    is refused (one scale per speaker is not a mode of its own).
     """
     if adapt not in ADAPTATIONS:
         raise ValueError(f"unknown adaptation {adapt!r}; choose one of {', '.join(ADAPTATIONS)}")
@@ -307,6 +349,13 @@ def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], ada
     if adapt == "utterance":
         return Normaliser("utterance")
     feats = list(features)
+    if normaliser.mode == "utterance-mean":
+        if adapt == "speaker":
+            raise ValueError("adaptation 'speaker' does not apply to a model normalised by utterance-mean: "
+                             "use --adapt batch (the inputs' own scale) or utterance")
+        adapted = Normaliser("utterance-mean").fit(feats)
+        adapted.adapted_to = f"the {_plural(len(feats), 'input')} together"
+        return adapted
     if adapt == "batch":
         adapted = Normaliser("global").fit(feats)
         adapted.adapted_to = f"the {_plural(len(feats), 'input')} together"

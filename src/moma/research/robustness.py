@@ -61,7 +61,7 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
     from moma.evaluation.metrics import predict_posteriors, score_posteriors
     from moma.features.frontend import compute_features
     from moma.features.functionals import compute_run_functionals
-    from moma.features.normalise import normalise_for_checkpoint, normalise_functionals
+    from moma.features.normalise import normalise_for_checkpoint, standardise_functionals_for_checkpoint
 
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, device=device)
     utterances = list(utterances)
@@ -113,9 +113,11 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
             perturbed = cond(signals[u.id], sr, condition_rng(seed, cond.name, i), ctx)
             feats[u.id] = compute_features(perturbed, fcfg)
             if funcs is not None:  # a fusion model: its functionals see the same perturbed audio as its frames
-                funcs[u.id] = normalise_functionals(loaded.functionals_normaliser,
-                                                    compute_run_functionals(perturbed, fcfg, sr), u.speaker)
+                funcs[u.id] = compute_run_functionals(perturbed, fcfg, sr)
+        # both standardised as `moma evaluate` does (a speaker-normalised model: each test speaker's own audio)
         normed = normalise_for_checkpoint(loaded.normaliser, feats, utterances)
+        if funcs is not None:
+            funcs = standardise_functionals_for_checkpoint(loaded.functionals_normaliser, funcs, utterances)
         post = predict_posteriors(loaded.model, normed, ids, loaded.config, device, functionals=funcs)
         metrics = score_posteriors(post, utts, loaded.labels)
         metrics.pop("predictions", None)

@@ -32,7 +32,7 @@ from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_p
 from moma.features.augment import augmented_utterances, parse_families
 from moma.features.cache import FeatureCache, pack_features
 from moma.features.functionals import check_level, extract_run_functionals, functionals_dim
-from moma.features.normalise import NormalisedFeatures, Normaliser, normalise_functionals
+from moma.features.normalise import NormalisedFeatures, Normaliser, check_normalisation, normalise_functionals
 from moma.files import claim_directory, write_json_atomic
 from moma.training.distributed import (
     DistInfo,
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 NORMALISATION_NOTES = {
     "global": "global mean/variance from training speakers only (test speakers' audio unused)",
     "utterance": "per-utterance mean/variance (each utterance normalised by its own statistics)",
+    "utterance-mean": ("per-utterance mean removed, scaled by the spread within utterances of the training "
+                       "speakers (test speakers' audio unused)"),
     "speaker": ("per-speaker mean/variance; the TEST speaker's statistics come from its own unlabelled "
                 "test audio (transductive: the setting behind many published EmoDB figures)"),
     "none": "no normalisation",
@@ -437,6 +439,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     out_dir = Path(out_dir)
     functionals_dim(cfg.features.functionals)  # bad functionals settings are refused before any file is read
     check_level(cfg.features.functionals_level)
+    check_normalisation(cfg.data.normalisation)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
