@@ -66,6 +66,7 @@ case "$suite" in
       [moma-utterance]="cv $on $BASE --set data.normalisation=utterance"
       [moma-utterance-augment]="cv $on $BASE --set data.normalisation=utterance --set data.augment_copies=2"
       [moma-utterance-balanced]="cv $on $TRAIN"
+      [moma-utterance-mean-balanced]="cv $on $TRAIN --set data.normalisation=utterance-mean"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
       [pitch-compare-lld]="cv $on $TRAIN $LLD"
@@ -79,6 +80,7 @@ case "$suite" in
     for seed in 0 1 2; do
       sfx=$([ "$seed" = 0 ] || echo "-seed$seed"); s="--set train.seed=$seed"
       [ "$seed" = 0 ] || variants[moma-utterance-balanced$sfx]="cv $on $TRAIN $s"
+      [ "$seed" = 0 ] || variants[moma-utterance-mean-balanced$sfx]="cv $on $TRAIN --set data.normalisation=utterance-mean $s"
       variants[vtlp-tempo$sfx]="cv $on $TRAIN --set data.vtlp=0.1 --set data.tempo=0.1 $s"
       variants[pool-cpu$sfx]="cv $on $POOL $s"
       variants[pool-cpu-val2$sfx]="cv $on $POOL --set train.val_speakers=2 $s"
@@ -99,6 +101,9 @@ case "$suite" in
 --set train.max_epochs=20 --set train.early_stop_patience=6 $rest"
       [emodb-only-raw-choice]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
 --set train.min_epochs=0 --set train.monitor_smoothing=0 $rest"
+      # the same with each utterance's mean removed and one training-set scale (data.normalisation=utterance-mean)
+      [emodb-only-umean]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
+--set data.normalisation=utterance-mean $rest"
     )
     defaults=(pool-cpu emodb-only-pool-cpu)
     ;;
