@@ -32,22 +32,25 @@ ADAPTATIONS = ("none", "utterance", "batch", "speaker")
 
 # --------------------------------------------------------------------------- normalisation
 
-def _moments(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+def _moments(features: Sequence[np.ndarray], within_utterance: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """Mean, standard deviation (floored) and frame count over all frames, in float64.
 
     Two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2,
     which loses precision when the mean is large relative to the spread.
+    ``within_utterance``: each frame is taken about its own utterance's mean
+    (the spread "utterance-mean" normalisation divides by; the mean is then 0).
     """
     count = sum(int(f.shape[0]) for f in features)
     if count == 0:
         raise ValueError("cannot fit normalisation statistics on zero frames")
-    total = np.zeros(features[0].shape[1], dtype=np.float64)
-    for f in features:
-        total += f.sum(axis=0, dtype=np.float64)
-    mean = total / count
+    mean = np.zeros(features[0].shape[1], dtype=np.float64)
+    if not within_utterance:  # deviations from each utterance's own mean sum to zero: nothing to add up
+        for f in features:
+            mean += f.sum(axis=0, dtype=np.float64)
+        mean /= count
     sq = np.zeros_like(mean)
     for f in features:
-        d = f.astype(np.float64) - mean
+        d = f.astype(np.float64) - (f.mean(axis=0, dtype=np.float64) if within_utterance else mean)  # (T, D)
         sq += np.einsum("ij,ij->j", d, d)
     std = np.sqrt(sq / count)
     return mean, np.where(std < STD_FLOOR, 1.0, std), count
@@ -58,20 +61,6 @@ def check_normalisation(mode: str) -> str:
     if mode not in NORMALISATION_MODES:
         raise ValueError(f"unknown normalisation mode {mode!r}; choose one of {', '.join(NORMALISATION_MODES)}")
     return mode
-
-
-def _centred_scale(features: Sequence[np.ndarray]) -> tuple[np.ndarray, int]:
-    """Standard deviation (floored) of every frame about its own utterance's mean, over all frames: the
-    within-utterance spread that "utterance-mean" normalisation keeps comparable between utterances."""
-    count = sum(int(f.shape[0]) for f in features)
-    if count == 0:
-        raise ValueError("cannot fit normalisation statistics on zero frames")
-    sq = np.zeros(features[0].shape[1], dtype=np.float64)
-    for f in features:
-        d = f.astype(np.float64) - f.mean(axis=0, dtype=np.float64)  # (T, D) about the utterance's mean
-        sq += np.einsum("ij,ij->j", d, d)
-    std = np.sqrt(sq / count)
-    return np.where(std < STD_FLOOR, 1.0, std), count
 
 
 def _plural(n: int, noun: str) -> str:
@@ -133,7 +122,7 @@ class Normaliser:
             self.mean, self.std, self.frames = _moments(feats)
             return self
         if self.mode == "utterance-mean":
-            self.std, self.frames = _centred_scale(feats)
+            _, self.std, self.frames = _moments(feats, within_utterance=True)
             return self
         if speakers is None:
             raise ValueError("speaker normalisation needs the speaker of every training utterance")
@@ -237,16 +226,14 @@ class Normaliser:
             return "no feature normalisation"
         if self.mode == "utterance":
             return "per-utterance mean/variance (each utterance normalised by its own statistics)"
+        who = _plural(self.num_speakers, "training speaker") if self.num_speakers else "training speakers"
         if self.mode == "utterance-mean":
-            source = (f"{self.adapted_to}; transductive" if self.adapted_to else
-                      f"{_plural(self.num_speakers, 'training speaker') if self.num_speakers else 'training speakers'}"
-                      " only")
+            source = f"{self.adapted_to}; transductive" if self.adapted_to else f"{who} only"
             return (f"per-utterance mean removed, scaled by the spread within utterances from {source} "
                     f"({self.frames} {rows})")
         if self.adapted_to:
             return f"{self.mode} mean/variance from {self.adapted_to} ({self.frames} {rows}; transductive)"
         if self.mode == "global":
-            who = _plural(self.num_speakers, "training speaker") if self.num_speakers else "training speakers"
             return f"global mean/variance from {who} only ({self.frames} {rows})"
         train = sum(not s["transductive"] for s in self.speakers.values())
         extra = sorted(spk for spk, s in self.speakers.items() if s["transductive"])
@@ -348,16 +335,12 @@ def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], ada
         return normaliser
     if adapt == "utterance":
         return Normaliser("utterance")
+    if normaliser.mode == "utterance-mean" and adapt == "speaker":
+        raise ValueError("adaptation 'speaker' does not apply to a model normalised by utterance-mean: "
+                         "use --adapt batch (the inputs' own scale) or utterance")
     feats = list(features)
-    if normaliser.mode == "utterance-mean":
-        if adapt == "speaker":
-            raise ValueError("adaptation 'speaker' does not apply to a model normalised by utterance-mean: "
-                             "use --adapt batch (the inputs' own scale) or utterance")
-        adapted = Normaliser("utterance-mean").fit(feats)
-        adapted.adapted_to = f"the {_plural(len(feats), 'input')} together"
-        return adapted
-    if adapt == "batch":
-        adapted = Normaliser("global").fit(feats)
+    if adapt == "batch":  # the model's own mode refitted on the inputs (utterance-mean: its scale only)
+        adapted = Normaliser("utterance-mean" if normaliser.mode == "utterance-mean" else "global").fit(feats)
         adapted.adapted_to = f"the {_plural(len(feats), 'input')} together"
         return adapted
     if speakers is None or len(speakers) != len(feats):

@@ -422,7 +422,7 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
     out_dir.mkdir(parents=True, exist_ok=True)
     features_by_hash: dict[str, dict[str, np.ndarray]] = {}
     # a fusion checkpoint's raw functionals, by functionals_key; None for a model without them
-    functionals_by_set: dict[tuple[str, float], dict[str, np.ndarray] | None] = {}
+    functionals_by_key: dict[tuple[str, float], dict[str, np.ndarray] | None] = {}
     models: dict[str, Any] = {}
     speakers = sorted({u.speaker for u in utterances})
     for name, path in zip(short_checkpoint_names(paths), paths):
@@ -435,12 +435,12 @@ def run_attention_analysis(checkpoints: Sequence[Union[str, Path]], utterances: 
         if h not in features_by_hash:
             features_by_hash[h] = extract_features(utterances, FeatureCache(cache_dir, loaded.config.features),
                                                    workers=feature_workers)
-        fset = functionals_key(loaded.config.features)
-        if fset not in functionals_by_set:  # once per feature set and level, like the frames above
-            functionals_by_set[fset] = extract_run_functionals(loaded.config.features, utterances, cache_dir,
+        fkey = functionals_key(loaded.config.features)
+        if fkey not in functionals_by_key:  # once per feature set and level, like the frames above
+            functionals_by_key[fkey] = extract_run_functionals(loaded.config.features, utterances, cache_dir,
                                                                workers=feature_workers)
         res = analyse_checkpoint(loaded, features_by_hash[h], utterances, probe_folds=probe_folds, seed=seed,
-                                 functionals=functionals_by_set[fset])
+                                 functionals=functionals_by_key[fkey])
         info = loaded.info
         held_out = set(info.get("test_speakers", [])) | set(info.get("val_speakers", []))
         res.update({"checkpoint": str(path),
