@@ -52,6 +52,9 @@ case "$suite" in
       # the descriptor recipe with each utterance's mean removed but its spread kept (one scale from the training
       # actors): pitch range and loudness dynamics stay comparable between utterances, the level does not
       [pitch-compare-lld-umean]="cv $on $TRAIN $LLD --set data.normalisation=utterance-mean"
+      # the descriptor recipe validated, chosen and saved with an exponential moving average of its weights
+      # (time constant 2 epochs): an ensemble along one run's trajectory, at a single model's cost
+      [pitch-compare-lld-wavg]="cv $on $TRAIN $LLD --set train.weight_average_epochs=2"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
     )
@@ -104,6 +107,9 @@ case "$suite" in
       # the same with each utterance's mean removed and one training-set scale (data.normalisation=utterance-mean)
       [emodb-only-umean]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
 --set data.normalisation=utterance-mean $rest"
+      # the same with a moving average of the weights validated, chosen and saved (train.weight_average_epochs)
+      [emodb-only-wavg]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
+--set train.weight_average_epochs=2 $rest"
     )
     defaults=(pool-cpu emodb-only-pool-cpu)
     ;;

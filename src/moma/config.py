@@ -114,6 +114,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     speaker_adversarial: float = 0.0  # lambda of a gradient-reversal speaker classifier on the embedding; 0 = off
     adversary_hidden: int = 128  # hidden units of that speaker classifier (one ReLU layer)
+    weight_average_epochs: float = 0.0  # time constant, in epochs, of an exponential moving average of the
+    #   weights (0 = off); validation, the model choice and best.safetensors then use the averaged weights
     monitor: str = "uar"  # validation metric that drives the schedule and checkpoint choice: uar | loss
     monitor_smoothing: float = 0.0  # EMA weight of the previous epochs on the monitored value (0 = raw; 0.5
     #   halves an epoch's weight each epoch): a fluke epoch on few validation speakers cannot win or stall alone
