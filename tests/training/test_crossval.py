@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -112,12 +113,25 @@ def test_an_unknown_normalisation_is_refused_before_any_file_is_read(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option,message", [
+    ("train.balance=speaker", "train.balance must be one of none, class, corpus, corpus-class, got 'speaker'"),
+    ("train.monitor=f1", "train.monitor must be one of uar, accuracy, loss, got 'f1'"),
+    ("train.weight_average_epochs=-1", "train.weight_average_epochs must be >= 0"),
+])
+def test_a_bad_training_option_is_refused_before_any_file_is_read(tmp_path, option, message):
+    """These failed inside every fold (train.monitor only after the first epoch), each with a traceback."""
+    utts = [Utterance(id=f"u{i}", path=str(tmp_path / "missing.wav"), speaker=f"s{i % 3}", label="angry")
+            for i in range(6)]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_cross_validation(utts, load_run_config(sets=[option]), tmp_path / "out", protocol="loso",
+                             cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_failing_fold_is_named_and_the_other_folds_are_kept(corpus, jobs):
     """One fold fails (a file blocks its folder): the others still finish and are reported, and the error names
     the failed fold, serially and in parallel worker processes alike (moma experiment's cells share this pool)."""
-    import re
-
     root, utts = corpus
     cfg = load_run_config(sets=SINGLE)
     out = root / f"failing-{jobs}"

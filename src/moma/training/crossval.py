@@ -42,7 +42,7 @@ from moma.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from moma.training.train import resolve_device, train_model
+from moma.training.train import check_train_options, resolve_device, train_model
 
 log = logging.getLogger(__name__)
 
@@ -440,6 +440,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     functionals_dim(cfg.features.functionals)  # bad functionals settings are refused before any file is read
     check_level(cfg.features.functionals_level)
     check_normalisation(cfg.data.normalisation)
+    check_train_options(cfg.train)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")

@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moma.capabilities import check_bf16, check_cuda
 from moma.checkpoint import load_checkpoint, load_training_state, save_checkpoint
-from moma.config import ModelConfig, RunConfig, replace, save_config
+from moma.config import ModelConfig, RunConfig, TrainConfig, replace, save_config
 from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
 from moma.evaluation.calibration import calibration_summary, fit_temperature
 from moma.evaluation.metrics import compute_metrics, predict_posteriors
@@ -65,6 +65,23 @@ def class_weights(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
 
 
 BALANCES = ("none", "class", "corpus", "corpus-class")
+MONITORS = ("uar", "accuracy", "loss")
+
+
+def check_train_options(tc: TrainConfig) -> None:
+    """Refuse a training option that cannot work, in one line naming it; ``moma cv`` calls this before any file
+    is read or written, so that a misspelt value does not fail inside every fold after the features are packed."""
+    if tc.balance not in BALANCES:
+        raise ValueError(f"train.balance must be one of {', '.join(BALANCES)}, got {tc.balance!r}")
+    if tc.balance != "none" and tc.class_weighted:
+        raise ValueError("train.class_weighted and train.balance both weight the loss: use train.balance alone")
+    if tc.monitor not in MONITORS:
+        raise ValueError(f"train.monitor must be one of {', '.join(MONITORS)}, got {tc.monitor!r}")
+    if not 0.0 <= tc.monitor_smoothing < 1.0 or tc.min_epochs < 0:
+        raise ValueError(f"train.monitor_smoothing must be in [0, 1) and train.min_epochs >= 0, got "
+                         f"{tc.monitor_smoothing} and {tc.min_epochs}")
+    if tc.weight_average_epochs < 0:
+        raise ValueError(f"train.weight_average_epochs must be >= 0 (0 = off), got {tc.weight_average_epochs}")
 
 
 def balance_weights(groups: Sequence[Any]) -> np.ndarray:
@@ -82,9 +99,7 @@ def make_weight_average(model: nn.Module, epochs: float, steps_per_epoch: int) -
     constant is ``epochs`` epochs (decay exp(-1 / (epochs * steps_per_epoch)) per step); None when ``epochs``
     is 0. Stated in epochs, not as a decay per step, so that one setting means the same on a corpus of 500
     utterances and on one of 5,000."""
-    if epochs < 0:
-        raise ValueError(f"train.weight_average_epochs must be >= 0 (0 = off), got {epochs}")
-    if epochs == 0:
+    if epochs <= 0:  # check_train_options refuses a negative value
         return None
     decay = math.exp(-1.0 / (epochs * max(steps_per_epoch, 1)))
     log.info("weights averaged over a time constant of %g epochs (%d steps each, decay %.5f per step)", epochs,
@@ -189,6 +204,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     """
     out_dir = Path(out_dir)
     tc, dc = cfg.train, cfg.data
+    check_train_options(tc)
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     dist_info = init_distributed(resolve_device(tc.device).type)
@@ -251,9 +267,6 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     # train.weight_average_epochs > 0 (training itself always steps the raw weights)
     averaged = make_weight_average(model, tc.weight_average_epochs, len(loader))
     scored: nn.Module = averaged.module if averaged is not None else model
-    if not 0.0 <= tc.monitor_smoothing < 1.0 or tc.min_epochs < 0:
-        raise ValueError(f"train.monitor_smoothing must be in [0, 1) and train.min_epochs >= 0, got "
-                         f"{tc.monitor_smoothing} and {tc.min_epochs}")
     has_val = len(val_ids) > 0
     monitor = tc.monitor if has_val else "train_loss"
     if not has_val:
@@ -262,10 +275,6 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=tc.lr_factor,
                                                            patience=tc.lr_patience, min_lr=tc.min_lr)
     weight = class_weights([it.label for it in train_items], len(labels)).to(device) if tc.class_weighted else None
-    if tc.balance not in BALANCES:
-        raise ValueError(f"train.balance must be one of {', '.join(BALANCES)}, got {tc.balance!r}")
-    if tc.balance != "none" and tc.class_weighted:
-        raise ValueError("train.class_weighted and train.balance both weight the loss: use train.balance alone")
     item_weight: dict[str, float] = {}  # utterance id -> loss weight (its windows share its group)
     if tc.balance != "none":
         corpus = corpus_of or {}
