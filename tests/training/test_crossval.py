@@ -87,6 +87,9 @@ def test_model_description_names_every_input_feature_group():
     assert "23 log-Mel" in plain and "pitch" not in plain and "openSMILE" not in plain
     both = describe_model(load_run_config(sets=["features.pitch=true", "features.lld=egemaps"]))
     assert "23 log-Mel + pitch (log F0, voicing) + openSMILE egemaps LLDs" in both
+    assert "moving average" not in plain
+    averaged = describe_model(load_run_config(sets=["train.weight_average_epochs=2"]))
+    assert "weights validated and kept as their moving average (time constant 2 epochs)" in averaged
     recorded = describe_model(load_run_config(sets=["features.functionals=eGeMAPSv02"]))
     assert "fusion: openSMILE eGeMAPSv02 functionals joined" in recorded
     levelled = describe_model(load_run_config(sets=["features.functionals=eGeMAPSv02", "features.functionals_level=-26"]))
@@ -172,6 +175,7 @@ def test_folds_computed_by_separate_calls_share_one_report(corpus):
     rebuilt = rebuild_report(out)
     assert [f["name"] for f in rebuilt["folds"]] == names
     assert rebuilt["summary"]["uar"]["mean"] == pytest.approx(second["summary"]["uar"]["mean"])
+    assert rebuilt["wall_time_s"] == second["wall_time_s"] > 0  # the run's own, not the rebuild's
 
 
 def test_a_fold_another_process_is_training_is_skipped_and_joins_the_report_later(corpus, caplog):

@@ -346,6 +346,9 @@ def describe_model(cfg: RunConfig) -> str:
     if t.ensemble > 1:
         extras.append(f"ensemble of {t.ensemble} seeds (posteriors averaged"
                       + (", validation speakers rotated)" if t.ensemble_validation == "rotate" else ")"))
+    if t.weight_average_epochs > 0:
+        extras.append(f"weights validated and kept as their moving average (time constant "
+                      f"{t.weight_average_epochs:g} epochs)")
     extras.append(f"lr {t.lr:g}, max {t.max_epochs} epochs, dropout {m.dropout:g}, seed {t.seed}")
     return text + "; " + ", ".join(extras)
 
@@ -392,6 +395,9 @@ def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
     if not results:
         raise ValueError(f"{run_dir}: no finished fold yet")
     meta.pop("started", None)
+    previous = run_dir / "report.json"
+    if previous.is_file():  # a rebuild is not a run: keep the wall time the run reported (it used to become 0)
+        meta["wall_time_s"] = json.loads(previous.read_text(encoding="utf-8")).get("wall_time_s", 0)
     if "config" in meta:  # descriptions follow the current wording of describe_model
         meta["model"] = describe_model(config_from_dict(RunConfig, meta["config"]))
     return build_report(meta, results, run_dir)
