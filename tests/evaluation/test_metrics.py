@@ -60,6 +60,8 @@ def test_report_names_metrics_unambiguously(tmp_path):
     assert "moma cv --manifest m.jsonl" in text
     assert json.loads(js.read_text())["summary"]["pooled"]["n"] == 3
     assert render_markdown(report) == text
+    assert "wall time not recorded" in text  # no wall time given: said, not printed as 0 s
+    assert "; wall time 125 s" in render_markdown({**report, "wall_time_s": 125.3})
 
 
 def test_shared_class_scoring_restricts_the_argmax():

@@ -191,7 +191,10 @@ def render_markdown(report: dict[str, Any]) -> str:
               "drawn from training speakers only",
               f"- Normalisation: {report.get('normalisation', '?')}",
               f"- Model: {report.get('model', '?')}",
-              f"- Device: {report.get('device', '?')}; wall time {report.get('wall_time_s', 0):.0f} s",
+              f"- Device: {report.get('device', '?')}; " + (
+                  f"wall time {report['wall_time_s']:.0f} s" if report.get("wall_time_s") else
+                  "wall time not recorded (a report rebuilt by `moma report`; each fold's training time is in "
+                  "report.json)"),
               "", f"> {PAPER_NAMING_NOTE}", "",
               "## Summary (mean ± std over folds)", "",
               "| metric | value |", "|---|---|",
