@@ -116,7 +116,7 @@ class TrainConfig:
     adversary_hidden: int = 128  # hidden units of that speaker classifier (one ReLU layer)
     weight_average_epochs: float = 0.0  # time constant, in epochs, of an exponential moving average of the
     #   weights (0 = off); validation, the model choice and best.safetensors then use the averaged weights
-    monitor: str = "uar"  # validation metric that drives the schedule and checkpoint choice: uar | loss
+    monitor: str = "uar"  # validation metric that drives the schedule and checkpoint choice: uar | accuracy | loss
     monitor_smoothing: float = 0.0  # EMA weight of the previous epochs on the monitored value (0 = raw; 0.5
     #   halves an epoch's weight each epoch): a fluke epoch on few validation speakers cannot win or stall alone
     min_epochs: int = 0  # epochs before the schedule, early stopping and model choice start counting (0 = from
