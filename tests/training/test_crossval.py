@@ -120,6 +120,7 @@ def test_an_unknown_normalisation_is_refused_before_any_file_is_read(tmp_path):
     ("train.balance=speaker", "train.balance must be one of none, class, corpus, corpus-class, got 'speaker'"),
     ("train.monitor=f1", "train.monitor must be one of uar, accuracy, loss, got 'f1'"),
     ("train.weight_average_epochs=-1", "train.weight_average_epochs must be >= 0"),
+    ("train.ensemble_validation=random", "train.ensemble_validation must be one of same, rotate, got 'random'"),
 ])
 def test_a_bad_training_option_is_refused_before_any_file_is_read(tmp_path, option, message):
     """These failed inside every fold (train.monitor only after the first epoch), each with a traceback."""

@@ -66,6 +66,7 @@ def class_weights(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
 
 BALANCES = ("none", "class", "corpus", "corpus-class")
 MONITORS = ("uar", "accuracy", "loss")
+ENSEMBLE_VALIDATION = ("same", "rotate")  # train.ensemble_validation: see protocols.rotate_validation
 
 
 def check_train_options(tc: TrainConfig) -> None:
@@ -82,6 +83,9 @@ def check_train_options(tc: TrainConfig) -> None:
                          f"{tc.monitor_smoothing} and {tc.min_epochs}")
     if tc.weight_average_epochs < 0:
         raise ValueError(f"train.weight_average_epochs must be >= 0 (0 = off), got {tc.weight_average_epochs}")
+    if tc.ensemble_validation not in ENSEMBLE_VALIDATION:
+        raise ValueError(f"train.ensemble_validation must be one of {', '.join(ENSEMBLE_VALIDATION)}, "
+                         f"got {tc.ensemble_validation!r}")
 
 
 def balance_weights(groups: Sequence[Any]) -> np.ndarray:
