@@ -55,6 +55,9 @@ case "$suite" in
       # the descriptor recipe validated, chosen and saved with an exponential moving average of its weights
       # (time constant 2 epochs): an ensemble along one run's trajectory, at a single model's cost
       [pitch-compare-lld-wavg]="cv $on $TRAIN $LLD --set train.weight_average_epochs=2"
+      # the descriptor recipe with mixup (alpha 0.4): every batch mixed with a shuffled copy of itself, inputs and
+      # losses alike, against the over-fitting of the training actors (training loss ~0.1 by epoch 20)
+      [pitch-compare-lld-mixup]="cv $on $TRAIN $LLD --set train.mixup_alpha=0.4"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
     )

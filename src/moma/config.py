@@ -112,6 +112,8 @@ class TrainConfig:
     balance: str = "none"  # none | class | corpus | corpus-class: weight each training item's loss so that every
     #   class, corpus or (corpus, class) pair carries the same total weight (a pool of corpora of unequal size)
     label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # > 0: mixup (Zhang et al., 2018): each training batch is mixed with a shuffled copy
+    #   of itself, inputs and losses weighted lam and 1 - lam, lam ~ Beta(alpha, alpha) folded to >= 0.5; 0 = off
     speaker_adversarial: float = 0.0  # lambda of a gradient-reversal speaker classifier on the embedding; 0 = off
     adversary_hidden: int = 128  # hidden units of that speaker classifier (one ReLU layer)
     weight_average_epochs: float = 0.0  # time constant, in epochs, of an exponential moving average of the

@@ -90,6 +90,8 @@ def test_model_description_names_every_input_feature_group():
     assert "moving average" not in plain
     averaged = describe_model(load_run_config(sets=["train.weight_average_epochs=2"]))
     assert "weights validated and kept as their moving average (time constant 2 epochs)" in averaged
+    assert "mixup" not in plain
+    assert "mixup (alpha 0.4)" in describe_model(load_run_config(sets=["train.mixup_alpha=0.4"]))
     recorded = describe_model(load_run_config(sets=["features.functionals=eGeMAPSv02"]))
     assert "fusion: openSMILE eGeMAPSv02 functionals joined" in recorded
     levelled = describe_model(load_run_config(sets=["features.functionals=eGeMAPSv02", "features.functionals_level=-26"]))
@@ -120,6 +122,7 @@ def test_an_unknown_normalisation_is_refused_before_any_file_is_read(tmp_path):
     ("train.balance=speaker", "train.balance must be one of none, class, corpus, corpus-class, got 'speaker'"),
     ("train.monitor=f1", "train.monitor must be one of uar, accuracy, loss, got 'f1'"),
     ("train.weight_average_epochs=-1", "train.weight_average_epochs must be >= 0"),
+    ("train.mixup_alpha=-0.2", "train.mixup_alpha must be >= 0"),
     ("train.ensemble_validation=random", "train.ensemble_validation must be one of same, rotate, got 'random'"),
 ])
 def test_a_bad_training_option_is_refused_before_any_file_is_read(tmp_path, option, message):
