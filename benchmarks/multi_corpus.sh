@@ -113,6 +113,9 @@ case "$suite" in
       # the same with a moving average of the weights validated, chosen and saved (train.weight_average_epochs)
       [emodb-only-wavg]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
 --set train.weight_average_epochs=2 $rest"
+      # the same with mixup of the training batches (train.mixup_alpha=0.4)
+      [emodb-only-mixup]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
+--set train.mixup_alpha=0.4 $rest"
     )
     defaults=(pool-cpu emodb-only-pool-cpu)
     ;;
