@@ -390,12 +390,12 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                     out = net(*inputs)
                 else:
                     out, speaker_logits = net(*inputs)
-            item_losses, item_weights = _weighted_losses(criterion, out.logits.float(), y, batch.keys, item_weight,
-                                                         weight)  # [B], [B]
+            logits = out.logits.float()
+            item_losses, item_weights = _weighted_losses(criterion, logits, y, batch.keys, item_weight, weight)  # [B]
             if partner is not None:  # mixup: each row also answers for its partner's label, by (1 - lam)
                 keys = [batch.keys[j] for j in partner.tolist()]
-                other_losses, other_weights = _weighted_losses(criterion, out.logits.float(), y[partner.to(device)],
-                                                               keys, item_weight, weight)
+                other_losses, other_weights = _weighted_losses(criterion, logits, y[partner.to(device)], keys,
+                                                               item_weight, weight)
                 item_losses = lam * item_losses + (1.0 - lam) * other_losses
                 item_weights = lam * item_weights + (1.0 - lam) * other_weights
             # the global batch's total weight (and size, for the adversary): one tiny all-reduce per step under DDP
