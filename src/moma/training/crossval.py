@@ -420,11 +420,13 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
             raise ValueError("--jobs > 1 cannot be combined with torchrun: the processes already share each fold")
         dist_info = init_distributed(resolve_device(cfg.train.device).type)
     try:
-        return _run_cross_validation(utterances, cfg, out_dir, protocol=protocol, cache_dir=cache_dir, k=k,
-                                     test_session=test_session, test_speakers=test_speakers, only_folds=only_folds,
-                                     jobs=jobs, resume=resume, progress=progress, feature_workers=feature_workers,
-                                     title=title, command=command, corpus=corpus, test_corpus=test_corpus,
-                                     dist_info=dist_info)
+        report = _run_cross_validation(utterances, cfg, out_dir, protocol=protocol, cache_dir=cache_dir, k=k,
+                                       test_session=test_session, test_speakers=test_speakers,
+                                       only_folds=only_folds, jobs=jobs, resume=resume, progress=progress,
+                                       feature_workers=feature_workers, title=title, command=command, corpus=corpus,
+                                       test_corpus=test_corpus, dist_info=dist_info)
+        barrier(dist_info)  # the ranks leave the group together, not while rank 0 still writes the report
+        return report
     finally:
         if dist_info.enabled:
             shutdown_distributed()
