@@ -267,10 +267,10 @@ def test_resume_with_the_best_checkpoint_missing_chooses_again_instead_of_ending
     assert load_checkpoint(out).info["epoch"] == result.best_epoch
 
 
-def test_mixup_trains_on_mixed_targets_reproducibly(tmp_path):
+def test_mixup_trains_on_mixed_targets_reproducibly(tmp_path, monkeypatch):
     """With train.mixup_alpha the loss is taken against two labels per row, so it cannot fall to zero as the
     unmixed run's does on this separable problem; the same seed gives the same run, a resume included above."""
-    sys.path.insert(0, str(JOB.parent))
+    monkeypatch.syspath_prepend(str(JOB.parent))
     from train_job import tiny_problem
 
     from moma.config import load_run_config

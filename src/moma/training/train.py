@@ -383,6 +383,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             if mix_rng is not None:
                 lam, partner = draw_mixup(len(batch.keys), tc.mixup_alpha, mix_rng)
                 batch = mix_batch(batch, lam, partner)
+                partner = partner.to(device)  # it indexes the labels (and speakers) on the device below
             inputs = batch.model_inputs(device)  # (features, lengths[, functionals])
             y = batch.labels.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
@@ -394,8 +395,8 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             item_losses, item_weights = _weighted_losses(criterion, logits, y, batch.keys, item_weight, weight)  # [B]
             if partner is not None:  # mixup: each row also answers for its partner's label, by (1 - lam)
                 keys = [batch.keys[j] for j in partner.tolist()]
-                other_losses, other_weights = _weighted_losses(criterion, logits, y[partner.to(device)], keys,
-                                                               item_weight, weight)
+                other_losses, other_weights = _weighted_losses(criterion, logits, y[partner], keys, item_weight,
+                                                               weight)
                 item_losses = lam * item_losses + (1.0 - lam) * other_losses
                 item_weights = lam * item_weights + (1.0 - lam) * other_weights
             # the global batch's total weight (and size, for the adversary): one tiny all-reduce per step under DDP
@@ -410,7 +411,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                 speaker_losses = nn.functional.cross_entropy(speaker_logits.float(), spk, reduction="none")  # [B]
                 if partner is not None:  # the partner's speaker is in the mixed input too
                     speaker_losses = lam * speaker_losses + (1.0 - lam) * nn.functional.cross_entropy(
-                        speaker_logits.float(), spk[partner.to(device)], reduction="none")
+                        speaker_logits.float(), spk[partner], reduction="none")
                 loss = loss + speaker_losses.sum() * dist_info.world_size / sums[1].clamp_min(1.0)
                 speaker_stats = [float(speaker_losses.detach().sum()),
                                  float((speaker_logits.detach().argmax(1) == spk).sum())]
