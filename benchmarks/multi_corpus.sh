@@ -60,6 +60,11 @@ case "$suite" in
       [pitch-compare-lld-mixup]="cv $on $TRAIN $LLD --set train.mixup_alpha=0.4"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
+      # the descriptor recipe trained on the pool: every EmoDB actor joins the eight training actors (18 speakers
+      # instead of 8), validation on 2 actors of each corpus, the loss balanced over (corpus, class) as in pool-cpu;
+      # tested on the held-out nEMO actor over nEMO's six classes
+      [pool-pitch-compare-lld]="cv --manifest $OUT/pool.jsonl --protocol loso --test-corpus nemo $TRAIN $LLD \
+--set train.val_speakers=4"
     )
     defaults=(classical-egemaps classical-compare moma pitch-compare-lld pitch-compare-lld-ens2)
     ;;
@@ -135,6 +140,11 @@ mkdir -p "$OUT"
 case "$suite" in
   loco) [ -f "$OUT/pool-shared.jsonl" ] || run pool "$OUT/emodb.jsonl" "$OUT/nemo.jsonl" --labels shared --out "$OUT/pool-shared.jsonl" ;;
   pool-emodb-loso) [ -f "$OUT/pool.jsonl" ] || run pool "$OUT/emodb.jsonl" "$OUT/nemo.jsonl" --out "$OUT/pool.jsonl" ;;
+  nemo-loso)  # the variants trained on the pool need EmoDB too
+    if printf '%s\n' "${selected[@]}" | grep -q '^pool-'; then
+      [ -f "$OUT/emodb.jsonl" ] || run prepare emodb --root "$EMODB" --out "$OUT/emodb.jsonl"
+      [ -f "$OUT/pool.jsonl" ] || run pool "$OUT/emodb.jsonl" "$OUT/nemo.jsonl" --out "$OUT/pool.jsonl"
+    fi ;;
 esac
 
 for name in "${selected[@]}"; do

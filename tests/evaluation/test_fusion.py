@@ -77,6 +77,29 @@ def test_a_seed_ensemble_is_scaled_by_the_geometric_mean_of_its_members_temperat
     assert report["notes"] == ["Seed ensembles, scaled by the geometric mean of their members' temperatures: ens f1."]
 
 
+def test_a_pooled_run_fuses_with_a_single_corpus_run_over_the_classes_both_were_scored_over():
+    # trained on a pool: four outputs, tested on corpus c's speaker s1 (namespaced), scored over c's three classes
+    pooled_labels = ["angry", "bored", "neutral", "sad"]
+    pooled = _run("pool", {"spk-c.s1": (2.0, [("c.u1", "c.s1", "angry", [0.5, 0.0, 0.3, 0.2]),
+                                              ("c.u2", "c.s1", "sad", [0.2, 0.0, 0.5, 0.3])])}, labels=pooled_labels)
+    for fold in pooled["folds"]:
+        fold["test"]["scored_classes"] = LABELS
+    single = _run("svm", {"spk-s1": (1.0, [("u1", "s1", "angry", [0.6, 0.3, 0.1]), ("u2", "s1", "sad", [0.2, 0.3, 0.5])])})
+    for first, second in ((pooled, single), (single, pooled)):
+        report = fuse_runs([first, second])
+        assert report["labels"] == LABELS and report["fold_names"] == ["spk-s1"]
+        fold = report["folds"][0]
+        assert fold["test_speakers"] == ["s1"] and fold["members"]["pool"]["temperature"] == 2.0
+        got = {p["id"]: p["posteriors"] for p in fold["test"]["predictions"]}
+        z = 0.5 / 2.0 * np.log([0.2, 0.5, 0.3]) + 0.5 * np.log([0.2, 0.3, 0.5])
+        assert got["u2"] == pytest.approx(np.exp(z) / np.exp(z).sum(), abs=1e-6)
+        assert [p["predicted"] for p in fold["test"]["predictions"]] == ["angry", "sad"]
+        assert report["notes"] == [("Fused over the 3 classes every run was scored over (angry, neutral, sad); "
+                                    "the other outputs of pool (bored) are left out.")]
+    # the fused run pairs with the single-corpus run in moma compare
+    assert compare_runs([single, {**report, "name": "fused"}])["comparisons"][0]["folds"] == ["spk-s1"]
+
+
 def test_fusion_refuses_runs_that_cannot_be_fused():
     a = _run("a", {"f1": (1.0, [("u1", "s1", "angry", [0.7, 0.2, 0.1])])})
     with pytest.raises(ValueError, match="at least two runs"):

@@ -17,6 +17,10 @@ no held-out set is common to all members (with rotated validation each trained o
 speakers), so the ensemble takes the geometric mean of its members' temperatures, and the report says so. A fold
 without any temperature (an older report) keeps T = 1, also said.
 
+A run trained on a pool and tested on one of its corpora (``moma cv --test-corpus C``) fuses with runs made on C
+alone: its corpus namespace is matched away as ``moma compare`` does, and every run is read over the classes all
+of them were scored over (C's), the pooled model's other outputs left out and said so.
+
 The result is a ``moma cv``-shaped report (folds, labels, predictions with posteriors), so ``moma compare`` pairs
 it with each of its members on the same folds. Only ``report.json`` files are read.
 """
@@ -30,6 +34,7 @@ import numpy as np
 from scipy.special import softmax
 
 from moma.corpora.base import Utterance
+from moma.evaluation.compare import align_corpus_namespaces, scored_labels
 from moma.evaluation.metrics import PAPER_NAMING_NOTE, aggregate_folds, score_posteriors
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,16 @@ def _fold_posteriors(run: dict[str, Any], fold: dict[str, Any], labels: Sequence
     return out
 
 
+def align_namespaces(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs with a pooled leave-one-speaker-out run's corpus namespace matched away when another run was made
+    on that corpus alone (``spk-nemo.EB0`` -> ``spk-EB0``, as ``moma compare`` pairs them)."""
+    runs = list(runs)
+    for i in range(len(runs)):
+        for j in range(i + 1, len(runs)):
+            runs[i], runs[j] = align_corpus_namespaces(runs[i], runs[j])
+    return runs
+
+
 def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = None,
               command: str = "") -> dict[str, Any]:
     """Late fusion of ``runs`` (from :func:`moma.evaluation.compare.load_run_reports`) over the folds all of
@@ -71,16 +86,25 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
     if len(weights) != len(runs) or not all(w > 0 for w in weights):
         raise ValueError(f"--weights: one positive weight per run ({len(runs)}), got {weights}")
     weights = [w / sum(weights) for w in weights]
-    labels = list(runs[0]["labels"])
+    runs = align_namespaces(runs)
+    # the classes each run was scored over (a pooled run's test corpus's classes), which must be one set; a run
+    # with more outputs (trained on a pool) is read over those classes only
+    scored = set(scored_labels(runs[0]))
     for run in runs[1:]:
-        if set(run["labels"]) != set(labels):
-            raise ValueError(f"{run['name']} has classes {', '.join(run['labels'])} but {runs[0]['name']} has "
-                             f"{', '.join(labels)}: late fusion needs the same classes")
+        if set(scored_labels(run)) != scored:
+            raise ValueError(f"{run['name']} is scored over {', '.join(scored_labels(run))} but {runs[0]['name']} "
+                             f"over {', '.join(scored_labels(runs[0]))}: late fusion needs the same classes")
+    labels = [c for c in runs[0]["labels"] if c in scored]
+    notes = []
+    wider = [f"{run['name']} ({', '.join(c for c in run['labels'] if c not in scored)})"
+             for run in runs if set(run["labels"]) != scored]
+    if wider:
+        notes.append(f"Fused over the {len(labels)} classes every run was scored over ({', '.join(labels)}); the "
+                     f"other outputs of {', '.join(wider)} are left out.")
     by_run = [{f["name"]: f for f in run["folds"]} for run in runs]
     common = [f["name"] for f in runs[0]["folds"] if all(f["name"] in b for b in by_run)]
     if not common:
         raise ValueError(f"{' and '.join(names)} share no finished fold")
-    notes = []
     left_out = sorted({n for b in by_run for n in b} - set(common))
     if left_out:
         notes.append(f"Folds not finished by every run, left out: {', '.join(left_out)}.")
@@ -108,12 +132,13 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
         fused = softmax(logits, axis=1)
         first = {p["id"]: p for p in members[0]["test"]["predictions"]}
         utts = {k: Utterance(id=k, path="", speaker=first[k]["speaker"], label=first[k]["label"]) for k in ids}
-        scored = score_posteriors(dict(zip(ids, fused)), utts, labels, members[0]["test"].get("scored_classes"))
+        # a fold's own scored classes (each test corpus's, on leave-one-corpus-out) stay its argmax's classes
+        result = score_posteriors(dict(zip(ids, fused)), utts, labels, members[0]["test"].get("scored_classes"))
         folds.append({"name": name, "test_speakers": list(members[0].get("test_speakers", [])), "n_test": len(ids),
                       "members": {run["name"]: {"temperature": round(t, 4), "uar": f["test"]["uar"],
                                                 "accuracy": f["test"]["accuracy"]}
                                   for run, t, f in zip(runs, temps, members)},
-                      "test": scored})
+                      "test": result})
     if uncalibrated:
         notes.append("No fitted temperature (T = 1 used): " + ", ".join(uncalibrated) + ".")
     if ensembles:
