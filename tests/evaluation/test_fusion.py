@@ -84,7 +84,8 @@ def test_a_pooled_run_fuses_with_a_single_corpus_run_over_the_classes_both_were_
                                               ("c.u2", "c.s1", "sad", [0.2, 0.0, 0.5, 0.3])])}, labels=pooled_labels)
     for fold in pooled["folds"]:
         fold["test"]["scored_classes"] = LABELS
-    single = _run("svm", {"spk-s1": (1.0, [("u1", "s1", "angry", [0.6, 0.3, 0.1]), ("u2", "s1", "sad", [0.2, 0.3, 0.5])])})
+    single = _run("svm", {"spk-s1": (1.0, [("u1", "s1", "angry", [0.6, 0.3, 0.1]),
+                                           ("u2", "s1", "sad", [0.2, 0.3, 0.5])])})
     for first, second in ((pooled, single), (single, pooled)):
         report = fuse_runs([first, second])
         assert report["labels"] == LABELS and report["fold_names"] == ["spk-s1"]
