@@ -134,18 +134,20 @@ for name in "${selected[@]}"; do
 done
 
 mkdir -p "$OUT"
-# manifests (each corpus once; pools from them)
-[ -f "$OUT/emodb.jsonl" ] || [ "$suite" = nemo-loso ] || run prepare emodb --root "$EMODB" --out "$OUT/emodb.jsonl"
+# manifests, made from what the selected variants read: each corpus once, the pools from them
+commands=""
+for name in "${selected[@]}"; do commands+=" ${variants[$name]} "; done
+reads() { [[ "$commands" == *" --manifest $OUT/$1 "* ]]; }
+if reads emodb.jsonl || reads pool.jsonl || reads pool-shared.jsonl; then
+  [ -f "$OUT/emodb.jsonl" ] || run prepare emodb --root "$EMODB" --out "$OUT/emodb.jsonl"
+fi
 [ -f "$OUT/nemo.jsonl" ] || run prepare nemo --root "$NEMO" --out "$OUT/nemo.jsonl"
-case "$suite" in
-  loco) [ -f "$OUT/pool-shared.jsonl" ] || run pool "$OUT/emodb.jsonl" "$OUT/nemo.jsonl" --labels shared --out "$OUT/pool-shared.jsonl" ;;
-  pool-emodb-loso) [ -f "$OUT/pool.jsonl" ] || run pool "$OUT/emodb.jsonl" "$OUT/nemo.jsonl" --out "$OUT/pool.jsonl" ;;
-  nemo-loso)  # the variants trained on the pool need EmoDB too
-    if printf '%s\n' "${selected[@]}" | grep -q '^pool-'; then
-      [ -f "$OUT/emodb.jsonl" ] || run prepare emodb --root "$EMODB" --out "$OUT/emodb.jsonl"
-      [ -f "$OUT/pool.jsonl" ] || run pool "$OUT/emodb.jsonl" "$OUT/nemo.jsonl" --out "$OUT/pool.jsonl"
-    fi ;;
-esac
+if reads pool-shared.jsonl && [ ! -f "$OUT/pool-shared.jsonl" ]; then
+  run pool "$OUT/emodb.jsonl" "$OUT/nemo.jsonl" --labels shared --out "$OUT/pool-shared.jsonl"
+fi
+if reads pool.jsonl && [ ! -f "$OUT/pool.jsonl" ]; then
+  run pool "$OUT/emodb.jsonl" "$OUT/nemo.jsonl" --out "$OUT/pool.jsonl"
+fi
 
 for name in "${selected[@]}"; do
   # shellcheck disable=SC2086  # the variant's options are meant to split into words

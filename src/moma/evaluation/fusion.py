@@ -89,11 +89,12 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
     runs = align_namespaces(runs)
     # the classes each run was scored over (a pooled run's test corpus's classes), which must be one set; a run
     # with more outputs (trained on a pool) is read over those classes only
-    scored = set(scored_labels(runs[0]))
-    for run in runs[1:]:
-        if set(scored_labels(run)) != scored:
-            raise ValueError(f"{run['name']} is scored over {', '.join(scored_labels(run))} but {runs[0]['name']} "
-                             f"over {', '.join(scored_labels(runs[0]))}: late fusion needs the same classes")
+    classes = [scored_labels(run) for run in runs]
+    scored = set(classes[0])
+    for run, its in zip(runs[1:], classes[1:]):
+        if set(its) != scored:
+            raise ValueError(f"{run['name']} is scored over {', '.join(its)} but {runs[0]['name']} "
+                             f"over {', '.join(classes[0])}: late fusion needs the same classes")
     labels = [c for c in runs[0]["labels"] if c in scored]
     notes = []
     wider = [f"{run['name']} ({', '.join(c for c in run['labels'] if c not in scored)})"
