@@ -92,6 +92,9 @@ def test_model_description_names_every_input_feature_group():
     assert "weights validated and kept as their moving average (time constant 2 epochs)" in averaged
     assert "mixup" not in plain
     assert "mixup (alpha 0.4)" in describe_model(load_run_config(sets=["train.mixup_alpha=0.4"]))
+    regularised = describe_model(load_run_config(sets=["train.weight_decay=0.5", "train.label_smoothing=0.1"]))
+    assert "label smoothing 0.1" in regularised and "lr 0.0001, weight decay 0.5," in regularised
+    assert "weight decay" not in plain and "label smoothing" not in plain
     recorded = describe_model(load_run_config(sets=["features.functionals=eGeMAPSv02"]))
     assert "fusion: openSMILE eGeMAPSv02 functionals joined" in recorded
     levelled = describe_model(load_run_config(sets=["features.functionals=eGeMAPSv02", "features.functionals_level=-26"]))

@@ -345,7 +345,10 @@ def describe_model(cfg: RunConfig) -> str:
     if t.weight_average_epochs > 0:
         extras.append(f"weights validated and kept as their moving average (time constant "
                       f"{t.weight_average_epochs:g} epochs)")
-    extras.append(f"lr {t.lr:g}, max {t.max_epochs} epochs, dropout {m.dropout:g}, seed {t.seed}")
+    if t.label_smoothing > 0:
+        extras.append(f"label smoothing {t.label_smoothing:g}")
+    decay = f", weight decay {t.weight_decay:g}" if t.weight_decay > 0 else ""
+    extras.append(f"lr {t.lr:g}{decay}, max {t.max_epochs} epochs, dropout {m.dropout:g}, seed {t.seed}")
     return text + "; " + ", ".join(extras)
 
 
