@@ -31,6 +31,7 @@ BASE="--config cpu --set train.val_speakers=2 --set train.max_epochs=20 --set tr
 --set train.min_epochs=3 --set train.monitor_smoothing=0.5 --set train.num_threads=1 --set train.tensorboard=false"
 TRAIN="$BASE --set data.normalisation=utterance --set train.balance=corpus-class"
 LLD="--set features.pitch=true --set features.lld=compare"
+REG="--set model.dropout=0.5 --set train.weight_decay=0.5 --set train.label_smoothing=0.1"
 declare -A variants=()  # name -> the moma command and its options, --out and --jobs added below
 defaults=()
 case "$suite" in
@@ -61,11 +62,9 @@ case "$suite" in
       # the descriptor recipe regularised harder against the same over-fitting: dropout 0.5 (from 0.3), decoupled
       # weight decay 0.5 (lr x decay x steps ~ 1 over 20 epochs, where the cpu recipe's 1e-4 shrinks nothing) and
       # label smoothing 0.1 (the validation loss triples while the UAR creeps up: over-confidence)
-      [pitch-compare-lld-reg]="cv $on $TRAIN $LLD --set model.dropout=0.5 --set train.weight_decay=0.5 \
---set train.label_smoothing=0.1"
+      [pitch-compare-lld-reg]="cv $on $TRAIN $LLD $REG"
       # that recipe as a 2-member seed ensemble, the second member validating on two other actors
-      [pitch-compare-lld-reg-ens2]="cv $on $TRAIN $LLD --set model.dropout=0.5 --set train.weight_decay=0.5 \
---set train.label_smoothing=0.1 --set train.ensemble=2 --set train.ensemble_validation=rotate"
+      [pitch-compare-lld-reg-ens2]="cv $on $TRAIN $LLD $REG --set train.ensemble=2 --set train.ensemble_validation=rotate"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
       # the descriptor recipe trained on the pool: every EmoDB actor joins the eight training actors (18 speakers
