@@ -63,8 +63,9 @@ case "$suite" in
       # weight decay 0.5 (lr x decay x steps ~ 1 over 20 epochs, where the cpu recipe's 1e-4 shrinks nothing) and
       # label smoothing 0.1 (the validation loss triples while the UAR creeps up: over-confidence)
       [pitch-compare-lld-reg]="cv $on $TRAIN $LLD $REG"
-      # that recipe as a 2-member seed ensemble, the second member validating on two other actors
+      # that recipe as a 2- and a 3-member seed ensemble, each member after the first validating on two other actors
       [pitch-compare-lld-reg-ens2]="cv $on $TRAIN $LLD $REG --set train.ensemble=2 --set train.ensemble_validation=rotate"
+      [pitch-compare-lld-reg-ens3]="cv $on $TRAIN $LLD $REG --set train.ensemble=3 --set train.ensemble_validation=rotate"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
       # the descriptor recipe trained on the pool: every EmoDB actor joins the eight training actors (18 speakers
