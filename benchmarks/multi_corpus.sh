@@ -129,6 +129,9 @@ case "$suite" in
       # the same with mixup of the training batches (train.mixup_alpha=0.4)
       [emodb-only-mixup]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
 --set train.mixup_alpha=0.4 $rest"
+      # the same regularised harder, as nEMO's pitch-compare-lld-reg (dropout 0.5, weight decay 0.5, label smoothing 0.1)
+      [emodb-only-reg]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
+$REG $rest"
     )
     defaults=(pool-cpu emodb-only-pool-cpu)
     ;;
