@@ -112,26 +112,23 @@ case "$suite" in
   pool-emodb-loso)
     out=$OUT/pool-emodb-loso
     rest="--set train.num_threads=1 --set train.tensorboard=false"
+    # the EmoDB-only control: the pool-cpu recipe on the other EmoDB actors alone, 2 of them validating
+    only="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2"
     variants=(
       [pool-cpu]="cv --manifest $OUT/pool.jsonl --protocol loso --test-corpus emodb --config pool-cpu \
 --set train.max_epochs=20 --set train.early_stop_patience=6 $rest"
-      [emodb-only-pool-cpu]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 $rest"
+      [emodb-only-pool-cpu]="$only $rest"
       [pool-egemaps-cpu]="cv --manifest $OUT/pool.jsonl --protocol loso --test-corpus emodb --config pool-egemaps-cpu \
 --set train.max_epochs=20 --set train.early_stop_patience=6 $rest"
-      [emodb-only-raw-choice]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
---set train.min_epochs=0 --set train.monitor_smoothing=0 $rest"
+      [emodb-only-raw-choice]="$only --set train.min_epochs=0 --set train.monitor_smoothing=0 $rest"
       # the same with each utterance's mean removed and one training-set scale (data.normalisation=utterance-mean)
-      [emodb-only-umean]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
---set data.normalisation=utterance-mean $rest"
+      [emodb-only-umean]="$only --set data.normalisation=utterance-mean $rest"
       # the same with a moving average of the weights validated, chosen and saved (train.weight_average_epochs)
-      [emodb-only-wavg]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
---set train.weight_average_epochs=2 $rest"
+      [emodb-only-wavg]="$only --set train.weight_average_epochs=2 $rest"
       # the same with mixup of the training batches (train.mixup_alpha=0.4)
-      [emodb-only-mixup]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
---set train.mixup_alpha=0.4 $rest"
+      [emodb-only-mixup]="$only --set train.mixup_alpha=0.4 $rest"
       # the same regularised harder, as nEMO's pitch-compare-lld-reg (dropout 0.5, weight decay 0.5, label smoothing 0.1)
-      [emodb-only-reg]="cv --manifest $OUT/emodb.jsonl --protocol loso --config pool-cpu --set train.val_speakers=2 \
-$REG $rest"
+      [emodb-only-reg]="$only $REG $rest"
     )
     defaults=(pool-cpu emodb-only-pool-cpu)
     ;;
