@@ -518,6 +518,14 @@ def test_nemo_and_iemocap_grids_plan_the_same_cells(tmp_path, monkeypatch):
     assert cpu.variants["moma-3"].config.model.hidden_size == 128
     assert cpu.variants["moma-3"].config.model.gamma_init == "random"
     assert cpu.variants["moma-3-equal"].config.model.gamma_init == "equal"  # the variant's own set wins
+    # the paper-size grid runs the CPU grid's folds, so that each of its cells pairs with a CPU-sized one
+    paper = load_experiment(shipped / "nemo-table1-paper.yaml", corpus_root=tmp_path / "n")
+    assert paper.protocol == cpu.protocol and set(paper.variants) <= set(cpu.variants)
+    for name in paper.variants:
+        ran = paper.variants[name].config
+        assert (ran.model.hidden_size, ran.model.projection_dim, ran.train.lr, ran.train.grad_clip) == (
+            512, 1024, 1e-4, 0.0), name
+        assert ran.model.arch == nemo.variants[name].config.model.arch, name
 
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports"
