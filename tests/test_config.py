@@ -41,3 +41,48 @@ def test_recipes_load():
         load_run_config([resolve_recipe(name)])
     with pytest.raises(FileNotFoundError, match="recipes"):
         resolve_recipe("nope")
+
+
+def test_a_misspelt_key_names_the_nearest_one():
+    with pytest.raises(ValueError, match="did you mean hidden_size"):
+        load_run_config(sets=["model.hiden_size=3"])
+
+
+def test_base_recipes_merge_under_the_file_in_order(tmp_path):
+    (tmp_path / "a.yaml").write_text("model: {hidden_size: 64, dropout: 0.1}\ntrain: {lr: 0.01}\n")
+    (tmp_path / "b.yaml").write_text("base: a\nmodel: {dropout: 0.2}\n")
+    (tmp_path / "c.yaml").write_text("base: [b, cpu]\ntrain: {max_epochs: 7}\n")  # cpu: a shipped recipe
+    cfg = load_run_config([tmp_path / "c.yaml"])
+    # cpu comes after b, so its model block wins; c's own lines win over both
+    assert (cfg.model.hidden_size, cfg.model.dropout, cfg.train.max_epochs) == (128, 0.3, 7)
+    assert cfg.train.lr == load_run_config([resolve_recipe("cpu")]).train.lr
+    assert load_run_config([tmp_path / "b.yaml"]).model.dropout == 0.2
+    (tmp_path / "a.yaml").write_text("base: c\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_run_config([tmp_path / "c.yaml"])
+    (tmp_path / "d.yaml").write_text("base: nowhere\n")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_run_config([tmp_path / "d.yaml"])
+
+
+@pytest.mark.parametrize("key", ["model.input_dim", "model.num_classes", "model.functionals_dim"])
+def test_derived_keys_are_refused_on_the_command_line_and_ignored_aloud_in_a_file(tmp_path, key, caplog):
+    with pytest.raises(ValueError, match=f"{key} is derived"):
+        load_run_config(sets=[f"{key}=7"])
+    section, name = key.split(".")
+    (tmp_path / "r.yaml").write_text(f"{section}: {{{name}: 7, dropout: 0.2}}\n" if section == "model" else "")
+    cfg = load_run_config([tmp_path / "r.yaml"])
+    assert getattr(cfg.model, name) == getattr(RunConfig().model, name) and cfg.model.dropout == 0.2
+    assert f"{key} is derived" in caplog.text
+
+
+def test_shipped_recipes_hold_no_runtime_settings_and_share_one_model_block():
+    from moma.config import RUNTIME_KEYS, read_recipe
+
+    model_blocks = 0
+    for name in available_recipes():
+        raw = yaml.safe_load(resolve_recipe(name).read_text())
+        flat = {f"{s}.{k}" for s, block in read_recipe(resolve_recipe(name)).items() for k in block}
+        assert not flat & RUNTIME_KEYS, name
+        model_blocks += "hidden_size" in (raw.get("model") or {})
+    assert model_blocks == 3  # cpu, paper and demo; every other recipe inherits one of them

@@ -9,12 +9,16 @@ checkpoint, so a result can always be traced back to the exact settings.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import logging
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,8 +49,9 @@ class FeatureConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture. Defaults are the paper's configuration. The paper reports 8.6 M parameters for 4
-    classes; its stated sizes give 10,601,991 here (the BLSTM alone is 8.50 M): see docs/model.md."""
+    """Architecture. Defaults are the paper's sizes; the initial gammas (equal, not random) and train.grad_clip
+    (5, the paper names none) are ours, and the ``paper`` recipe takes the paper's. The paper reports 8.6 M
+    parameters for 4 classes; its stated sizes give 10,601,991 here (the BLSTM alone is 8.50 M): docs/model.md."""
 
     arch: str = "moma"  # moma | attention (BLSTM + attention layer 1) | mean (BLSTM + mean pooling)
     input_dim: int = 23  # feature dimension (= FeatureConfig.n_mels)
@@ -163,7 +168,10 @@ def config_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        near = [m for u in unknown for m in difflib.get_close_matches(u, known, n=1)]
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}{hint} "
+                         f"(known: {', '.join(sorted(known))})")
     for f in fields(cls):
         if f.name not in data:
             continue
@@ -232,18 +240,70 @@ def parse_set_option(text: str) -> dict[str, Any]:
     return node
 
 
+RECIPE_DIR = Path(__file__).resolve().parent / "configs"  # the shipped recipes, which a ``base:`` may name
+
+# Keys computed from the data and the front end at training time. --set refuses them (the value would be
+# overwritten without a word); a file drops them with a warning, so that a run's saved config.yaml, which records
+# them, can be given back as --config.
+DERIVED_KEYS = {"model.input_dim": "the front end (features.*)", "model.num_classes": "the label list",
+                "model.functionals_dim": "features.functionals"}
+# Keys that say how to run, not what to train: they change no result, so recipes leave them out (a test checks)
+# and comparisons of a run with its recipe ignore them.
+RUNTIME_KEYS = {"train.device", "train.num_threads", "train.log_every", "train.tensorboard", "data.num_workers"}
+
+
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The overrides of one YAML file with its ``base:`` recipes merged under it (bases first, in order).
+
+    ``base:`` names a recipe (a file beside this one, else a shipped recipe) or a path, or a list of them, so a
+    variant is its base plus the few lines that differ."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"{path}: recipe bases form a cycle ({' -> '.join(p.stem for p in _seen + (path,))})")
+    with open(path, encoding="utf-8") as fh:
+        loaded = yaml.safe_load(fh) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping")
+    bases = loaded.pop("base", None) or []
+    merged: dict[str, Any] = {}
+    for name in [bases] if isinstance(bases, str) else bases:
+        merged = merge_overrides(merged, read_recipe(_find_base(str(name), path.parent), _seen + (path,)))
+    return merge_overrides(merged, loaded)
+
+
+def _find_base(name: str, folder: Path) -> Path:
+    for candidate in (folder / name, folder / f"{name}.yaml", RECIPE_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"base recipe {name!r}: no {name}.yaml beside the file nor among the shipped recipes")
+
+
+def _derived_in(overrides: dict[str, Any]) -> list[str]:
+    return [k for k in DERIVED_KEYS if k.split(".")[1] in (overrides.get(k.split(".")[0]) or {})]
+
+
+def _drop_derived(overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    for key in _derived_in(overrides):
+        section, name = key.split(".")
+        overrides = {**overrides, section: {k: v for k, v in overrides[section].items() if k != name}}
+        log.warning("%s: %s is derived from %s at training time; the file's value is ignored", where, key,
+                    DERIVED_KEYS[key])
+    return overrides
+
+
 def load_run_config(paths: list[str | Path] | None = None, sets: list[str] | None = None,
                     base: RunConfig | None = None) -> RunConfig:
-    """Defaults (or ``base``) <- each YAML file in order <- each ``key=value`` override."""
+    """Defaults (or ``base``) <- each YAML file in order (its ``base:`` recipes first) <- each ``key=value``."""
     merged = config_to_dict(base or RunConfig())
     for path in paths or []:
-        with open(path, encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: a config file must hold a mapping")
-        merged = merge_overrides(merged, loaded)
+        merged = merge_overrides(merged, _drop_derived(read_recipe(path), str(path)))
     for item in sets or []:
-        merged = merge_overrides(merged, parse_set_option(item))
+        override = parse_set_option(item)
+        if _derived_in(override):
+            key = _derived_in(override)[0]
+            raise ValueError(f"--set {item}: {key} is derived from {DERIVED_KEYS[key]} at training time and "
+                             "cannot be set")
+        merged = merge_overrides(merged, override)
     return config_from_dict(RunConfig, merged)
 
 

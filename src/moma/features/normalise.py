@@ -94,8 +94,8 @@ class Normaliser:
       between utterances; nothing of a test speaker's but the input itself.
     * ``"none"``: features pass through unchanged.
 
-    Statistics are accumulated in float64; standard deviations are floored
-    at 1e-5.
+    Statistics are accumulated in float64; a feature whose standard deviation is below ``STD_FLOOR`` (1e-10)
+    is centred and left unscaled.
     """
 
     def __init__(self, mode: str = "global") -> None:

@@ -44,7 +44,9 @@ def run_demo(out_dir: str | Path, *, corpus: str = "synthetic", root: str | Path
 
         utts = prepare_corpus(corpus, root, progress=progress)
         recipe, protocol, test_speakers = "emodb-cpu" if corpus == "emodb" else "cpu", "loso", None
-    cfg = load_run_config([resolve_recipe(recipe)] + [resolve_recipe(c) for c in extra_configs], list(sets))
+    # a demo writes no TensorBoard curves unless asked (a runtime setting, so not in the recipe)
+    cfg = load_run_config([resolve_recipe(recipe)] + [resolve_recipe(c) for c in extra_configs],
+                          ["train.tensorboard=false", *sets])
     report = run_cross_validation(utts, cfg, out_dir / "run", protocol=protocol, cache_dir=cache_dir,
                                   test_speakers=test_speakers, jobs=jobs, progress=progress,
                                   title=f"moma demo: {corpus}", command=command, corpus=corpus)
