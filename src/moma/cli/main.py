@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from moma.cli.common import add_cache_arg, add_config_args, command_line, load_config, manifest_speakers
+from moma.cli.common import (adapt_mode, add_adapt_arg, add_cache_arg, add_config_args, command_line, group_commands,
+                             load_config, manifest_speakers)
 from moma.version import __version__
 
 
@@ -128,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     utts, every = manifest_speakers(args.manifest, args.speakers)
     report = evaluate_checkpoint(args.checkpoint, utts, args.out, cache_dir=args.cache, device=args.device,
                                  command=command_line(args), label_inventory=[u.label for u in every],
-                                 adapt=args.adapt)
+                                 adapt=adapt_mode(args))
     _print_summary(report)
     for note in report["notes"][1:]:  # the cross-corpus scoring, when there is any to report
         print(f"  {note}")
@@ -276,10 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--speakers", nargs="+", default=None, help="only these speakers")
     p.add_argument("--out", required=True)
-    p.add_argument("--adapt", choices=["none", "utterance", "batch", "speaker"], default="none",
-                   help="normalise the data with its own statistics instead of the checkpoint's: utterance, each "
-                        "by its own; batch, over all of it; speaker, per speaker (batch and speaker are "
-                        "transductive: the test audio, never its labels; the report says so)")
+    add_adapt_arg(p, ["utterance", "batch", "speaker"])
     add_cache_arg(p)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
@@ -337,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     from moma.cli.bench import add_bench_command
 
     add_bench_command(sub)  # speed and memory benchmarks
+    group_commands(parser, sub)
     return parser
 
 
