@@ -129,13 +129,17 @@ def read_checkpoint_file(path: str | Path) -> tuple[dict[str, str], dict[str, to
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or a run/fold folder holding ``best.safetensors``."""
+    """A checkpoint file, a fold folder holding ``best.safetensors``, or a run folder of one such fold."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.safetensors", "model.safetensors", "last.safetensors"):
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"{path}: no best.safetensors, model.safetensors or last.safetensors inside")
+        folds = sorted(path.glob("*/best.safetensors"))
+        if len(folds) == 1:  # a run of one fold, such as `moma train --protocol all --out DIR`: DIR/all/...
+            return folds[0]
+        raise FileNotFoundError(f"{path}: no best.safetensors, model.safetensors or last.safetensors inside"
+                                + (f" ({len(folds)} folds hold one: name the fold's folder)" if folds else ""))
     return path
 
 
