@@ -63,6 +63,15 @@ def test_speaker_kfold_partitions_speakers():
     assert all(len(f.test_speakers) == 6 for f in folds)
 
 
+def test_speaker_groups_are_runs_of_consecutive_speakers():
+    utts = corpus(n_speakers=16, per_speaker=2)
+    folds = make_folds(utts, "speaker-groups", k=4, val_speakers=2)
+    assert [f.test_speakers for f in folds] == [[f"s{i:02d}" for i in range(a, a + 4)] for a in (0, 4, 8, 12)]
+    assert all(not set(f.val_speakers) & set(f.test_speakers) and len(f.val_speakers) == 2 for f in folds)
+    uneven = make_folds(corpus(n_speakers=10, per_speaker=1), "speaker-groups", k=4, val_speakers=1)
+    assert [len(f.test_speakers) for f in uneven] == [3, 3, 2, 2]
+
+
 def test_leakage_is_refused_with_speaker_names():
     utts = corpus(n_speakers=3)
     with pytest.raises(SpeakerLeakageError, match="s01"):

@@ -250,11 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--manifest", required=True)
         p.add_argument("--out", required=True, help="run folder")
         p.add_argument("--protocol", default="loso",
-                       choices=["loso", "loso-session", "session-holdout", "speaker-kfold", "loco", "predefined",
-                                "all"],
+                       choices=["loso", "loso-session", "session-holdout", "speaker-kfold", "speaker-groups", "loco",
+                                "predefined", "all"],
                        help="loco: leave one corpus out of a pooled manifest (moma pool); all: no test speakers, "
                             "train a final model (train only)")
-        p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold")
+        p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold (random groups) and speaker-groups "
+                                                        "(consecutive speakers: RAVDESS 01-04, 05-08, ...)")
         p.add_argument("--test-session", default=None, help="session-holdout: the test session (default: last)")
         p.add_argument("--test-speakers", nargs="+", default=None, help="predefined: test speakers")
         p.add_argument("--test-corpus", default=None, metavar="NAME",

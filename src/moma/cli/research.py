@@ -104,12 +104,12 @@ def add_research_commands(subparsers: Any) -> None:
                         "statistics, the test speaker's unlabelled audio included (transductive); corpus: every "
                         "corpus of a pool by its own statistics (transductive) (default: global speaker)")
     p.add_argument("--protocol", default="loso", choices=["loso", "loso-session", "session-holdout",
-                                                         "speaker-kfold", "loco"],
+                                                         "speaker-kfold", "speaker-groups", "loco"],
                    help="loco: leave one corpus out of a pooled manifest (moma pool)")
     p.add_argument("--test-corpus", default=None, metavar="NAME",
                    help="loso on a pooled manifest: leave out this corpus's speakers, training on the rest of "
                         "the pool")
-    p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold")
+    p.add_argument("--k", type=int, default=5, help="folds for speaker-kfold and speaker-groups")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes for feature extraction")
     p.add_argument("--fold", nargs="+", default=None, help="compute only these folds (names or test speakers); "

@@ -20,7 +20,8 @@ from moma.corpora.base import Utterance
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("session-holdout", "loso", "loso-session", "speaker-kfold", "loco", "predefined", "all")
+PROTOCOLS = ("session-holdout", "loso", "loso-session", "speaker-kfold", "speaker-groups", "loco", "predefined",
+             "all")
 
 
 class SpeakerLeakageError(ValueError):
@@ -177,7 +178,10 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: 
       default, the paper's protocol: the last session in sort order).
     * ``loso``: leave one speaker out (EmoDB: 10 folds).
     * ``loso-session``: leave one session out (IEMOCAP: 5 folds).
-    * ``speaker-kfold``: ``k`` folds of speaker groups (RAVDESS: 24 actors).
+    * ``speaker-kfold``: ``k`` folds of speaker groups drawn at random (seeded).
+    * ``speaker-groups``: ``k`` folds of consecutive speakers in sorted order, the usual fixed folds of a corpus
+      whose speakers are numbered (RAVDESS actors 01-16: 01-04, 05-08, 09-12, 13-16), so that results compare
+      across papers and tools.
     * ``loco``: leave one corpus out, on a pooled manifest (:mod:`moma.corpora.pool`): each corpus in turn is
       the test set and the others train.
     * ``predefined``: the given ``test_speakers`` are the test set.
@@ -225,13 +229,17 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: 
                     f"speaker(s) {', '.join(sorted(ses_speakers & other))} occur in session {ses} and in other "
                     "sessions, so a session split is not speaker-independent")
             folds.append(_fold(f"session-{ses}", utterances, ses_speakers, val_speakers, seed + i))
-    elif protocol == "speaker-kfold":
+    elif protocol in ("speaker-kfold", "speaker-groups"):
         if k < 2 or k > len(speakers):
-            raise ValueError(f"speaker-kfold needs 2 <= k <= number of speakers ({len(speakers)}), got {k}")
-        rng = random.Random(seed)
-        order = speakers[:]
-        rng.shuffle(order)
-        groups = [sorted(order[i::k]) for i in range(k)]
+            raise ValueError(f"{protocol} needs 2 <= k <= number of speakers ({len(speakers)}), got {k}")
+        if protocol == "speaker-groups":  # k runs of consecutive speakers, the first ones one longer if uneven
+            sizes = [len(speakers) // k + (1 if i < len(speakers) % k else 0) for i in range(k)]
+            starts = [sum(sizes[:i]) for i in range(k)]
+            groups = [speakers[a:a + n] for a, n in zip(starts, sizes)]
+        else:
+            order = speakers[:]
+            random.Random(seed).shuffle(order)
+            groups = [sorted(order[i::k]) for i in range(k)]
         for i, group in enumerate(groups):
             folds.append(_fold(f"group-{i + 1}", utterances, set(group), val_speakers, seed + i))
     elif protocol == "all":
