@@ -287,7 +287,9 @@ def test_evaluate_on_another_corpus_scores_the_shared_classes(tiny_checkpoint, t
     (tmp_path / "other.csv").write_text("\n".join(rows) + "\n")
     assert main(["evaluate", str(tiny_checkpoint), "--manifest", str(tmp_path / "other.csv"), "--out",
                  str(tmp_path / "e"), "--cache", str(tmp_path / "cache")]) == 0
-    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    from moma.evaluation.report_files import load_report_json
+
+    report = load_report_json(tmp_path / "e")  # with its predictions.npz
     assert report["scoring"]["scored"] == ["angry", "neutral"] and report["scoring"]["unscored"] == {"sad": 3}
     assert report["scoring"]["chance_uar"] == 0.5 and report["n_utterances"] == 4
     preds = report["folds"][0]["test"]["predictions"]
