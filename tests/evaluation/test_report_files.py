@@ -76,3 +76,15 @@ def test_rows_without_posteriors_or_speakers(tmp_path):
     report = {"labels": LABELS, "folds": [{"name": "f", "test": {"predictions": rows}}]}
     save_report_json(report, tmp_path)
     assert load_report_json(tmp_path) == report
+
+
+def test_committed_reports_stay_small_and_name_predictions_that_are_there():
+    """Issue 35: no committed report file over 1 MB; each report.json that moved its predictions out has them."""
+    from pathlib import Path
+
+    reports = Path(__file__).resolve().parents[2] / "reports"
+    big = [str(p) for p in reports.rglob("*") if p.is_file() and p.stat().st_size > 1_000_000]
+    assert not big, f"over 1 MB (benchmarks/compact_reports.py shrinks them): {big}"
+    for path in reports.rglob("report.json"):
+        name = json.loads(path.read_text(encoding="utf-8")).get("predictions_file")
+        assert name is None or (path.parent / name).is_file(), path
