@@ -19,3 +19,13 @@ def emodb_root() -> Path:
     if not (root / "wav").is_dir():
         pytest.skip(f"EmoDB not found at {root} (set MOMA_EMODB)")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """One tiny trained MOMA checkpoint (:func:`helpers.make_tiny_checkpoint`) shared by every test module that
+    needs a default one: trained once per session instead of once per module. Tests read it and write
+    elsewhere (a test that needs another architecture or config trains its own)."""
+    from helpers import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_checkpoint, write_tone
+from helpers import write_tone
 
 from moma import capabilities
 from moma.capabilities import MissingExtraError, UnsupportedHardwareError, bf16_unsupported_reason, require_extra
@@ -18,11 +18,6 @@ from moma.cli.main import main
 
 TINY = ["--set", "model.hidden_size=8", "--set", "model.context_dim=8", "--set", "model.projection_dim=8",
         "--set", "train.max_epochs=1", "--set", "train.tensorboard=false", "--set", "train.val_speakers=1"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("caps_ckpt"))
 
 
 @pytest.fixture(scope="module")
@@ -117,21 +112,21 @@ def test_training_with_bf16_is_refused_before_any_work(no_bf16, manifest, tmp_pa
     assert not cache.exists()  # refused before features were computed
 
 
-def test_bf16_inference_backend_is_refused(no_bf16, ckpt):
+def test_bf16_inference_backend_is_refused(no_bf16, tiny_checkpoint):
     from moma.checkpoint import load_checkpoint
     from moma.inference.backends import TorchBackend
 
     with pytest.raises(UnsupportedHardwareError, match="inference backend 'torch-bf16' with bf16 is not supported"):
-        TorchBackend(load_checkpoint(ckpt).model, name="torch-bf16", autocast=torch.bfloat16)
+        TorchBackend(load_checkpoint(tiny_checkpoint).model, name="torch-bf16", autocast=torch.bfloat16)
 
 
-def test_bf16_checkpoint_is_scored_in_fp32_where_bf16_cannot_run(no_bf16, ckpt, manifest):
+def test_bf16_checkpoint_is_scored_in_fp32_where_bf16_cannot_run(no_bf16, tiny_checkpoint, manifest):
     """A checkpoint trained with bf16 elsewhere still evaluates here, in fp32, with the fp32 posteriors."""
     from moma.checkpoint import load_checkpoint
     from moma.config import replace
     from moma.evaluation.metrics import predict_posteriors
 
-    loaded = load_checkpoint(ckpt)
+    loaded = load_checkpoint(tiny_checkpoint)
     rng = np.random.default_rng(0)
     feats = {f"k{i}": rng.standard_normal((20 + i, loaded.config.model.input_dim)).astype(np.float32)
              for i in range(3)}
@@ -153,8 +148,8 @@ def test_bench_reports_unsupported_rows_without_running_them(no_bf16, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_that_is_not_there_is_one_line(ckpt, manifest, tmp_path, capsys):
-    assert main(["evaluate", str(ckpt), "--manifest", str(manifest), "--out", str(tmp_path / "e"),
+def test_cuda_that_is_not_there_is_one_line(tiny_checkpoint, manifest, tmp_path, capsys):
+    assert main(["evaluate", str(tiny_checkpoint), "--manifest", str(manifest), "--out", str(tmp_path / "e"),
                  "--cache", str(tmp_path / "c"), "--device", "cuda"]) == 2
     one_line_error(capsys, "CUDA is not available", "--device cpu")
 
@@ -162,24 +157,24 @@ def test_cuda_that_is_not_there_is_one_line(ckpt, manifest, tmp_path, capsys):
 # ------------------------------------------------------------------ every command without its extra
 
 
-def test_serve_without_the_serve_extra(monkeypatch, ckpt, capsys):
+def test_serve_without_the_serve_extra(monkeypatch, tiny_checkpoint, capsys):
     monkeypatch.setitem(sys.modules, "fastapi", None)
-    assert main(["serve", "--checkpoint", str(ckpt), "--port", "0"]) == 2
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--port", "0"]) == 2
     one_line_error(capsys, "moma serve: error:", "'fastapi'", "pip install 'moma-ser[serve]'")
 
 
-def test_export_without_onnx(monkeypatch, ckpt, tmp_path, capsys):
+def test_export_without_onnx(monkeypatch, tiny_checkpoint, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "onnx", None)
-    assert main(["export", str(ckpt), "--out", str(tmp_path / "x")]) == 2
+    assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "x")]) == 2
     one_line_error(capsys, "moma export: error:", "'onnx'", "pip install 'moma-ser[export]'")
     assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
-def test_onnx_backends_without_onnxruntime(monkeypatch, backend, ckpt, tmp_path, capsys):
+def test_onnx_backends_without_onnxruntime(monkeypatch, backend, tiny_checkpoint, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     wav = write_tone(tmp_path / "a.wav", 1.0)
-    assert main(["predict", str(wav), "--checkpoint", str(ckpt), "--backend", backend]) == 2
+    assert main(["predict", str(wav), "--checkpoint", str(tiny_checkpoint), "--backend", backend]) == 2
     one_line_error(capsys, f"the '{backend}' backend needs the optional package 'onnxruntime'",
                    "pip install 'moma-ser[export]'")
 
@@ -213,8 +208,8 @@ def test_bench_reference_front_end_without_the_bench_extra(monkeypatch, extracto
 # ------------------------------------------------------------------ CLI edges
 
 
-def test_unknown_speakers_are_named(ckpt, manifest, tmp_path, capsys):
-    assert main(["evaluate", str(ckpt), "--manifest", str(manifest), "--out", str(tmp_path / "e"),
+def test_unknown_speakers_are_named(tiny_checkpoint, manifest, tmp_path, capsys):
+    assert main(["evaluate", str(tiny_checkpoint), "--manifest", str(manifest), "--out", str(tmp_path / "e"),
                  "--cache", str(tmp_path / "c"), "--speakers", "s1", "nobody"]) == 2
     one_line_error(capsys, "speaker(s) nobody not in", "(it has s0, s1, s2, s3)")
     assert not (tmp_path / "e").exists()

@@ -6,6 +6,7 @@ import pytest
 
 from moma.cli.main import main
 from moma.corpora.synthetic import make_synthetic_corpus
+from moma.evaluation.report_files import load_report_json
 
 TINY = ["--set", "model.hidden_size=8", "--set", "model.context_dim=8", "--set", "model.projection_dim=8",
         "--set", "train.max_epochs=2", "--set", "train.lr=0.01", "--set", "train.tensorboard=false",
@@ -115,7 +116,7 @@ def test_pool_leave_one_corpus_out_and_loso_within_a_corpus(corpus, tmp_path, ca
     assert "scored_classes" not in loco["folds"][1]["test"]
     assert "Cross-corpus scoring" in (tmp_path / "loco" / "report.md").read_text()
     assert main(["cv", *base, "--protocol", "loso", "--test-corpus", "alpha", "--out", str(tmp_path / "in")]) == 0
-    within = json.loads((tmp_path / "in" / "report.json").read_text())
+    within = load_report_json(tmp_path / "in")  # with its predictions.npz
     assert [f["test_speakers"] for f in within["folds"]] == [[f"alpha.{s}"] for s in speakers[:2]]
     for fold in within["folds"]:
         assert any(s.startswith("beta.") for s in fold["train_speakers"])

@@ -16,10 +16,11 @@ SPEAKERS = ("s1", "s2", "s3")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Two tiny checkpoints (MOMA and mean pooling) and a 3-speaker manifest of noise whose level is the label."""
+def setup(tmp_path_factory, tiny_checkpoint):
+    """Two tiny checkpoints (the session's MOMA one, and mean pooling, which only this module needs) and a
+    3-speaker manifest of noise whose level is the label."""
     root = tmp_path_factory.mktemp("cli_exp")
-    moma = make_tiny_checkpoint(root / "moma")
+    moma = tiny_checkpoint
     mean = make_tiny_checkpoint(root / "mean", arch="mean")
     rng = np.random.default_rng(0)
     utts = []

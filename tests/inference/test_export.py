@@ -18,14 +18,9 @@ from helpers import LABELS, make_tiny_checkpoint, run_cli, write_tone  # noqa: E
 
 
 @pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("export_ckpt"))
-
-
-@pytest.fixture(scope="module")
-def exported(tiny_ckpt, tmp_path_factory) -> Path:
+def exported(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx")
-    res = run_cli("export", str(tiny_ckpt), "--format", "onnx", "--out", str(out))
+    res = run_cli("export", str(tiny_checkpoint), "--format", "onnx", "--out", str(out))
     assert res.returncode == 0, res.stderr
     return out
 
@@ -47,11 +42,11 @@ def test_export_writes_model_and_metadata(exported):
     assert json.loads({p.key: p.value for p in proto.metadata_props}["moma"])["labels"] == LABELS
 
 
-def test_onnx_backend_matches_torch_on_files(tiny_ckpt, exported, tmp_path):
+def test_onnx_backend_matches_torch_on_files(tiny_checkpoint, exported, tmp_path):
     from moma.inference.predictor import Predictor
 
     paths = [write_tone(tmp_path / f"t{i}.wav", s, seed=i) for i, s in enumerate([0.3, 1.7, 0.9, 3.2])]
-    torch_p = Predictor.from_checkpoint(tiny_ckpt)
+    torch_p = Predictor.from_checkpoint(tiny_checkpoint)
     onnx_p = Predictor.from_checkpoint(exported, backend="onnx")
     assert onnx_p.labels == torch_p.labels and onnx_p.backend.name == "onnx"
     for a, b in zip(torch_p.predict_files(paths, batch_size=3), onnx_p.predict_files(paths, batch_size=3)):
@@ -60,10 +55,11 @@ def test_onnx_backend_matches_torch_on_files(tiny_ckpt, exported, tmp_path):
         for key in ("layer1", "mixture", "blocks", "gammas"):
             np.testing.assert_allclose(a.attention[key], b.attention[key], atol=1e-5)
     # a checkpoint path with backend="onnx" exports in memory
-    mem = Predictor.from_checkpoint(tiny_ckpt, backend="onnx")
+    mem = Predictor.from_checkpoint(tiny_checkpoint, backend="onnx")
     np.testing.assert_allclose(mem.predict_file(paths[1]).logits, torch_p.predict_file(paths[1]).logits, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_attention_only_and_mean_archs_export(tmp_path):
     from moma.inference.predictor import Predictor
 
@@ -143,14 +139,15 @@ def test_parity_real_utterances_paper_size(paper_size_checkpoint, tmp_path):
         np.testing.assert_allclose(a.logits, b.logits, atol=1e-4, rtol=0)
 
 
-def test_export_quantize_int8_writes_int8_graph_that_agrees(tiny_ckpt, exported, tmp_path):
+@pytest.mark.slow
+def test_export_quantize_int8_writes_int8_graph_that_agrees(tiny_checkpoint, exported, tmp_path):
     """``moma export --quantize int8``: DynamicQuantizeLSTM in the graph, metadata says so, posteriors agree."""
     import onnx
 
     from moma.inference.predictor import Predictor
 
     out = tmp_path / "int8"
-    res = run_cli("export", str(tiny_ckpt), "--out", str(out), "--quantize", "int8")
+    res = run_cli("export", str(tiny_checkpoint), "--out", str(out), "--quantize", "int8")
     assert res.returncode == 0, res.stderr
     assert "pre-processing" not in res.stderr  # onnxruntime's advice is filtered out
     meta = json.loads((out / "model.json").read_text())
@@ -160,7 +157,7 @@ def test_export_quantize_int8_writes_int8_graph_that_agrees(tiny_ckpt, exported,
     assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
     q = Predictor.from_checkpoint(out, backend="onnx")  # an int8 export reports itself as such
     assert q.backend.name == "onnx-int8"
-    ref = Predictor.from_checkpoint(tiny_ckpt)
+    ref = Predictor.from_checkpoint(tiny_checkpoint)
     rng = np.random.default_rng(3)
     feats = [rng.normal(size=(n, 23)).astype(np.float32) for n in (40, 77, 150)]
     for a, b in zip(ref.predict_batch(feats), q.predict_batch(feats)):
@@ -169,8 +166,8 @@ def test_export_quantize_int8_writes_int8_graph_that_agrees(tiny_ckpt, exported,
         assert not np.array_equal(a.logits, b.logits)  # it is a different (quantised) computation
 
 
-def test_unknown_quantization_is_rejected(tiny_ckpt, tmp_path):
+def test_unknown_quantization_is_rejected(tiny_checkpoint, tmp_path):
     from moma.inference.export import export_onnx
 
     with pytest.raises(ValueError, match="quantization"):
-        export_onnx(tiny_ckpt, tmp_path / "x", quantize="int4")
+        export_onnx(tiny_checkpoint, tmp_path / "x", quantize="int4")

@@ -26,11 +26,6 @@ from helpers import (  # noqa: F401
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"))
-
-
-@pytest.fixture(scope="session")
 def predictor(tiny_checkpoint):
     from moma.inference.predictor import Predictor
 
@@ -187,6 +182,7 @@ def test_describe_is_json_able(predictor):
     assert card["architecture"] == "moma"
 
 
+@pytest.mark.slow
 def test_cli_predict_folder_glob_csv(tiny_checkpoint, audio_dir, tmp_path):
     out = tmp_path / "results.csv"
     (audio_dir / "notes.txt").write_text("not audio")  # folders yield audio extensions only
@@ -204,6 +200,7 @@ def test_cli_predict_folder_glob_csv(tiny_checkpoint, audio_dir, tmp_path):
     assert [Path(r["path"]).name for r in csv.DictReader((tmp_path / "g.csv").open())] == ["f1.wav", "f3.wav"]
 
 
+@pytest.mark.slow
 def test_cli_predict_bad_file_jsonl_and_plots(tiny_checkpoint, audio_dir, tmp_path):
     (audio_dir / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
     out = tmp_path / "results.jsonl"
@@ -287,7 +284,9 @@ def test_evaluate_on_another_corpus_scores_the_shared_classes(tiny_checkpoint, t
     (tmp_path / "other.csv").write_text("\n".join(rows) + "\n")
     assert main(["evaluate", str(tiny_checkpoint), "--manifest", str(tmp_path / "other.csv"), "--out",
                  str(tmp_path / "e"), "--cache", str(tmp_path / "cache")]) == 0
-    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    from moma.evaluation.report_files import load_report_json
+
+    report = load_report_json(tmp_path / "e")  # with its predictions.npz
     assert report["scoring"]["scored"] == ["angry", "neutral"] and report["scoring"]["unscored"] == {"sad": 3}
     assert report["scoring"]["chance_uar"] == 0.5 and report["n_utterances"] == 4
     preds = report["folds"][0]["test"]["predictions"]
@@ -327,6 +326,7 @@ def test_batch_adaptation_normalises_files_with_their_own_statistics(predictor, 
     assert "transductive" in report["normalisation"]
 
 
+@pytest.mark.slow
 def test_plot_attention_of_a_fusion_model_computes_the_file_s_functionals(tmp_path):
     """`moma plot-attention` on a fusion checkpoint (the default bundled model is one) predicts with the file's
     functionals, as `moma predict` does (it used to refuse: no functionals were computed for the plot)."""

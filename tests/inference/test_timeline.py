@@ -9,26 +9,20 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import LABELS, make_tiny_checkpoint, run_cli  # noqa: E402
+from helpers import LABELS, run_cli  # noqa: E402
 
 SR = 16000
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("timeline_ckpt"))
-
-
-@pytest.fixture(scope="module")
-def predictor(ckpt):
+def predictor(tiny_checkpoint):
     from moma.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(ckpt)
+    return Predictor.from_checkpoint(tiny_checkpoint)
 
 
 def bursts(spans: list[tuple[float, float]], total: float, seed: int = 0, noise: float = 0.001) -> np.ndarray:
@@ -120,10 +114,11 @@ def test_short_recording_gets_one_partial_window(predictor):
     assert len(tl.rows) == 1 and tl.rows[0].end_s == pytest.approx(0.8) and tl.rows[0].label in LABELS
 
 
-def test_cli_timeline(ckpt, tmp_path):
+@pytest.mark.slow
+def test_cli_timeline(tiny_checkpoint, tmp_path):
     wav = tmp_path / "long.wav"
     sf.write(str(wav), bursts([(1.0, 4.0), (6.0, 9.0)], 10.0), SR, subtype="PCM_16")
-    res = run_cli("timeline", str(wav), "--checkpoint", str(ckpt), "--out", str(tmp_path / "t.csv"),
+    res = run_cli("timeline", str(wav), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "t.csv"),
                   "--plot", str(tmp_path / "t.png"), "--json", str(tmp_path / "t.json"))
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))
@@ -148,7 +143,7 @@ print(len(tl.rows), round(tl.duration_s), hwm)
 
 
 @pytest.mark.slow
-def test_one_hour_recording_under_1gb(ckpt, tmp_path):
+def test_one_hour_recording_under_1gb(tiny_checkpoint, tmp_path):
     """A 1-hour 16 kHz file (115 MB as int16, 230 MB as float32) runs with bounded memory.
 
     Speech bursts cover 10 % of the hour so the model runs on ~360 windows and the test stays fast;
@@ -161,7 +156,7 @@ def test_one_hour_recording_under_1gb(ckpt, tmp_path):
             block = rng.normal(size=60 * SR).astype(np.float32) * 0.001
             block[: 6 * SR] += rng.normal(size=6 * SR).astype(np.float32) * 0.2  # 6 s of 'speech' a minute
             fh.write(block)
-    res = subprocess.run([sys.executable, "-c", ONE_HOUR_SCRIPT, str(ckpt), str(wav)], capture_output=True,
+    res = subprocess.run([sys.executable, "-c", ONE_HOUR_SCRIPT, str(tiny_checkpoint), str(wav)], capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     rows, duration, maxrss_kb = map(int, res.stdout.split())

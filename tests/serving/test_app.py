@@ -15,14 +15,14 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from helpers import LABELS, make_tiny_checkpoint, make_webm_opus  # noqa: E402
+from helpers import LABELS, make_webm_opus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
+def predictor(tiny_checkpoint):
     from moma.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("serve_ckpt")))
+    return Predictor.from_checkpoint(tiny_checkpoint)
 
 
 def make_app(predictor, **settings):
@@ -173,6 +173,7 @@ def test_index_page(client):
     assert "/v1/predict" in r.text and "MediaRecorder" in r.text
 
 
+@pytest.mark.slow
 def test_schemathesis_fuzz_no_server_errors(predictor):
     """Fuzz every operation of the OpenAPI spec; the service must never answer 5xx (503 excepted: it is
     the documented back-pressure answer, and does not occur with the default queue)."""

@@ -21,7 +21,7 @@ import pytest
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytest.importorskip("uvicorn")
 
-from helpers import LABELS, make_tiny_checkpoint, write_tone  # noqa: E402
+from helpers import LABELS, write_tone  # noqa: E402
 
 CHROMIUM = os.environ.get("MOMA_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -38,14 +38,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tiny_checkpoint):
     """A real uvicorn server on loopback, in a thread, stopped after the module."""
     import uvicorn
 
     from moma.inference.predictor import Predictor
     from moma.serving.app import create_app
 
-    predictor = Predictor.from_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("web_ckpt")))
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
     port = _free_port()
     config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)

@@ -167,16 +167,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    import json
-
     from moma.evaluation.compare import load_run_reports
     from moma.evaluation.fusion import fuse_runs, render_fusion_markdown
+    from moma.evaluation.report_files import save_report_json
 
     report = fuse_runs([run for spec in args.runs for run in load_run_reports(spec)], weights=args.weights,
                        command=command_line(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    save_report_json(report, out)
     (out / "report.md").write_text(render_fusion_markdown(report), encoding="utf-8")
     s = report["summary"]
     members = ", ".join(f"{name} {m['uar']:.3f}" for name, m in report["member_means"].items())

@@ -20,12 +20,12 @@ Holm-adjusted. Only ``report.json`` files are read: no corpus, no checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from moma.corpora.pool import SEPARATOR
+from moma.evaluation.report_files import load_report_json
 from moma.evaluation.stats import METRICS, format_p, holm_adjust, metric_value, paired_bootstrap_diff, paired_test
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def load_run_reports(spec: str | Path) -> list[dict[str, Any]]:
     if not file.is_file():
         raise FileNotFoundError(f"{path}: no report.json (is it a finished `moma cv` run? `moma report` rebuilds "
                                 "one from its finished folds)")
-    report = json.loads(file.read_text(encoding="utf-8"))
+    report = load_report_json(file)
     if "runs" in report and "labels" in report:  # moma classical: several runs over the same folds
         runs = [{**run, "name": f"{run['feature_set']}/{run['normalisation']}", "labels": report["labels"]}
                 for run in report["runs"]]

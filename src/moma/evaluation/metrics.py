@@ -9,7 +9,6 @@ is the class-balanced figure (UAR).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +22,7 @@ from moma.capabilities import bf16_unsupported_reason
 from moma.config import RunConfig
 from moma.corpora.base import Utterance
 from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
+from moma.evaluation.report_files import save_report_json
 from moma.evaluation.stats import mean_std
 
 log = logging.getLogger(__name__)
@@ -243,12 +243,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """``report.json`` (machine-readable, with every prediction) and ``report.md``."""
+    """``report.json`` (machine-readable; every prediction in ``predictions.npz`` beside it) and ``report.md``."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "report.json"
+    json_path = save_report_json(report, out_dir)
     md_path = out_dir / "report.md"
-    json_path.write_text(json.dumps(report, indent=1), encoding="utf-8")
     md_path.write_text(render_markdown(report), encoding="utf-8")
     return json_path, md_path
 

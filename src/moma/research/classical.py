@@ -40,6 +40,7 @@ import numpy as np
 from scipy.special import softmax
 
 from moma.corpora.base import Utterance, label_list, read_manifest
+from moma.evaluation.report_files import load_report_json, save_report_json
 from moma.features.functionals import DEFAULT_CACHE, FEATURE_SETS, count_cached, extract_functionals
 from moma.features.normalise import Normaliser
 from moma.files import write_json_atomic
@@ -452,7 +453,7 @@ def seed_fold_store(report_path: str | Path, folds: Sequence[Any], out_dir: str 
     already in the store is kept. Returns how many folds were copied."""
     path = Path(report_path)
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = load_report_json(path)
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"--resume-from {path}: not a readable report.json ({err})") from None
     if "runs" not in report or "folds_definition" not in report:
@@ -626,6 +627,6 @@ def run_classical_report(manifest_path: str | Path, out_dir: str | Path, *,
                                "the same command with the missing folds (--fold) completes them.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    save_report_json(report, out)
     (out / "report.md").write_text(render_classical_markdown(report), encoding="utf-8")
     return report
