@@ -56,9 +56,6 @@ case "$suite" in
       # the descriptor recipe validated, chosen and saved with an exponential moving average of its weights
       # (time constant 2 epochs): an ensemble along one run's trajectory, at a single model's cost
       [pitch-compare-lld-wavg]="cv $on $TRAIN $LLD --set train.weight_average_epochs=2"
-      # the descriptor recipe with mixup (alpha 0.4): every batch mixed with a shuffled copy of itself, inputs and
-      # losses alike, against the over-fitting of the training actors (training loss ~0.1 by epoch 20)
-      [pitch-compare-lld-mixup]="cv $on $TRAIN $LLD --set train.mixup_alpha=0.4"
       # the descriptor recipe regularised harder against the same over-fitting: dropout 0.5 (from 0.3), decoupled
       # weight decay 0.5 (lr x decay x steps ~ 1 over 20 epochs, where the cpu recipe's 1e-4 shrinks nothing) and
       # label smoothing 0.1 (the validation loss triples while the UAR creeps up: over-confidence)
@@ -125,8 +122,6 @@ case "$suite" in
       [emodb-only-umean]="$only --set data.normalisation=utterance-mean $rest"
       # the same with a moving average of the weights validated, chosen and saved (train.weight_average_epochs)
       [emodb-only-wavg]="$only --set train.weight_average_epochs=2 $rest"
-      # the same with mixup of the training batches (train.mixup_alpha=0.4)
-      [emodb-only-mixup]="$only --set train.mixup_alpha=0.4 $rest"
       # the same regularised harder, as nEMO's pitch-compare-lld-reg (dropout 0.5, weight decay 0.5, label smoothing 0.1)
       [emodb-only-reg]="$only $REG $rest"
     )

@@ -1,7 +1,15 @@
 import pytest
 import yaml
 
-from moma.config import RunConfig, config_to_dict, load_run_config, save_config
+from moma.config import (
+    REMOVED_AFTER,
+    REMOVED_OPTIONS,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    load_run_config,
+    save_config,
+)
 from moma.recipes import available_recipes, resolve_recipe
 
 
@@ -41,3 +49,30 @@ def test_recipes_load():
         load_run_config([resolve_recipe(name)])
     with pytest.raises(FileNotFoundError, match="recipes"):
         resolve_recipe("nope")
+
+
+def _other_value(off):
+    return {float: 0.3, int: 2, str: "white"}[type(off)]
+
+
+@pytest.mark.parametrize("name", sorted(REMOVED_OPTIONS))
+def test_a_removed_option_loads_at_its_off_value_and_is_refused_at_any_other(name, tmp_path, caplog):
+    """Committed reports and bundled checkpoints hold every removed option at its off value: they still load.
+    A config that set one cannot be run any more, and says so in one line."""
+    off, why = REMOVED_OPTIONS[name]
+    section, key = name.split(".")
+    saved = config_to_dict(RunConfig())
+    saved[section][key] = off
+    with caplog.at_level("DEBUG", logger="moma.config"):
+        assert config_to_dict(config_from_dict(RunConfig, saved)) == config_to_dict(RunConfig())
+    assert name in caplog.text
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({section: {key: off}}))
+    assert config_to_dict(load_run_config([tmp_path / "old.yaml"])) == config_to_dict(RunConfig())
+    with pytest.raises(ValueError) as refused:
+        load_run_config(sets=[f"{name}={_other_value(off)}"])
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{name}=")
+    assert f"removed after moma {REMOVED_AFTER}" in message and why in message
+    saved[section][key] = _other_value(off)
+    with pytest.raises(ValueError, match="removed after moma"):
+        config_from_dict(RunConfig, saved)

@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
+
+log = logging.getLogger(__name__)
+
+# Options removed after this version, once measured not to help: name -> (the value that meant "off", why). A
+# saved config (a committed report's, a bundled checkpoint's) holding one at that value still loads, the key
+# dropped; any other value is refused in one line, since the run it describes can no longer be made.
+REMOVED_AFTER = "0.1.0"
+REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
+    "train.mixup_alpha": (0.0, "measured not to help: -0.023 UAR pooled on nEMO, reports/nemo-loso"),
+}
 
 
 @dataclass
@@ -112,8 +123,6 @@ class TrainConfig:
     balance: str = "none"  # none | class | corpus | corpus-class: weight each training item's loss so that every
     #   class, corpus or (corpus, class) pair carries the same total weight (a pool of corpora of unequal size)
     label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0  # > 0: mixup (Zhang et al., 2018): each training batch is mixed with a shuffled copy
-    #   of itself, inputs and losses weighted lam and 1 - lam, lam ~ Beta(alpha, alpha) folded to >= 0.5; 0 = off
     speaker_adversarial: float = 0.0  # lambda of a gradient-reversal speaker classifier on the embedding; 0 = off
     adversary_hidden: int = 128  # hidden units of that speaker classifier (one ReLU layer)
     weight_average_epochs: float = 0.0  # time constant, in epochs, of an exponential moving average of the
@@ -157,7 +166,7 @@ def config_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
     Unknown keys are an error rather than silently ignored: a misspelt option
     that does nothing is the worst kind of configuration bug.
     """
-    data = dict(data or {})
+    data = drop_removed_options(data or {}) if cls is RunConfig else dict(data or {})
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     known = {f.name for f in fields(cls)}
@@ -174,6 +183,26 @@ def config_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
         else:
             kwargs[f.name] = _coerce(value, typ, f"{cls.__name__}.{f.name}")
     return cls(**kwargs)
+
+
+def drop_removed_options(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a nested run-config dict without the :data:`REMOVED_OPTIONS` it holds at their "off" value;
+    one set to anything else is refused with a ValueError naming it, when it went and why."""
+    out = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
+    for name, (off, why) in REMOVED_OPTIONS.items():
+        section, key = name.split(".", 1)
+        if not isinstance(out.get(section), dict) or key not in out[section]:
+            continue
+        value = out[section].pop(key)
+        try:
+            is_off = _coerce(value, type(off), name) == off
+        except ValueError:
+            is_off = False
+        if not is_off:
+            raise ValueError(f"{name}={value!r}: this option was removed after moma {REMOVED_AFTER} ({why}); "
+                             "drop it from the config")
+        log.debug("%s=%r: a removed option at its off value, dropped", name, value)
+    return out
 
 
 def _coerce(value: Any, typ: Any, name: str) -> Any:

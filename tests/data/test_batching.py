@@ -6,10 +6,8 @@ from moma.data.batching import (
     BucketBatchSampler,
     FeatureDataset,
     collate,
-    draw_mixup,
     make_items,
     make_loader,
-    mix_batch,
     padding_fraction,
     window_starts,
 )
@@ -155,27 +153,3 @@ def test_fusion_items_carry_their_utterance_functionals_through_windows_copies_a
     assert len(inputs) == 3 and inputs[2] is not None
     torch.testing.assert_close(inputs[1], batch.lengths)
     assert len(collate([FeatureDataset(feats, items, DataConfig())[0]]).model_inputs(torch.device("cpu"))) == 2
-
-
-def test_mix_batch_mixes_rows_with_their_partners_over_the_longer_length():
-    a = np.full((3, 2), 1.0, np.float32)
-    b = np.full((5, 2), 3.0, np.float32)
-    batch = collate([(a, 0, "a", 0, np.array([1.0], np.float32)), (b, 1, "b", 0, np.array([5.0], np.float32))])
-    mixed = mix_batch(batch, 0.75, torch.tensor([1, 0]))
-    assert mixed.lengths.tolist() == [5, 5]
-    np.testing.assert_allclose(mixed.features[0, :3].numpy(), 0.75 * 1.0 + 0.25 * 3.0)
-    np.testing.assert_allclose(mixed.features[0, 3:].numpy(), 0.25 * 3.0)  # a's padding (0) against b's frames
-    np.testing.assert_allclose(mixed.features[1, :3].numpy(), 0.75 * 3.0 + 0.25 * 1.0)
-    np.testing.assert_allclose(mixed.features[1, 3:].numpy(), 0.75 * 3.0)
-    np.testing.assert_allclose(mixed.functionals[:, 0].numpy(), [0.75 * 1 + 0.25 * 5, 0.75 * 5 + 0.25 * 1])
-    assert mixed.labels.tolist() == [0, 1] and mixed.keys == ["a", "b"]  # the rows' own; the loss adds partners'
-    np.testing.assert_array_equal(batch.features[0, 3:].numpy(), 0.0)  # the batch itself is untouched
-
-
-def test_mixup_draws_keep_each_row_the_larger_part_and_are_seeded():
-    draws = [draw_mixup(6, 0.4, np.random.default_rng(seed)) for seed in range(50)]
-    lams = [lam for lam, _ in draws]
-    assert all(0.5 <= lam <= 1.0 for lam in lams) and len(set(lams)) == 50
-    assert all(sorted(p.tolist()) == list(range(6)) for _, p in draws)
-    lam, partner = draw_mixup(6, 0.4, np.random.default_rng(3))
-    assert lam == lams[3] and partner.tolist() == draws[3][1].tolist()

@@ -90,8 +90,6 @@ def test_model_description_names_every_input_feature_group():
     assert "moving average" not in plain
     averaged = describe_model(load_run_config(sets=["train.weight_average_epochs=2"]))
     assert "weights validated and kept as their moving average (time constant 2 epochs)" in averaged
-    assert "mixup" not in plain
-    assert "mixup (alpha 0.4)" in describe_model(load_run_config(sets=["train.mixup_alpha=0.4"]))
     regularised = describe_model(load_run_config(sets=["train.weight_decay=0.5", "train.label_smoothing=0.1"]))
     assert "label smoothing 0.1" in regularised and "lr 0.0001, weight decay 0.5," in regularised
     assert "weight decay" not in plain and "label smoothing" not in plain
@@ -125,7 +123,6 @@ def test_an_unknown_normalisation_is_refused_before_any_file_is_read(tmp_path):
     ("train.balance=speaker", "train.balance must be one of none, class, corpus, corpus-class, got 'speaker'"),
     ("train.monitor=f1", "train.monitor must be one of uar, accuracy, loss, got 'f1'"),
     ("train.weight_average_epochs=-1", "train.weight_average_epochs must be >= 0"),
-    ("train.mixup_alpha=-0.2", "train.mixup_alpha must be >= 0"),
     ("train.ensemble_validation=random", "train.ensemble_validation must be one of same, rotate, got 'random'"),
 ])
 def test_a_bad_training_option_is_refused_before_any_file_is_read(tmp_path, option, message):

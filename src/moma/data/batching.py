@@ -222,27 +222,6 @@ def collate(samples: list[tuple[np.ndarray, int, str, int, np.ndarray | None]]) 
     )
 
 
-def draw_mixup(batch_size: int, alpha: float, rng: np.random.Generator) -> tuple[float, torch.Tensor]:
-    """One mixup draw for a batch: the weight ``lam`` of each row's own item, from Beta(alpha, alpha) folded to
-    [0.5, 1] so that the row's own utterance stays the larger part (its length and key are the batch's), and the
-    permutation that picks each row's partner."""
-    lam = float(rng.beta(alpha, alpha))
-    return max(lam, 1.0 - lam), torch.from_numpy(rng.permutation(batch_size))
-
-
-def mix_batch(batch: Batch, lam: float, partner: torch.Tensor) -> Batch:
-    """Mixup of a padded batch with a permutation of itself: row i becomes lam * x_i + (1 - lam) * x_partner(i),
-    frame by frame from the first, over the longer of the two lengths (zero padding, the normalised mean, fills
-    the shorter); functionals are mixed alike. Labels and keys stay the rows' own: the loss mixes the partners'
-    (training.train)."""
-    features = lam * batch.features + (1.0 - lam) * batch.features[partner]  # [B, T_max, F]
-    functionals = None
-    if batch.functionals is not None:
-        functionals = lam * batch.functionals + (1.0 - lam) * batch.functionals[partner]  # [B, D_f]
-    return Batch(features=features, lengths=torch.maximum(batch.lengths, batch.lengths[partner]),
-                 labels=batch.labels, keys=batch.keys, starts=batch.starts, functionals=functionals)
-
-
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar-length items under a frame budget (padding included).
 

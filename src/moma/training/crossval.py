@@ -334,8 +334,6 @@ def describe_model(cfg: RunConfig) -> str:
                       f"{d.augment_conditions.replace(',', ', ')})")
     if cfg.train.balance != "none":
         extras.append(f"loss balanced over {cfg.train.balance.replace('-', ' x ')}")
-    if cfg.train.mixup_alpha > 0:
-        extras.append(f"mixup (alpha {cfg.train.mixup_alpha:g})")
     if cfg.train.speaker_adversarial > 0:
         extras.append(f"speaker-adversarial (gradient reversal ×{cfg.train.speaker_adversarial:g})")
     t = cfg.train

@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from moma.capabilities import check_bf16, check_cuda
 from moma.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from moma.config import ModelConfig, RunConfig, TrainConfig, replace, save_config
-from moma.data.batching import FeatureDataset, draw_mixup, make_items, make_loader, mix_batch, seconds_to_frames
+from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
 from moma.evaluation.calibration import calibration_summary, fit_temperature
 from moma.evaluation.metrics import compute_metrics, predict_posteriors
 from moma.features.functionals import functionals_dim
@@ -81,8 +81,6 @@ def check_train_options(tc: TrainConfig) -> None:
     if not 0.0 <= tc.monitor_smoothing < 1.0 or tc.min_epochs < 0:
         raise ValueError(f"train.monitor_smoothing must be in [0, 1) and train.min_epochs >= 0, got "
                          f"{tc.monitor_smoothing} and {tc.min_epochs}")
-    if tc.mixup_alpha < 0:
-        raise ValueError(f"train.mixup_alpha must be >= 0 (0 = off), got {tc.mixup_alpha}")
     if tc.weight_average_epochs < 0:
         raise ValueError(f"train.weight_average_epochs must be >= 0 (0 = off), got {tc.weight_average_epochs}")
     if tc.ensemble_validation not in ENSEMBLE_VALIDATION:
@@ -371,19 +369,12 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         # summed over the epoch on this rank: weighted loss, weight, frames, speaker loss, speakers right, items
         totals = torch.zeros(6, dtype=torch.float64)
         t_epoch = time.time()
-        # mixup draws come from (seed, epoch, rank) alone, so a run resumed at this epoch mixes as the first did
-        mix_rng = np.random.default_rng([tc.seed, epoch, dist_info.rank]) if tc.mixup_alpha > 0 else None
         batches = loader
         if progress and main:
             from tqdm.auto import tqdm
 
             batches = tqdm(loader, desc=f"{out_dir.name} epoch {epoch}", leave=False, unit="batch")
         for step, batch in enumerate(batches):
-            partner = None
-            if mix_rng is not None:
-                lam, partner = draw_mixup(len(batch.keys), tc.mixup_alpha, mix_rng)
-                batch = mix_batch(batch, lam, partner)
-                partner = partner.to(device)  # it indexes the labels (and speakers) on the device below
             inputs = batch.model_inputs(device)  # (features, lengths[, functionals])
             y = batch.labels.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
@@ -393,12 +384,6 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                     out, speaker_logits = net(*inputs)
             logits = out.logits.float()
             item_losses, item_weights = _weighted_losses(criterion, logits, y, batch.keys, item_weight, weight)  # [B]
-            if partner is not None:  # mixup: each row also answers for its partner's label, by (1 - lam)
-                keys = [batch.keys[j] for j in partner.tolist()]
-                other_losses, other_weights = _weighted_losses(criterion, logits, y[partner], keys, item_weight,
-                                                               weight)
-                item_losses = lam * item_losses + (1.0 - lam) * other_losses
-                item_weights = lam * item_weights + (1.0 - lam) * other_weights
             # the global batch's total weight (and size, for the adversary): one tiny all-reduce per step under DDP
             norms = [item_weights.sum().detach()]
             if adversary is not None:
@@ -409,9 +394,6 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             if adversary is not None:
                 spk = torch.tensor([speaker_index[speaker_of[k]] for k in batch.keys], device=device)
                 speaker_losses = nn.functional.cross_entropy(speaker_logits.float(), spk, reduction="none")  # [B]
-                if partner is not None:  # the partner's speaker is in the mixed input too
-                    speaker_losses = lam * speaker_losses + (1.0 - lam) * nn.functional.cross_entropy(
-                        speaker_logits.float(), spk[partner], reduction="none")
                 loss = loss + speaker_losses.sum() * dist_info.world_size / sums[1].clamp_min(1.0)
                 speaker_stats = [float(speaker_losses.detach().sum()),
                                  float((speaker_logits.detach().argmax(1) == spk).sum())]
