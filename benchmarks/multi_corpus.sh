@@ -53,9 +53,6 @@ case "$suite" in
       # the descriptor recipe with each utterance's mean removed but its spread kept (one scale from the training
       # actors): pitch range and loudness dynamics stay comparable between utterances, the level does not
       [pitch-compare-lld-umean]="cv $on $TRAIN $LLD --set data.normalisation=utterance-mean"
-      # the descriptor recipe validated, chosen and saved with an exponential moving average of its weights
-      # (time constant 2 epochs): an ensemble along one run's trajectory, at a single model's cost
-      [pitch-compare-lld-wavg]="cv $on $TRAIN $LLD --set train.weight_average_epochs=2"
       # the descriptor recipe regularised harder against the same over-fitting: dropout 0.5 (from 0.3), decoupled
       # weight decay 0.5 (lr x decay x steps ~ 1 over 20 epochs, where the cpu recipe's 1e-4 shrinks nothing) and
       # label smoothing 0.1 (the validation loss triples while the UAR creeps up: over-confidence)
@@ -120,8 +117,6 @@ case "$suite" in
       [emodb-only-raw-choice]="$only --set train.min_epochs=0 --set train.monitor_smoothing=0 $rest"
       # the same with each utterance's mean removed and one training-set scale (data.normalisation=utterance-mean)
       [emodb-only-umean]="$only --set data.normalisation=utterance-mean $rest"
-      # the same with a moving average of the weights validated, chosen and saved (train.weight_average_epochs)
-      [emodb-only-wavg]="$only --set train.weight_average_epochs=2 $rest"
       # the same regularised harder, as nEMO's pitch-compare-lld-reg (dropout 0.5, weight decay 0.5, label smoothing 0.1)
       [emodb-only-reg]="$only $REG $rest"
     )

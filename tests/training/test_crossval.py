@@ -87,9 +87,6 @@ def test_model_description_names_every_input_feature_group():
     assert "23 log-Mel" in plain and "pitch" not in plain and "openSMILE" not in plain
     both = describe_model(load_run_config(sets=["features.pitch=true", "features.lld=egemaps"]))
     assert "23 log-Mel + pitch (log F0, voicing) + openSMILE egemaps LLDs" in both
-    assert "moving average" not in plain
-    averaged = describe_model(load_run_config(sets=["train.weight_average_epochs=2"]))
-    assert "weights validated and kept as their moving average (time constant 2 epochs)" in averaged
     regularised = describe_model(load_run_config(sets=["train.weight_decay=0.5", "train.label_smoothing=0.1"]))
     assert "label smoothing 0.1" in regularised and "lr 0.0001, weight decay 0.5," in regularised
     assert "weight decay" not in plain and "label smoothing" not in plain
@@ -122,7 +119,6 @@ def test_an_unknown_normalisation_is_refused_before_any_file_is_read(tmp_path):
 @pytest.mark.parametrize("option,message", [
     ("train.balance=speaker", "train.balance must be one of none, class, corpus, corpus-class, got 'speaker'"),
     ("train.monitor=f1", "train.monitor must be one of uar, accuracy, loss, got 'f1'"),
-    ("train.weight_average_epochs=-1", "train.weight_average_epochs must be >= 0"),
     ("train.ensemble_validation=random", "train.ensemble_validation must be one of same, rotate, got 'random'"),
 ])
 def test_a_bad_training_option_is_refused_before_any_file_is_read(tmp_path, option, message):

@@ -340,9 +340,6 @@ def describe_model(cfg: RunConfig) -> str:
     if t.ensemble > 1:
         extras.append(f"ensemble of {t.ensemble} seeds (posteriors averaged"
                       + (", validation speakers rotated)" if t.ensemble_validation == "rotate" else ")"))
-    if t.weight_average_epochs > 0:
-        extras.append(f"weights validated and kept as their moving average (time constant "
-                      f"{t.weight_average_epochs:g} epochs)")
     if t.label_smoothing > 0:
         extras.append(f"label smoothing {t.label_smoothing:g}")
     decay = f", weight decay {t.weight_decay:g}" if t.weight_decay > 0 else ""

@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moma.capabilities import check_bf16, check_cuda
 from moma.checkpoint import load_checkpoint, load_training_state, save_checkpoint
@@ -81,8 +80,6 @@ def check_train_options(tc: TrainConfig) -> None:
     if not 0.0 <= tc.monitor_smoothing < 1.0 or tc.min_epochs < 0:
         raise ValueError(f"train.monitor_smoothing must be in [0, 1) and train.min_epochs >= 0, got "
                          f"{tc.monitor_smoothing} and {tc.min_epochs}")
-    if tc.weight_average_epochs < 0:
-        raise ValueError(f"train.weight_average_epochs must be >= 0 (0 = off), got {tc.weight_average_epochs}")
     if tc.ensemble_validation not in ENSEMBLE_VALIDATION:
         raise ValueError(f"train.ensemble_validation must be one of {', '.join(ENSEMBLE_VALIDATION)}, "
                          f"got {tc.ensemble_validation!r}")
@@ -108,19 +105,6 @@ def _weighted_losses(criterion: nn.Module, logits: torch.Tensor, y: torch.Tensor
         weights = torch.tensor([item_weight[k] for k in keys], dtype=losses.dtype, device=losses.device)
         return losses * weights, weights
     return losses, (weight[y] if weight is not None else torch.ones_like(losses))
-
-
-def make_weight_average(model: nn.Module, epochs: float, steps_per_epoch: int) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s weights, updated after every optimiser step, whose time
-    constant is ``epochs`` epochs (decay exp(-1 / (epochs * steps_per_epoch)) per step); None when ``epochs``
-    is 0. Stated in epochs, not as a decay per step, so that one setting means the same on a corpus of 500
-    utterances and on one of 5,000."""
-    if epochs <= 0:  # check_train_options refuses a negative value
-        return None
-    decay = math.exp(-1.0 / (epochs * max(steps_per_epoch, 1)))
-    log.info("weights averaged over a time constant of %g epochs (%d steps each, decay %.5f per step)", epochs,
-             steps_per_epoch, decay)
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -279,10 +263,6 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     else:
         optimizer = torch.optim.Adam(params, lr=tc.lr)
-    # the model that is validated, chosen and saved as best.safetensors: the weights' moving average when
-    # train.weight_average_epochs > 0 (training itself always steps the raw weights)
-    averaged = make_weight_average(model, tc.weight_average_epochs, len(loader))
-    scored: nn.Module = averaged.module if averaged is not None else model
     has_val = len(val_ids) > 0
     monitor = tc.monitor if has_val else "train_loss"
     if not has_val:
@@ -324,12 +304,6 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
             if adversary is not None:
                 adversary.load_state_dict(state["adversary"])
-            if averaged is not None:
-                if "weight_average" in state:
-                    averaged.load_state_dict(state["weight_average"])
-                else:  # a run started without averaging: the average starts from the resumed weights
-                    log.warning("%s: no weight average in last.safetensors; it starts at epoch %d", out_dir,
-                                int(state["epoch"]) + 1)
             _restore_optimizer(optimizer, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             rng_states = state.get("rng_torch_ranks") or [state["rng_torch"]]
@@ -402,8 +376,6 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             if tc.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, tc.grad_clip)
             optimizer.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
             totals += torch.tensor([float(item_losses.detach().sum()), float(item_weights.sum()),
                                     float(batch.lengths.sum()), *speaker_stats, float(y.numel())], dtype=torch.float64)
             if tc.log_every and step % tc.log_every == 0 and main:
@@ -420,7 +392,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         if has_val:
             value = None
             if main:  # rank 0 validates on the whole validation set; the others wait for its figures
-                post = predict_posteriors(scored, features, val_ids, cfg, device, functionals=functionals)
+                post = predict_posteriors(model, features, val_ids, cfg, device, functionals=functionals)
                 y_true = [label_of[k] for k in val_ids]
                 probs = np.stack([post[k] for k in val_ids])
                 val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
@@ -442,7 +414,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         if improved:
             best_value, best_epoch, bad_epochs = value, epoch, 0
             if main:
-                save_checkpoint(best_path, scored, cfg, labels, normaliser, functionals_normaliser=functionals_normaliser,
+                save_checkpoint(best_path, model, cfg, labels, normaliser, functionals_normaliser=functionals_normaliser,
                                 info={**(info or {}), "epoch": epoch, "monitor": monitor, "value": value,
                                       "parameters": n_params, "processes": dist_info.world_size})
         elif eligible:
@@ -462,8 +434,6 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
             }
             if adversary is not None:
                 state["adversary"] = adversary.state_dict()
-            if averaged is not None:
-                state["weight_average"] = averaged.state_dict()
             if dist_info.enabled:
                 state["rng_torch_ranks"] = [r.clone() for r in rng_states]  # safetensors refuses shared storage
             if device.type == "cuda":
