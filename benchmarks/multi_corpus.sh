@@ -50,9 +50,6 @@ case "$suite" in
       # the descriptor recipe with the frames standardised by the training actors' statistics (strict, as the SVMs
       # standardise), so that an utterance's level of pitch and loudness is kept rather than removed
       [pitch-compare-lld-global]="cv $on $TRAIN $LLD --set data.normalisation=global"
-      # the descriptor recipe with each utterance's mean removed but its spread kept (one scale from the training
-      # actors): pitch range and loudness dynamics stay comparable between utterances, the level does not
-      [pitch-compare-lld-umean]="cv $on $TRAIN $LLD --set data.normalisation=utterance-mean"
       # the descriptor recipe regularised harder against the same over-fitting: dropout 0.5 (from 0.3), decoupled
       # weight decay 0.5 (lr x decay x steps ~ 1 over 20 epochs, where the cpu recipe's 1e-4 shrinks nothing) and
       # label smoothing 0.1 (the validation loss triples while the UAR creeps up: over-confidence)
@@ -79,7 +76,6 @@ case "$suite" in
       [moma-utterance]="cv $on $BASE --set data.normalisation=utterance"
       [moma-utterance-augment]="cv $on $BASE --set data.normalisation=utterance --set data.augment_copies=2"
       [moma-utterance-balanced]="cv $on $TRAIN"
-      [moma-utterance-mean-balanced]="cv $on $TRAIN --set data.normalisation=utterance-mean"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
       [pitch-compare-lld]="cv $on $TRAIN $LLD"
@@ -93,7 +89,6 @@ case "$suite" in
     for seed in 0 1 2; do
       sfx=$([ "$seed" = 0 ] || echo "-seed$seed"); s="--set train.seed=$seed"
       [ "$seed" = 0 ] || variants[moma-utterance-balanced$sfx]="cv $on $TRAIN $s"
-      [ "$seed" = 0 ] || variants[moma-utterance-mean-balanced$sfx]="cv $on $TRAIN --set data.normalisation=utterance-mean $s"
       variants[vtlp-tempo$sfx]="cv $on $TRAIN --set data.vtlp=0.1 --set data.tempo=0.1 $s"
       variants[pool-cpu$sfx]="cv $on $POOL $s"
       variants[pool-cpu-val2$sfx]="cv $on $POOL --set train.val_speakers=2 $s"
@@ -115,8 +110,6 @@ case "$suite" in
       [pool-egemaps-cpu]="cv --manifest $OUT/pool.jsonl --protocol loso --test-corpus emodb --config pool-egemaps-cpu \
 --set train.max_epochs=20 --set train.early_stop_patience=6 $rest"
       [emodb-only-raw-choice]="$only --set train.min_epochs=0 --set train.monitor_smoothing=0 $rest"
-      # the same with each utterance's mean removed and one training-set scale (data.normalisation=utterance-mean)
-      [emodb-only-umean]="$only --set data.normalisation=utterance-mean $rest"
       # the same regularised harder, as nEMO's pitch-compare-lld-reg (dropout 0.5, weight decay 0.5, label smoothing 0.1)
       [emodb-only-reg]="$only $REG $rest"
     )

@@ -55,7 +55,7 @@ def _other_value(off):
     return {float: 0.3, int: 2, str: "white"}[type(off)]
 
 
-@pytest.mark.parametrize("name", sorted(REMOVED_OPTIONS))
+@pytest.mark.parametrize("name", sorted(n for n in REMOVED_OPTIONS if "=" not in n))
 def test_a_removed_option_loads_at_its_off_value_and_is_refused_at_any_other(name, tmp_path, caplog):
     """Committed reports and bundled checkpoints hold every removed option at its off value: they still load.
     A config that set one cannot be run any more, and says so in one line."""
@@ -74,5 +74,21 @@ def test_a_removed_option_loads_at_its_off_value_and_is_refused_at_any_other(nam
     assert "\n" not in message and message.startswith(f"{name}=")
     assert f"removed after moma {REMOVED_AFTER}" in message and why in message
     saved[section][key] = _other_value(off)
+    with pytest.raises(ValueError, match="removed after moma"):
+        config_from_dict(RunConfig, saved)
+
+
+@pytest.mark.parametrize("entry", sorted(n for n in REMOVED_OPTIONS if "=" in n))
+def test_a_removed_value_of_a_kept_option_is_refused_in_one_line(entry):
+    why = REMOVED_OPTIONS[entry][1]
+    name, value = entry.split("=")
+    with pytest.raises(ValueError) as refused:
+        load_run_config(sets=[entry])
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(entry) and why in message
+    assert f"removed after moma {REMOVED_AFTER}" in message
+    section, key = name.split(".")
+    saved = config_to_dict(RunConfig())
+    saved[section][key] = value
     with pytest.raises(ValueError, match="removed after moma"):
         config_from_dict(RunConfig, saved)

@@ -21,12 +21,15 @@ log = logging.getLogger(__name__)
 
 # Options removed after this version, once measured not to help: name -> (the value that meant "off", why). A
 # saved config (a committed report's, a bundled checkpoint's) holding one at that value still loads, the key
-# dropped; any other value is refused in one line, since the run it describes can no longer be made.
+# dropped; any other value is refused in one line, since the run it describes can no longer be made. A
+# "name=value" entry is one removed value of an option that stays: refused wherever it appears.
 REMOVED_AFTER = "0.1.0"
 REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
     "train.mixup_alpha": (0.0, "measured not to help: -0.023 UAR pooled on nEMO, reports/nemo-loso"),
     "train.weight_average_epochs": (0.0, "measured not to help: -0.010 UAR on nEMO and on EmoDB, "
                                          "reports/nemo-loso and reports/pool-emodb-loso"),
+    "data.normalisation=utterance-mean": (None, "measured worse than utterance on nEMO, EmoDB and between them: "
+                                                "reports/nemo-loso, reports/pool-emodb-loso, reports/loco"),
 }
 
 
@@ -87,7 +90,7 @@ class ModelConfig:
 class DataConfig:
     """How features become batches."""
 
-    normalisation: str = "global"  # global | speaker | utterance | utterance-mean | none (see features.Normaliser)
+    normalisation: str = "global"  # global | speaker | utterance | none (see features.Normaliser)
     # frames (10 ms each) per batch, padding included; under torchrun both limits are for the GLOBAL batch,
     # shared by the processes, so a recipe means the same on 1 or N processes
     max_frames_per_batch: int = 12000
@@ -190,8 +193,14 @@ def drop_removed_options(data: dict[str, Any]) -> dict[str, Any]:
     one set to anything else is refused with a ValueError naming it, when it went and why."""
     out = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
     for name, (off, why) in REMOVED_OPTIONS.items():
+        name, _, removed_value = name.partition("=")
         section, key = name.split(".", 1)
         if not isinstance(out.get(section), dict) or key not in out[section]:
+            continue
+        if removed_value:
+            if out[section][key] == removed_value:
+                raise ValueError(f"{name}={removed_value}: this value was removed after moma {REMOVED_AFTER} "
+                                 f"({why}); choose another")
             continue
         value = out[section].pop(key)
         try:

@@ -111,7 +111,7 @@ def test_an_unknown_normalisation_is_refused_before_any_file_is_read(tmp_path):
             for i in range(6)]
     cfg = load_run_config(sets=["data.normalisation=utterance-variance"])
     with pytest.raises(ValueError, match="unknown normalisation mode 'utterance-variance'; choose one of global, "
-                                         "speaker, utterance, utterance-mean, none"):
+                                         "speaker, utterance, none"):
         run_cross_validation(utts, cfg, tmp_path / "out", protocol="loso", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
@@ -283,43 +283,3 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     assert meta["inputs"]["functionals"]["shape"] == ["batch", 88] and "functionals_normaliser" in meta
     onnx_pred = Predictor.from_checkpoint(root / "fusion-onnx", backend="onnx").predict_file(test_utts[0].path)
     np.testing.assert_allclose(onnx_pred.logits, singles[0].logits, atol=1e-4)
-
-
-def test_utterance_mean_fold_fits_its_scale_on_training_speakers_and_predict_applies_it(corpus):
-    """data.normalisation=utterance-mean: the scale comes from the fold's training-side frames about their own
-    utterance means (never the test speaker's), travels in the checkpoint, and `moma predict` on a file gives
-    the fold's test posterior for it, from the checkpoint and from its ONNX export."""
-    import numpy as np
-
-    from moma.checkpoint import load_checkpoint
-    from moma.features.cache import FeatureCache, extract_features
-    from moma.inference.predictor import Predictor
-
-    root, utts = corpus
-    cfg = load_run_config(sets=SINGLE + ["data.normalisation=utterance-mean"])
-    out, cache = root / "umean", root / "cache"
-    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=cache, only_folds=["spk-spk01"])
-    fold = report["folds"][0]
-    assert "per-utterance mean removed" in report["normalisation"]
-    norm = load_checkpoint(out / fold["name"] / "best.safetensors").normaliser
-    feats = extract_features(utts, FeatureCache(cache, cfg.features))
-    train_side = [u.id for u in utts if u.speaker in set(fold["train_speakers"]) | set(fold["val_speakers"])]
-    within = np.concatenate([feats[k] - feats[k].mean(axis=0) for k in train_side])
-    assert norm.mode == "utterance-mean" and norm.frames == within.shape[0]
-    np.testing.assert_allclose(norm.std, within.std(axis=0), rtol=1e-5)
-    test_utt = next(u for u in utts if u.speaker in fold["test_speakers"])
-    fold_post = {p["id"]: p["posteriors"] for p in fold["test"]["predictions"]}
-    from scipy.special import softmax
-
-    ckpt = out / fold["name"] / "best.safetensors"
-    predicted = Predictor.from_checkpoint(ckpt).predict_file(test_utt.path)
-    np.testing.assert_allclose(softmax(predicted.logits), fold_post[test_utt.id], atol=1e-4)
-    # the exported model carries the mode and its scale: onnxruntime answers the same
-    pytest.importorskip("onnxruntime")
-    from moma.inference.export import export_onnx
-
-    export_onnx(ckpt, root / "umean-onnx")
-    meta = json.loads((root / "umean-onnx" / "model.json").read_text())
-    assert meta["normaliser"]["mode"] == "utterance-mean" and len(meta["normaliser"]["std"]) == norm.std.size
-    onnx_logits = Predictor.from_checkpoint(root / "umean-onnx", backend="onnx").predict_file(test_utt.path).logits
-    np.testing.assert_allclose(softmax(onnx_logits), fold_post[test_utt.id], atol=1e-4)

@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 NORMALISATION_NOTES = {
     "global": "global mean/variance from training speakers only (test speakers' audio unused)",
     "utterance": "per-utterance mean/variance (each utterance normalised by its own statistics)",
-    "utterance-mean": ("per-utterance mean removed, scaled by the spread within utterances of the training "
-                       "speakers (test speakers' audio unused)"),
     "speaker": ("per-speaker mean/variance; the TEST speaker's statistics come from its own unlabelled "
                 "test audio (transductive: the setting behind many published EmoDB figures)"),
     "none": "no normalisation",
