@@ -45,7 +45,6 @@ case "$suite" in
       [pitch-compare-lld]="cv $on $TRAIN $LLD"
       [pitch-compare-lld-ens2]="cv $on $TRAIN $LLD --set train.ensemble=2 --set train.ensemble_validation=rotate"
       [pitch-compare-lld-ens3]="cv $on $TRAIN $LLD --set train.ensemble=3 --set train.ensemble_validation=rotate"
-      [pitch-compare-lld-vtlp-tempo]="cv $on $TRAIN $LLD --set data.vtlp=0.1 --set data.tempo=0.1"
       [pitch-compare-lld-noval-e12]="cv $on $TRAIN $LLD --set train.val_speakers=0 --set train.max_epochs=12"
       # the descriptor recipe with the frames standardised by the training actors' statistics (strict, as the SVMs
       # standardise), so that an utterance's level of pitch and loudness is kept rather than removed
@@ -80,8 +79,8 @@ case "$suite" in
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"
       [pitch-compare-lld]="cv $on $TRAIN $LLD"
     )
-    # seeds and recipes of the bundled models' kind (reports/loco/README.md, "Seeds"): the reference, VTLP and
-    # tempo perturbation, pool-cpu as shipped (4 validation speakers of one training corpus) and with 2, and
+    # seeds and recipes of the bundled models' kind (reports/loco/README.md, "Seeds"): the reference, pool-cpu as
+    # shipped (4 validation speakers of one training corpus) and with 2, and
     # pool-egemaps-cpu (the default bundled model's recipe) with 2 as it was trained, and with level-invariant
     # functionals
     POOL="--config pool-cpu --set train.num_threads=1 --set train.tensorboard=false"
@@ -89,7 +88,6 @@ case "$suite" in
     for seed in 0 1 2; do
       sfx=$([ "$seed" = 0 ] || echo "-seed$seed"); s="--set train.seed=$seed"
       [ "$seed" = 0 ] || variants[moma-utterance-balanced$sfx]="cv $on $TRAIN $s"
-      variants[vtlp-tempo$sfx]="cv $on $TRAIN --set data.vtlp=0.1 --set data.tempo=0.1 $s"
       variants[pool-cpu$sfx]="cv $on $POOL $s"
       variants[pool-cpu-val2$sfx]="cv $on $POOL --set train.val_speakers=2 $s"
       variants[pool-egemaps-val2$sfx]="cv $on $POOL_EGEMAPS --set train.val_speakers=2 $s"

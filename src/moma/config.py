@@ -28,6 +28,8 @@ REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
     "train.mixup_alpha": (0.0, "measured not to help: -0.023 UAR pooled on nEMO, reports/nemo-loso"),
     "train.weight_average_epochs": (0.0, "measured not to help: -0.010 UAR on nEMO and on EmoDB, "
                                          "reports/nemo-loso and reports/pool-emodb-loso"),
+    "data.vtlp": (0.0, "measured not to help: -0.106 UAR on the first nEMO fold, reports/nemo-loso"),
+    "data.tempo": (0.0, "measured not to help: -0.106 UAR on the first nEMO fold, reports/nemo-loso"),
     "data.normalisation=utterance-mean": (None, "measured worse than utterance on nEMO, EmoDB and between them: "
                                                 "reports/nemo-loso, reports/pool-emodb-loso, reports/loco"),
 }
@@ -103,8 +105,6 @@ class DataConfig:
     time_mask_frames: int = 20  # maximum width of one time mask, in frames
     num_time_masks: int = 2  # time masks per utterance
     noise_std: float = 0.0  # std of Gaussian noise added to normalised training features
-    vtlp: float = 0.0  # > 0: warp the Mel axis by a random factor in [1 - vtlp, 1 + vtlp] (vocal tract length perturbation)
-    tempo: float = 0.0  # > 0: stretch time by a random factor in [1 - tempo, 1 + tempo] (tempo perturbation)
     augment_copies: int = 0  # > 0: channel-perturbed copies of every training utterance (features.augment),
     #   computed once and cached; each epoch an utterance is replaced by one of its copies or kept, at random
     augment_conditions: str = "white,babble,reverb,telephone,gain"  # channel families the copies draw from

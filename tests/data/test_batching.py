@@ -76,42 +76,6 @@ def test_loader_yields_every_item_once():
     assert sorted(keys) == sorted(feats)
 
 
-def test_frequency_warp_shifts_spectral_peaks_and_identity_is_exact():
-    from moma.data.batching import warp_frequency
-
-    feats = np.zeros((4, 23), np.float32)
-    feats[:, 10] = 1.0
-    assert np.array_equal(warp_frequency(feats, 1.0), feats)
-    assert int(np.argmax(warp_frequency(feats, 1.2)[0])) == 12  # a formant moves up with a shorter tract
-    assert int(np.argmax(warp_frequency(feats, 0.8)[0])) == 8
-
-
-def test_time_stretch_changes_length_and_keeps_endpoints():
-    from moma.data.batching import stretch_time
-
-    feats = np.arange(100, dtype=np.float32)[:, None].repeat(3, 1)
-    fast = stretch_time(feats, 1.25)
-    assert fast.shape == (80, 3)
-    assert fast[0, 0] == 0 and fast[-1, 0] == 99
-    assert stretch_time(feats, 0.8).shape == (125, 3)
-
-
-def test_vtlp_warps_only_the_mel_columns():
-    from moma.config import DataConfig
-    from moma.data.batching import augment
-
-    rng_feats = np.random.default_rng(0).normal(size=(50, 25)).astype(np.float32)
-    rng_feats[:, 23] = 5.0  # a log-F0 column after 23 Mel bins
-    cfg = DataConfig(vtlp=0.3, spec_augment=False)
-    out = augment(rng_feats, cfg, np.random.default_rng(1), mel_bins=23)
-    assert out.shape == rng_feats.shape
-    np.testing.assert_array_equal(out[:, 23:], rng_feats[:, 23:])  # appended columns untouched
-    assert not np.allclose(out[:, :23], rng_feats[:, :23])  # the Mel bins were warped
-    # warping all 25 columns as one axis would carry log F0 into the top Mel bins
-    seam = augment(rng_feats, cfg, np.random.default_rng(1), mel_bins=0)
-    assert not np.allclose(seam[:, 23:], rng_feats[:, 23:])
-
-
 def test_training_reads_an_utterance_or_one_of_its_copies_at_random_per_epoch():
     from moma.data.batching import FeatureDataset, Item
 

@@ -86,7 +86,7 @@ class FeatureDataset(Dataset):
 
     def __init__(self, features: dict[str, np.ndarray], items: list[Item], cfg: DataConfig | None = None,
                  *, train: bool = False, seed: int = 0, frames_per_second: float = 100.0,
-                 mel_bins: int = 0, variants: Mapping[str, Sequence[str]] | None = None,
+                 variants: Mapping[str, Sequence[str]] | None = None,
                  functionals: Mapping[str, np.ndarray] | None = None) -> None:
         self.features = features
         # utterance id -> its standardised functionals (D_f,), for fusion models; a window or a perturbed copy
@@ -95,7 +95,6 @@ class FeatureDataset(Dataset):
         # utterance id -> keys of its perturbed copies in ``features``: in training each item is read from
         # the original or one of its copies, chosen at random per epoch (channel augmentation)
         self.variants = dict(variants or {}) if train else {}
-        self.mel_bins = mel_bins  # leading columns that are Mel bins (VTLP warps only these); 0 = all
         self.items = items
         self.cfg = cfg or DataConfig()
         self.train = train
@@ -133,57 +132,16 @@ class FeatureDataset(Dataset):
                 end = start + self.crop
         feats = self.features[key][start:end]  # a copy has the original's frame count (lengths kept)
         if self.train and rng is not None:
-            feats = augment(feats, self.cfg, rng, mel_bins=self.mel_bins)
+            feats = augment(feats, self.cfg, rng)
         func = None if self.functionals is None else np.asarray(self.functionals[it.key], dtype=np.float32)
         return np.ascontiguousarray(feats, dtype=np.float32), it.label, it.key, start, func
 
 
-def warp_frequency(feats: np.ndarray, alpha: float) -> np.ndarray:
-    """Vocal tract length perturbation on the Mel axis: bin j takes the value at j / alpha.
-
-    A longer or shorter vocal tract scales formant frequencies; on a Mel axis
-    that is close to a shift, approximated here by linear resampling of the
-    bins (edges clamped). Speaker variation is what a speaker-independent
-    model must ignore, so perturbing it is the augmentation that matters most.
-    """
-    n_bins = feats.shape[1]
-    src = np.clip(np.arange(n_bins) / alpha, 0, n_bins - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_bins - 1)
-    frac = (src - lo).astype(np.float32)
-    return feats[:, lo] * (1 - frac) + feats[:, hi] * frac  # [T, F]
-
-
-def stretch_time(feats: np.ndarray, rate: float) -> np.ndarray:
-    """Tempo perturbation: resample the frame sequence to ``T / rate`` frames (linear interpolation)."""
-    n_frames = feats.shape[0]
-    new_len = max(1, int(round(n_frames / rate)))
-    if new_len == n_frames or n_frames < 2:
+def augment(feats: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """SpecAugment-style masking and feature noise ([T, F] in and out). Frequency masks may cover any column."""
+    if not cfg.spec_augment and cfg.noise_std <= 0:
         return feats
-    src = np.linspace(0, n_frames - 1, new_len)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_frames - 1)
-    frac = (src - lo).astype(np.float32)[:, None]
-    return feats[lo] * (1 - frac) + feats[hi] * frac  # [T', F]
-
-
-def augment(feats: np.ndarray, cfg: DataConfig, rng: np.random.Generator, *, mel_bins: int = 0) -> np.ndarray:
-    """Tempo and vocal-tract perturbation, SpecAugment-style masking and feature noise ([T, F] in and out).
-
-    VTLP warps only the first ``mel_bins`` columns (0: all): appended pitch or
-    descriptor columns are not a frequency axis, and warping across the seam
-    would copy log F0 into the top Mel bins. Frequency masks may cover any column.
-    """
-    if not cfg.spec_augment and cfg.noise_std <= 0 and cfg.vtlp <= 0 and cfg.tempo <= 0:
-        return feats
-    out = feats.copy()
-    if cfg.tempo > 0:
-        out = stretch_time(out, float(rng.uniform(1 - cfg.tempo, 1 + cfg.tempo)))
-    if cfg.vtlp > 0:
-        alpha = float(rng.uniform(1 - cfg.vtlp, 1 + cfg.vtlp))
-        n_mel = mel_bins if 0 < mel_bins < out.shape[1] else out.shape[1]
-        out = np.concatenate([warp_frequency(out[:, :n_mel], alpha), out[:, n_mel:]], axis=1)
-    out = np.ascontiguousarray(out, dtype=np.float32)
+    out = np.array(feats, dtype=np.float32)  # a writable copy
     n_frames, n_bins = out.shape
     if cfg.spec_augment:
         if cfg.freq_mask_bins > 0:

@@ -325,8 +325,6 @@ def describe_model(cfg: RunConfig) -> str:
         extras.append(f"random crops of {d.random_crop_s:g} s")
     if d.spec_augment:
         extras.append("SpecAugment")
-    if d.vtlp > 0 or d.tempo > 0:
-        extras.append(f"VTLP ±{d.vtlp:g} / tempo ±{d.tempo:g}")
     if d.augment_copies > 0:
         extras.append(f"channel augmentation ({d.augment_copies} cached copies per utterance: "
                       f"{d.augment_conditions.replace(',', ', ')})")

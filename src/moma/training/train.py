@@ -253,7 +253,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     hop = seconds_to_frames(dc.segment_hop_s, frame_shift) if window else 0
     train_items = make_items(features, train_ids, label_of, window, hop)
     train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
-                               frames_per_second=1000.0 / frame_shift, mel_bins=cfg.features.n_mels,
+                               frames_per_second=1000.0 / frame_shift,
                                variants=variants, functionals=functionals)
     loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed, rank=dist_info.rank,
                          world_size=dist_info.world_size)
