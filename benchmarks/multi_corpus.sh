@@ -73,7 +73,6 @@ case "$suite" in
       [classical-compare]="classical $on --feature-sets ComParE_2016 --normalisations global"
       [moma-global]="cv $on $BASE"
       [moma-utterance]="cv $on $BASE --set data.normalisation=utterance"
-      [moma-utterance-augment]="cv $on $BASE --set data.normalisation=utterance --set data.augment_copies=2"
       [moma-utterance-balanced]="cv $on $TRAIN"
       [fusion-egemaps]="cv $on $TRAIN --set features.functionals=eGeMAPSv02"
       [fusion-compare]="cv $on $TRAIN --set features.functionals=ComParE_2016"

@@ -30,6 +30,10 @@ REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
                                          "reports/nemo-loso and reports/pool-emodb-loso"),
     "data.vtlp": (0.0, "measured not to help: -0.106 UAR on the first nEMO fold, reports/nemo-loso"),
     "data.tempo": (0.0, "measured not to help: -0.106 UAR on the first nEMO fold, reports/nemo-loso"),
+    "data.augment_copies": (0, "channel-augmented training copies measured not to help between corpora: "
+                               "reports/loco"),
+    "data.augment_conditions": ("white,babble,reverb,telephone,gain", "the channel families of data.augment_copies, "
+                                "removed with it (measured not to help between corpora: reports/loco)"),
     "data.normalisation=utterance-mean": (None, "measured worse than utterance on nEMO, EmoDB and between them: "
                                                 "reports/nemo-loso, reports/pool-emodb-loso, reports/loco"),
 }
@@ -105,9 +109,6 @@ class DataConfig:
     time_mask_frames: int = 20  # maximum width of one time mask, in frames
     num_time_masks: int = 2  # time masks per utterance
     noise_std: float = 0.0  # std of Gaussian noise added to normalised training features
-    augment_copies: int = 0  # > 0: channel-perturbed copies of every training utterance (features.augment),
-    #   computed once and cached; each epoch an utterance is replaced by one of its copies or kept, at random
-    augment_conditions: str = "white,babble,reverb,telephone,gain"  # channel families the copies draw from
     num_workers: int = 0  # DataLoader worker processes
 
 

@@ -76,37 +76,14 @@ def test_loader_yields_every_item_once():
     assert sorted(keys) == sorted(feats)
 
 
-def test_training_reads_an_utterance_or_one_of_its_copies_at_random_per_epoch():
-    from moma.data.batching import FeatureDataset, Item
-
-    feats = {"u": np.zeros((10, 2), np.float32), "u~aug1": np.ones((10, 2), np.float32),
-             "u~aug2": np.full((10, 2), 2.0, np.float32)}
-    items = [Item("u", 0, 10, 0)]
-    train = FeatureDataset(feats, items, DataConfig(), train=True, seed=1, variants={"u": ["u~aug1", "u~aug2"]})
-    seen = []
-    for epoch in range(30):
-        train.set_epoch(epoch)
-        x, label, key, _, funcs = train[0]
-        assert funcs is None  # no functionals given
-        seen.append(float(x[0, 0]))
-        assert key == "u" and label == 0  # the item still names the original (speaker lookups, predictions)
-    assert set(seen) == {0.0, 1.0, 2.0}
-    train.set_epoch(3)
-    assert float(train[0][0][0, 0]) == seen[3]  # reproducible per (seed, epoch, index)
-    test = FeatureDataset(feats, items, DataConfig(), train=False, variants={"u": ["u~aug1", "u~aug2"]})
-    assert all(float(test[0][0][0, 0]) == 0.0 for _ in range(5))  # evaluation never reads a copy
-
-
-def test_fusion_items_carry_their_utterance_functionals_through_windows_copies_and_collate():
-    feats = {"u": np.zeros((30, 2), np.float32), "u~aug1": np.ones((30, 2), np.float32),
-             "v": np.ones((12, 2), np.float32)}
-    funcs = {"u": np.array([1.0, 2.0, 3.0]), "v": np.array([-1.0, 0.0, 1.0])}  # none for the copy: it reads u's
+def test_fusion_items_carry_their_utterance_functionals_through_windows_and_collate():
+    feats = {"u": np.zeros((30, 2), np.float32), "v": np.ones((12, 2), np.float32)}
+    funcs = {"u": np.array([1.0, 2.0, 3.0]), "v": np.array([-1.0, 0.0, 1.0])}
     items = make_items(feats, ["u", "v"], {"u": 0, "v": 1}, window=10, hop=10)
-    train = FeatureDataset(feats, items, DataConfig(), train=True, seed=0, variants={"u": ["u~aug1"]},
-                           functionals=funcs)
+    train = FeatureDataset(feats, items, DataConfig(), train=True, seed=0, functionals=funcs)
     for epoch in range(4):
         train.set_epoch(epoch)
-        for i, it in enumerate(items):  # every window of u, original or copy, carries u's vector
+        for i, it in enumerate(items):  # every window of u carries u's vector
             np.testing.assert_array_equal(train[i][4], funcs[it.key].astype(np.float32))
     batch = collate([train[0], train[len(items) - 1]])
     assert batch.functionals.dtype == torch.float32

@@ -56,23 +56,6 @@ def test_ensemble_members_average_and_validate_on_the_chosen_speakers(corpus, mo
     assert "expected calibration error" in (out / "report.md").read_text()
 
 
-def test_channel_augmentation_trains_on_cached_copies_of_training_utterances_only(corpus):
-    root, utts = corpus
-    cfg = load_run_config(sets=TINY[:-1] + ["data.augment_copies=2", "data.augment_conditions=white,reverb"])
-    out = root / "augmented"
-    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache-aug",
-                                  only_folds=["spk-spk01"])
-    fold = report["folds"][0]
-    assert fold["test"]["n"] == fold["n_test"]  # the copies are never tested
-    entries = [p for p in (root / "cache-aug").rglob("*.npy") if "packed" not in p.parts]
-    assert len(entries) == 3 * len(utts)  # each utterance and its two copies
-    assert report["config"]["data"]["augment_copies"] == 2
-    with pytest.raises(ValueError, match="channel families"):
-        run_cross_validation(utts, load_run_config(sets=TINY[:-1] + ["data.augment_copies=1",
-                                                                     "data.augment_conditions=codec"]),
-                             root / "bad", protocol="loso", cache_dir=root / "cache-aug", only_folds=["spk-spk01"])
-
-
 def test_unknown_ensemble_validation_is_refused(corpus):
     root, utts = corpus
     cfg = load_run_config(sets=TINY + ["train.ensemble_validation=random"])

@@ -86,15 +86,10 @@ class FeatureDataset(Dataset):
 
     def __init__(self, features: dict[str, np.ndarray], items: list[Item], cfg: DataConfig | None = None,
                  *, train: bool = False, seed: int = 0, frames_per_second: float = 100.0,
-                 variants: Mapping[str, Sequence[str]] | None = None,
                  functionals: Mapping[str, np.ndarray] | None = None) -> None:
         self.features = features
-        # utterance id -> its standardised functionals (D_f,), for fusion models; a window or a perturbed copy
-        # reads its utterance's vector (the clean whole utterance's: copies are not re-analysed by openSMILE)
+        # utterance id -> its standardised functionals (D_f,), for fusion models; a window reads its utterance's
         self.functionals = functionals
-        # utterance id -> keys of its perturbed copies in ``features``: in training each item is read from
-        # the original or one of its copies, chosen at random per epoch (channel augmentation)
-        self.variants = dict(variants or {}) if train else {}
         self.items = items
         self.cfg = cfg or DataConfig()
         self.train = train
@@ -120,17 +115,12 @@ class FeatureDataset(Dataset):
         it = self.items[index]
         start, end = it.start, it.end
         rng = None
-        key = it.key
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            copies = self.variants.get(it.key)
-            if copies:  # drawn only when there are copies, so runs without them keep their random streams
-                pick = int(rng.integers(0, len(copies) + 1))
-                key = copies[pick - 1] if pick else it.key
             if self.crop > 0 and end - start > self.crop:
                 start = start + int(rng.integers(0, end - start - self.crop + 1))
                 end = start + self.crop
-        feats = self.features[key][start:end]  # a copy has the original's frame count (lengths kept)
+        feats = self.features[it.key][start:end]
         if self.train and rng is not None:
             feats = augment(feats, self.cfg, rng)
         func = None if self.functionals is None else np.asarray(self.functionals[it.key], dtype=np.float32)

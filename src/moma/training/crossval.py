@@ -29,7 +29,6 @@ from moma.corpora.base import Utterance, label_list
 from moma.data.protocols import Fold, fold_scored_classes, make_folds, rotate_validation, select_folds, validate_fold
 from moma.evaluation.calibration import expected_calibration_error, negative_log_likelihood, scale_posteriors
 from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
-from moma.features.augment import augmented_utterances, parse_families
 from moma.features.cache import FeatureCache, pack_features
 from moma.features.functionals import check_level, extract_run_functionals, functionals_dim
 from moma.features.normalise import NormalisedFeatures, Normaliser, check_normalisation, normalise_functionals
@@ -89,8 +88,6 @@ class FoldJob:
     corpus: str
     # cross-corpus folds (a pool): the argmax is taken over the test corpus's classes only; None: every class
     scored_classes: list[str] | None = None
-    # utterance id -> ids of its channel-perturbed copies in ``features`` (data.augment_copies > 0)
-    variants: dict[str, list[str]] | None = None
     # utterance id -> raw openSMILE functionals (features.functionals, fusion models); standardised per fold
     functionals: dict[str, np.ndarray] | None = None
 
@@ -128,13 +125,9 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
     result_path = out_dir / "result.json"
     fold, utts = job.fold, job.utterances
     norm = fit_normaliser(job.cfg.data.normalisation, job.features, utts, fold.train + fold.val, fold.test)
-    # training utterances may be read from their perturbed copies, normalised like the originals; validation
-    # and test utterances never are
-    variants = {k: job.variants[k] for k in fold.train if k in job.variants} if job.variants else {}
     ids = fold.train + fold.val + fold.test
     speaker_of = {k: utts[k].speaker for k in ids}
-    speaker_of.update({c: utts[k].speaker for k, copies in variants.items() for c in copies})
-    feats = NormalisedFeatures(job.features, norm, speaker_of, ids + [c for cs in variants.values() for c in cs])
+    feats = NormalisedFeatures(job.features, norm, speaker_of, ids)
     label_of = {k: job.labels.index(utts[k].label) for k in ids}
     func_norm, funcs = None, None
     if job.cfg.features.functionals != "none":
@@ -165,7 +158,6 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
         member = train_model(cfg, feats, job.labels, label_of, split.train, split.val, member_dir, norm,
                              resume=job.resume, info={**info, "val_speakers": split.val_speakers},
                              progress=job.progress, speaker_of={k: utts[k].speaker for k in split.train},
-                             variants={k: v for k, v in variants.items() if k in set(split.train)},
                              corpus_of={k: utts[k].corpus for k in split.train},
                              functionals=funcs, functionals_normaliser=func_norm)
         seed_row = {"seed": cfg.train.seed, "val_speakers": split.val_speakers, "best_epoch": member.best_epoch,
@@ -325,9 +317,6 @@ def describe_model(cfg: RunConfig) -> str:
         extras.append(f"random crops of {d.random_crop_s:g} s")
     if d.spec_augment:
         extras.append("SpecAugment")
-    if d.augment_copies > 0:
-        extras.append(f"channel augmentation ({d.augment_copies} cached copies per utterance: "
-                      f"{d.augment_conditions.replace(',', ', ')})")
     if cfg.train.balance != "none":
         extras.append(f"loss balanced over {cfg.train.balance.replace('-', ' x ')}")
     if cfg.train.speaker_adversarial > 0:
@@ -452,14 +441,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     if not main:
         barrier(dist_info)
     # one memory-mapped file for the corpus: training memory no longer grows with corpus size
-    copies: dict[str, list[Utterance]] = {}
-    if cfg.data.augment_copies > 0:  # perturbed copies are cached and packed like any utterance
-        copies = augmented_utterances(list(utterances), cache, cfg.data.augment_copies,
-                                      parse_families(cfg.data.augment_conditions), cfg.train.seed,
-                                      progress=progress and main)
-    features = pack_features(list(utterances) + [c for cs in copies.values() for c in cs], cache,
-                             workers=feature_workers, progress=progress and main)
-    variants = {k: [c.id for c in cs] for k, cs in copies.items()} or None
+    features = pack_features(list(utterances), cache, workers=feature_workers, progress=progress and main)
     functionals = extract_run_functionals(cfg.features, list(utterances), cache_dir,
                                           workers=feature_workers, progress=progress and main)
     if main:
@@ -487,7 +469,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     if main:
         (out_dir / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     jobs_list = [FoldJob(cfg, fold, features, utts, labels, out_dir / fold.name, resume, progress and jobs == 1,
-                         corpus, fold_scored_classes(fold, utterances, labels), variants, functionals)
+                         corpus, fold_scored_classes(fold, utterances, labels), functionals=functionals)
                  for fold in folds]
     outcomes, failures = run_in_pool(jobs_list, jobs, [f.name for f in folds], dist_info=dist_info)
     if not main:

@@ -180,7 +180,6 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                 train_ids: Sequence[str], val_ids: Sequence[str], out_dir: str | Path, normaliser: Normaliser,
                 *, resume: bool = False, info: dict[str, Any] | None = None, progress: bool = False,
                 speaker_of: dict[str, str] | None = None,
-                variants: Mapping[str, Sequence[str]] | None = None,
                 corpus_of: Mapping[str, str] | None = None,
                 functionals: Mapping[str, np.ndarray] | None = None,
                 functionals_normaliser: Normaliser | None = None) -> TrainResult:
@@ -254,7 +253,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     train_items = make_items(features, train_ids, label_of, window, hop)
     train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
                                frames_per_second=1000.0 / frame_shift,
-                               variants=variants, functionals=functionals)
+                               functionals=functionals)
     loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed, rank=dist_info.rank,
                          world_size=dist_info.world_size)
 
