@@ -9,6 +9,7 @@ import pytest
 from moma.config import load_run_config
 from moma.corpora.base import Utterance
 from moma.corpora.synthetic import make_synthetic_corpus
+from moma.data.protocols import ProtocolSpec
 from moma.training.crossval import run_cross_validation
 
 TINY = ["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8", "train.max_epochs=1",
@@ -28,8 +29,8 @@ def test_ensemble_members_average_and_validate_on_the_chosen_speakers(corpus, mo
     root, utts = corpus
     cfg = load_run_config(sets=TINY + [f"train.ensemble_validation={mode}"])
     out = root / mode
-    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                  only_folds=["spk-spk01"])
+    report = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=("spk-spk01",)),
+                                  cache_dir=root / "cache")
     fold = report["folds"][0]
     result = json.loads((out / fold["name"] / "result.json").read_text())
     members = result["seeds"]
@@ -60,7 +61,7 @@ def test_unknown_ensemble_validation_is_refused(corpus):
     root, utts = corpus
     cfg = load_run_config(sets=TINY + ["train.ensemble_validation=random"])
     with pytest.raises(ValueError, match="train.ensemble_validation must be one of same, rotate"):
-        run_cross_validation(utts, cfg, root / "bad", protocol="loso", cache_dir=root / "cache")
+        run_cross_validation(utts, cfg, root / "bad", ProtocolSpec("loso"), cache_dir=root / "cache")
 
 
 def test_model_description_names_every_input_feature_group():
@@ -84,7 +85,7 @@ def test_a_functionals_level_above_full_scale_is_refused_before_any_file_is_read
             for i in range(6)]
     cfg = load_run_config(sets=["features.functionals=eGeMAPSv02", "features.functionals_level=3"])
     with pytest.raises(ValueError, match="functionals_level: 3.0 dBFS is above full scale"):
-        run_cross_validation(utts, cfg, tmp_path / "out", protocol="loso", cache_dir=tmp_path / "cache")
+        run_cross_validation(utts, cfg, tmp_path / "out", ProtocolSpec("loso"), cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
 
@@ -95,7 +96,7 @@ def test_an_unknown_normalisation_is_refused_before_any_file_is_read(tmp_path):
     cfg = load_run_config(sets=["data.normalisation=utterance-variance"])
     with pytest.raises(ValueError, match="unknown normalisation mode 'utterance-variance'; choose one of global, "
                                          "speaker, utterance, none"):
-        run_cross_validation(utts, cfg, tmp_path / "out", protocol="loso", cache_dir=tmp_path / "cache")
+        run_cross_validation(utts, cfg, tmp_path / "out", ProtocolSpec("loso"), cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
 
@@ -109,7 +110,7 @@ def test_a_bad_training_option_is_refused_before_any_file_is_read(tmp_path, opti
     utts = [Utterance(id=f"u{i}", path=str(tmp_path / "missing.wav"), speaker=f"s{i % 3}", label="angry")
             for i in range(6)]
     with pytest.raises(ValueError, match=re.escape(message)):
-        run_cross_validation(utts, load_run_config(sets=[option]), tmp_path / "out", protocol="loso",
+        run_cross_validation(utts, load_run_config(sets=[option]), tmp_path / "out", ProtocolSpec("loso"),
                              cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
@@ -126,7 +127,7 @@ def test_a_failing_fold_is_named_and_the_other_folds_are_kept(corpus, jobs):
     out.mkdir()
     (out / bad).write_text("a file where the fold's folder goes")
     with pytest.raises(RuntimeError, match=re.escape(f"1 fold(s) failed ({bad}: FileExistsError")):
-        run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=speakers,
+        run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=tuple(speakers)), cache_dir=root / "cache",
                              jobs=jobs)
     kept = [f"spk-{speakers[0]}", f"spk-{speakers[2]}"]
     for name in kept:
@@ -145,11 +146,11 @@ def test_folds_computed_by_separate_calls_share_one_report(corpus):
     cfg = load_run_config(sets=SINGLE)
     out = root / "by-parts"
     speakers = sorted({u.speaker for u in utts})
-    first = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                 only_folds=[f"spk-{speakers[2]}"])
+    first = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(f"spk-{speakers[2]}",)),
+                                 cache_dir=root / "cache")
     assert [f["name"] for f in first["folds"]] == [f"spk-{speakers[2]}"]
-    second = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                  only_folds=[f"spk-{speakers[0]}"])
+    second = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(f"spk-{speakers[0]}",)),
+                                  cache_dir=root / "cache")
     names = [f"spk-{speakers[0]}", f"spk-{speakers[2]}"]
     assert [f["name"] for f in second["folds"]] == names and second["summary"]["folds"] == 2
     assert second["fold_names"] == [f"spk-{s}" for s in speakers]
@@ -172,19 +173,19 @@ def test_a_fold_another_process_is_training_is_skipped_and_joins_the_report_late
     out = root / "claimed"
     speakers = sorted({u.speaker for u in utts})
     busy, free = f"spk-{speakers[0]}", f"spk-{speakers[1]}"
-    elsewhere = run_cross_validation(utts, cfg, root / "claimed-elsewhere", protocol="loso",
-                                     cache_dir=root / "cache", only_folds=[busy])
+    elsewhere = run_cross_validation(utts, cfg, root / "claimed-elsewhere", ProtocolSpec("loso", only_folds=(busy,)),
+                                     cache_dir=root / "cache")
     with claim_directory(out / busy):  # stands in for another `moma cv` training that fold now
         with caplog.at_level("WARNING", logger="moma.training.crossval"):
-            report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                          only_folds=[busy, free])
+            report = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(busy, free)),
+                                          cache_dir=root / "cache")
         assert [f["name"] for f in report["folds"]] == [free]
         assert not (out / busy / "result.json").exists() and not (out / busy / "best.safetensors").exists()
         assert any(f"fold {busy} is being trained by process {os.getpid()}" in r.getMessage() for r in caplog.records)
         # the other process finishes the fold while it still holds it: this run's report takes its result
         (out / busy / "result.json").write_text((root / "claimed-elsewhere" / busy / "result.json").read_text())
-        again = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                     only_folds=[busy, free])
+        again = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(busy, free)),
+                                     cache_dir=root / "cache")
     assert [f["name"] for f in again["folds"]] == [busy, free]
     assert again["folds"][0]["test"]["uar"] == pytest.approx(elsewhere["folds"][0]["test"]["uar"])
 
@@ -195,13 +196,14 @@ def test_restart_computes_a_finished_fold_again(corpus):
     cfg = load_run_config(sets=SINGLE)
     out = root / "restarted"
     fold = f"spk-{min(u.speaker for u in utts)}"
-    run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold])
+    run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(fold,)), cache_dir=root / "cache")
     result = out / fold / "result.json"
     marked = {**json.loads(result.read_text()), "marker": "the first run's"}
     result.write_text(json.dumps(marked))
-    run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold])
+    run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(fold,)), cache_dir=root / "cache")
     assert json.loads(result.read_text())["marker"] == "the first run's"  # resuming reuses it
-    run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold], resume=False)
+    run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(fold,)),
+                         cache_dir=root / "cache", resume=False)
     assert "marker" not in json.loads(result.read_text())
 
 
@@ -219,7 +221,7 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     root, utts = corpus
     cfg = load_run_config(sets=TINY[:-1] + ["features.functionals=eGeMAPSv02"])
     out, cache = root / "fusion", root / "fusion-cache" / "features"
-    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=cache, only_folds=["spk-spk01"])
+    report = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=("spk-spk01",)), cache_dir=cache)
     fold = report["folds"][0]
     assert fold["test"]["n"] == fold["n_test"]
     assert "fusion: openSMILE eGeMAPSv02 functionals joined" in report["model"]

@@ -26,7 +26,14 @@ from moma.capabilities import check_bf16
 from moma.checkpoint import load_checkpoint
 from moma.config import RunConfig, config_from_dict, config_to_dict, replace, save_config
 from moma.corpora.base import Utterance, label_list
-from moma.data.protocols import Fold, fold_scored_classes, make_folds, rotate_validation, select_folds, validate_fold
+from moma.data.protocols import (
+    Fold,
+    ProtocolSpec,
+    fold_scored_classes,
+    rotate_validation,
+    select_folds,
+    validate_fold,
+)
 from moma.evaluation.calibration import expected_calibration_error, negative_log_likelihood, scale_posteriors
 from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from moma.features.cache import FeatureCache, pack_features
@@ -119,6 +126,21 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
         return _train_and_test_fold(job, dist_info)
 
 
+def _fold_functionals(job: FoldJob, speaker_of: Mapping[str, str]
+                      ) -> tuple[Normaliser | None, dict[str, np.ndarray] | None]:
+    """A fusion fold's functionals normaliser, fitted on its training side, and every utterance's standardised
+    functionals; (None, None) without functionals."""
+    if job.cfg.features.functionals == "none":
+        return None, None
+    if job.functionals is None:
+        raise ValueError(f"features.functionals={job.cfg.features.functionals}: the fold job carries no functionals")
+    fold, ids = job.fold, job.fold.train + job.fold.val + job.fold.test
+    rows = {k: job.functionals[k][None, :] for k in ids}  # (D_f,) -> (1, D_f): one row per utterance
+    func_norm = fit_normaliser(functionals_normalisation(job.cfg.data.normalisation), rows, job.utterances,
+                               fold.train + fold.val, fold.test)
+    return func_norm, {k: normalise_functionals(func_norm, job.functionals[k], speaker_of[k]) for k in ids}
+
+
 def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | None:
     main = dist_info.is_main
     out_dir = job.out_dir
@@ -129,14 +151,7 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
     speaker_of = {k: utts[k].speaker for k in ids}
     feats = NormalisedFeatures(job.features, norm, speaker_of, ids)
     label_of = {k: job.labels.index(utts[k].label) for k in ids}
-    func_norm, funcs = None, None
-    if job.cfg.features.functionals != "none":
-        if job.functionals is None:
-            raise ValueError(f"features.functionals={job.cfg.features.functionals}: the fold job carries no functionals")
-        rows = {k: job.functionals[k][None, :] for k in ids}  # (D_f,) -> (1, D_f): one row per utterance
-        func_norm = fit_normaliser(functionals_normalisation(job.cfg.data.normalisation), rows, utts,
-                                   fold.train + fold.val, fold.test)
-        funcs = {k: normalise_functionals(func_norm, job.functionals[k], speaker_of[k]) for k in ids}
+    func_norm, funcs = _fold_functionals(job, speaker_of)
     info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
             "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
     if main:
@@ -382,13 +397,11 @@ def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
     return build_report(meta, results, run_dir)
 
 
-def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, *,
-                         protocol: str, cache_dir: str | Path, k: int = 5, test_session: str | None = None,
-                         test_speakers: Sequence[str] | None = None, only_folds: Sequence[str] | None = None,
-                         jobs: int = 1, resume: bool = True, progress: bool = False, feature_workers: int = 1,
-                         title: str | None = None, command: str | None = None,
-                         corpus: str | None = None, test_corpus: str | None = None) -> dict[str, Any]:
-    """Run every fold of ``protocol`` and write ``report.json`` / ``report.md`` in ``out_dir``.
+def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, spec: ProtocolSpec,
+                         *, cache_dir: str | Path, jobs: int = 1, resume: bool = True, progress: bool = False,
+                         feature_workers: int = 1, title: str | None = None,
+                         command: str | None = None) -> dict[str, Any]:
+    """Run every fold of ``spec`` (or its ``only_folds``) and write ``report.json`` / ``report.md`` in ``out_dir``.
 
     Under ``torchrun`` (see :mod:`moma.training.distributed`) the folds run one after
     another, each trained by all processes together; rank 0 writes every file
@@ -403,11 +416,9 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
             raise ValueError("--jobs > 1 cannot be combined with torchrun: the processes already share each fold")
         dist_info = init_distributed(resolve_device(cfg.train.device).type)
     try:
-        report = _run_cross_validation(utterances, cfg, out_dir, protocol=protocol, cache_dir=cache_dir, k=k,
-                                       test_session=test_session, test_speakers=test_speakers,
-                                       only_folds=only_folds, jobs=jobs, resume=resume, progress=progress,
-                                       feature_workers=feature_workers, title=title, command=command, corpus=corpus,
-                                       test_corpus=test_corpus, dist_info=dist_info)
+        report = _run_cross_validation(utterances, cfg, Path(out_dir), spec, cache_dir=cache_dir, jobs=jobs,
+                                       resume=resume, progress=progress, feature_workers=feature_workers,
+                                       title=title, command=command, dist_info=dist_info)
         barrier(dist_info)  # the ranks leave the group together, not while rank 0 still writes the report
         return report
     finally:
@@ -415,15 +426,11 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
             shutdown_distributed()
 
 
-def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, *,
-                          protocol: str, cache_dir: str | Path, k: int, test_session: str | None,
-                          test_speakers: Sequence[str] | None, only_folds: Sequence[str] | None, jobs: int,
-                          resume: bool, progress: bool, feature_workers: int, title: str | None,
-                          command: str | None, corpus: str | None, test_corpus: str | None,
-                          dist_info: DistInfo) -> dict[str, Any]:
+def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: Path, spec: ProtocolSpec, *,
+                          cache_dir: str | Path, jobs: int, resume: bool, progress: bool, feature_workers: int,
+                          title: str | None, command: str | None, dist_info: DistInfo) -> dict[str, Any]:
     t0 = time.time()
     main = dist_info.is_main
-    out_dir = Path(out_dir)
     functionals_dim(cfg.features.functionals)  # bad functionals settings are refused before any file is read
     check_level(cfg.features.functionals_level)
     check_normalisation(cfg.data.normalisation)
@@ -434,7 +441,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     utts = {u.id: u for u in utterances}
     labels = label_list(utterances)
     corpora = sorted({u.corpus for u in utterances if u.corpus})
-    corpus = corpus or (f"pool of {' + '.join(corpora)}" if len(corpora) > 1 else corpora[0] if corpora else "corpus")
+    corpus = spec.corpus or (f"pool of {' + '.join(corpora)}" if len(corpora) > 1 else corpora[0] if corpora else "corpus")
     cache = FeatureCache(cache_dir, cfg.features)
     # rank 0 fills the cache first; the others then read it (or, on a machine that does not
     # share the cache folder, compute their own copy)
@@ -446,19 +453,18 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
                                           workers=feature_workers, progress=progress and main)
     if main:
         barrier(dist_info)
-    all_folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
-                           test_session=test_session, test_speakers=test_speakers, test_corpus=test_corpus)
-    folds = select_folds(all_folds, only_folds)  # what this call computes; the report covers every fold
+    all_folds = spec.folds(utterances, val_speakers=cfg.train.val_speakers, seed=cfg.train.seed)
+    folds = select_folds(all_folds, spec.only_folds)  # what this call computes; the report covers every fold
     for fold in folds:
         validate_fold(fold, utterances)
     meta = {
-        "title": title or f"{corpus}: {protocol} cross-validation",
+        "title": title or f"{corpus}: {spec.protocol} cross-validation",
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
         "corpus": corpus,
         "n_utterances": len(utterances),
         "n_speakers": len({u.speaker for u in utterances}),
         "labels": labels,
-        "protocol": protocol,
+        "protocol": spec.protocol,
         "fold_names": [f.name for f in all_folds],
         "normalisation": NORMALISATION_NOTES.get(cfg.data.normalisation, cfg.data.normalisation),
         "model": describe_model(cfg),
