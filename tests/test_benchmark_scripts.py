@@ -85,3 +85,17 @@ def test_every_benchmark_recipe_is_used_by_a_suite():
             for spec in yaml.safe_load((ROOT / "benchmarks" / "suites" / f"{s}.yaml").read_text())["runs"].values()}
     files = {p.stem for p in (ROOT / "benchmarks" / "recipes").glob("*.yaml")}
     assert files - used == set()
+
+
+def test_every_reproduce_line_in_the_reports_and_docs_names_a_real_run():
+    import re
+
+    import yaml
+
+    suites = {s: yaml.safe_load((ROOT / "benchmarks" / "suites" / f"{s}.yaml").read_text())["runs"] for s in SUITES}
+    for page in [*ROOT.glob("reports/*/README.md"), *ROOT.glob("docs/*.md"), ROOT / "README.md"]:
+        text = page.read_text(encoding="utf-8").replace("\\\n", " ")
+        for suite, names in re.findall(r"benchmarks/reproduce.py ([a-z-]+)((?: [a-z0-9-]+)*)", text):
+            assert suite in suites or suite in ("list", "suite"), (page.name, suite)
+            unknown = [n for n in names.split() if suite in suites and n not in suites[suite] and n != "list"]
+            assert not unknown, (str(page.relative_to(ROOT)), suite, unknown)

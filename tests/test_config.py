@@ -1,7 +1,15 @@
 import pytest
 import yaml
 
-from moma.config import RunConfig, config_to_dict, load_run_config, save_config
+from moma.config import (
+    REMOVED_AFTER,
+    REMOVED_OPTIONS,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    load_run_config,
+    save_config,
+)
 from moma.recipes import available_recipes, resolve_recipe
 
 
@@ -86,3 +94,46 @@ def test_shipped_recipes_hold_no_runtime_settings_and_share_one_model_block():
         assert not flat & RUNTIME_KEYS, name
         model_blocks += "hidden_size" in (raw.get("model") or {})
     assert model_blocks == 3  # cpu, paper and demo; every other recipe inherits one of them
+
+
+def _other_value(off):
+    return {float: 0.3, int: 2, str: "white"}[type(off)]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in REMOVED_OPTIONS if "=" not in n))
+def test_a_removed_option_loads_at_its_off_value_and_is_refused_at_any_other(name, tmp_path, caplog):
+    """Committed reports and bundled checkpoints hold every removed option at its off value: they still load.
+    A config that set one cannot be run any more, and says so in one line."""
+    off, why = REMOVED_OPTIONS[name]
+    section, key = name.split(".")
+    saved = config_to_dict(RunConfig())
+    saved[section][key] = off
+    with caplog.at_level("DEBUG", logger="moma.config"):
+        assert config_to_dict(config_from_dict(RunConfig, saved)) == config_to_dict(RunConfig())
+    assert name in caplog.text
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({section: {key: off}}))
+    assert config_to_dict(load_run_config([tmp_path / "old.yaml"])) == config_to_dict(RunConfig())
+    with pytest.raises(ValueError) as refused:
+        load_run_config(sets=[f"{name}={_other_value(off)}"])
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{name}=")
+    assert f"removed after moma {REMOVED_AFTER}" in message and why in message
+    saved[section][key] = _other_value(off)
+    with pytest.raises(ValueError, match="removed after moma"):
+        config_from_dict(RunConfig, saved)
+
+
+@pytest.mark.parametrize("entry", sorted(n for n in REMOVED_OPTIONS if "=" in n))
+def test_a_removed_value_of_a_kept_option_is_refused_in_one_line(entry):
+    why = REMOVED_OPTIONS[entry][1]
+    name, value = entry.split("=")
+    with pytest.raises(ValueError) as refused:
+        load_run_config(sets=[entry])
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(entry) and why in message
+    assert f"removed after moma {REMOVED_AFTER}" in message
+    section, key = name.split(".")
+    saved = config_to_dict(RunConfig())
+    saved[section][key] = value
+    with pytest.raises(ValueError, match="removed after moma"):
+        config_from_dict(RunConfig, saved)

@@ -53,3 +53,43 @@ def test_no_private_name_is_imported_across_modules():
                 offenders += [f"{path.relative_to(PACKAGE)}: {node.module}.{a.name}" for a in node.names
                               if re.match(r"^_[^_]", a.name)]
     assert offenders == []
+
+
+MAX_FUNCTION_LINES = 80
+SHORT_FUNCTION_STAGES = ("training", "inference", "evaluation")
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Names and lengths of the functions in ``source`` longer than ``limit`` lines (decorators to last line)
+    without a ``# long: <why>`` comment on the def line or the first line of the body."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+        length = node.end_lineno - start + 1
+        body_start = node.body[0].lineno  # the docstring, when there is one
+        marked = any(re.search(r"#\s*long:\s*\S", lines[i - 1]) for i in range(node.lineno, body_start + 1))
+        if length > limit and not marked:
+            found.append(f"{node.name} ({length} lines)")
+    return found
+
+
+def test_the_length_check_counts_lines_and_honours_a_stated_reason():
+    body = "\n".join(f"    x{i} = {i}" for i in range(85))
+    assert long_functions(f"def f():\n{body}\n") == ["f (86 lines)"]
+    assert long_functions(f"def f():  # long: one table, read top to bottom\n{body}\n") == []
+    assert long_functions(f"def f():\n    # long: one table, read top to bottom\n{body}\n") == []
+    assert long_functions(f"def f():\n    # long:\n{body}\n") == ["f (87 lines)"]  # a reason is required
+    assert long_functions("def f():\n    return 1\n") == []
+
+
+def test_functions_in_training_inference_and_evaluation_are_short_or_say_why():
+    offenders = {}
+    for stage in SHORT_FUNCTION_STAGES:
+        for path in sorted((PACKAGE / stage).rglob("*.py")):
+            found = long_functions(path.read_text())
+            if found:
+                offenders[str(path.relative_to(PACKAGE))] = found
+    assert offenders == {}

@@ -20,6 +20,25 @@ import yaml
 
 log = logging.getLogger(__name__)
 
+# Options removed after this version, once measured not to help: name -> (the value that meant "off", why). A
+# saved config (a committed report's, a bundled checkpoint's) holding one at that value still loads, the key
+# dropped; any other value is refused in one line, since the run it describes can no longer be made. A
+# "name=value" entry is one removed value of an option that stays: refused wherever it appears.
+REMOVED_AFTER = "0.1.0"
+REMOVED_OPTIONS: dict[str, tuple[Any, str]] = {
+    "train.mixup_alpha": (0.0, "measured not to help: -0.023 UAR pooled on nEMO, reports/nemo-loso"),
+    "train.weight_average_epochs": (0.0, "measured not to help: -0.010 UAR on nEMO and on EmoDB, "
+                                         "reports/nemo-loso and reports/pool-emodb-loso"),
+    "data.vtlp": (0.0, "measured not to help: -0.106 UAR on the first nEMO fold, reports/nemo-loso"),
+    "data.tempo": (0.0, "measured not to help: -0.106 UAR on the first nEMO fold, reports/nemo-loso"),
+    "data.augment_copies": (0, "channel-augmented training copies measured not to help between corpora: "
+                               "reports/loco"),
+    "data.augment_conditions": ("white,babble,reverb,telephone,gain", "the channel families of data.augment_copies, "
+                                "removed with it (measured not to help between corpora: reports/loco)"),
+    "data.normalisation=utterance-mean": (None, "measured worse than utterance on nEMO, EmoDB and between them: "
+                                                "reports/nemo-loso, reports/pool-emodb-loso, reports/loco"),
+}
+
 
 @dataclass
 class FeatureConfig:
@@ -79,7 +98,7 @@ class ModelConfig:
 class DataConfig:
     """How features become batches."""
 
-    normalisation: str = "global"  # global | speaker | utterance | utterance-mean | none (see features.Normaliser)
+    normalisation: str = "global"  # global | speaker | utterance | none (see features.Normaliser)
     # frames (10 ms each) per batch, padding included; under torchrun both limits are for the GLOBAL batch,
     # shared by the processes, so a recipe means the same on 1 or N processes
     max_frames_per_batch: int = 12000
@@ -92,11 +111,6 @@ class DataConfig:
     time_mask_frames: int = 20  # maximum width of one time mask, in frames
     num_time_masks: int = 2  # time masks per utterance
     noise_std: float = 0.0  # std of Gaussian noise added to normalised training features
-    vtlp: float = 0.0  # > 0: warp the Mel axis by a random factor in [1 - vtlp, 1 + vtlp] (vocal tract length perturbation)
-    tempo: float = 0.0  # > 0: stretch time by a random factor in [1 - tempo, 1 + tempo] (tempo perturbation)
-    augment_copies: int = 0  # > 0: channel-perturbed copies of every training utterance (features.augment),
-    #   computed once and cached; each epoch an utterance is replaced by one of its copies or kept, at random
-    augment_conditions: str = "white,babble,reverb,telephone,gain"  # channel families the copies draw from
     num_workers: int = 0  # DataLoader worker processes
 
 
@@ -117,12 +131,8 @@ class TrainConfig:
     balance: str = "none"  # none | class | corpus | corpus-class: weight each training item's loss so that every
     #   class, corpus or (corpus, class) pair carries the same total weight (a pool of corpora of unequal size)
     label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0  # > 0: mixup (Zhang et al., 2018): each training batch is mixed with a shuffled copy
-    #   of itself, inputs and losses weighted lam and 1 - lam, lam ~ Beta(alpha, alpha) folded to >= 0.5; 0 = off
     speaker_adversarial: float = 0.0  # lambda of a gradient-reversal speaker classifier on the embedding; 0 = off
     adversary_hidden: int = 128  # hidden units of that speaker classifier (one ReLU layer)
-    weight_average_epochs: float = 0.0  # time constant, in epochs, of an exponential moving average of the
-    #   weights (0 = off); validation, the model choice and best.safetensors then use the averaged weights
     monitor: str = "uar"  # validation metric that drives the schedule and checkpoint choice: uar | accuracy | loss
     monitor_smoothing: float = 0.0  # EMA weight of the previous epochs on the monitored value (0 = raw; 0.5
     #   halves an epoch's weight each epoch): a fluke epoch on few validation speakers cannot win or stall alone
@@ -162,7 +172,7 @@ def config_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
     Unknown keys are an error rather than silently ignored: a misspelt option
     that does nothing is the worst kind of configuration bug.
     """
-    data = dict(data or {})
+    data = drop_removed_options(data or {}) if cls is RunConfig else dict(data or {})
     hints = get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     known = {f.name for f in fields(cls)}
@@ -182,6 +192,32 @@ def config_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
         else:
             kwargs[f.name] = _coerce(value, typ, f"{cls.__name__}.{f.name}")
     return cls(**kwargs)
+
+
+def drop_removed_options(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a nested run-config dict without the :data:`REMOVED_OPTIONS` it holds at their "off" value;
+    one set to anything else is refused with a ValueError naming it, when it went and why."""
+    out = {name: dict(value) if isinstance(value, dict) else value for name, value in data.items()}
+    for name, (off, why) in REMOVED_OPTIONS.items():
+        name, _, removed_value = name.partition("=")
+        section, key = name.split(".", 1)
+        if not isinstance(out.get(section), dict) or key not in out[section]:
+            continue
+        if removed_value:
+            if out[section][key] == removed_value:
+                raise ValueError(f"{name}={removed_value}: this value was removed after moma {REMOVED_AFTER} "
+                                 f"({why}); choose another")
+            continue
+        value = out[section].pop(key)
+        try:
+            is_off = _coerce(value, type(off), name) == off
+        except ValueError:
+            is_off = False
+        if not is_off:
+            raise ValueError(f"{name}={value!r}: this option was removed after moma {REMOVED_AFTER} ({why}); "
+                             "drop it from the config")
+        log.debug("%s=%r: a removed option at its off value, dropped", name, value)
+    return out
 
 
 def _coerce(value: Any, typ: Any, name: str) -> Any:

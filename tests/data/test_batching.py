@@ -6,10 +6,8 @@ from moma.data.batching import (
     BucketBatchSampler,
     FeatureDataset,
     collate,
-    draw_mixup,
     make_items,
     make_loader,
-    mix_batch,
     padding_fraction,
     window_starts,
 )
@@ -78,73 +76,14 @@ def test_loader_yields_every_item_once():
     assert sorted(keys) == sorted(feats)
 
 
-def test_frequency_warp_shifts_spectral_peaks_and_identity_is_exact():
-    from moma.data.batching import warp_frequency
-
-    feats = np.zeros((4, 23), np.float32)
-    feats[:, 10] = 1.0
-    assert np.array_equal(warp_frequency(feats, 1.0), feats)
-    assert int(np.argmax(warp_frequency(feats, 1.2)[0])) == 12  # a formant moves up with a shorter tract
-    assert int(np.argmax(warp_frequency(feats, 0.8)[0])) == 8
-
-
-def test_time_stretch_changes_length_and_keeps_endpoints():
-    from moma.data.batching import stretch_time
-
-    feats = np.arange(100, dtype=np.float32)[:, None].repeat(3, 1)
-    fast = stretch_time(feats, 1.25)
-    assert fast.shape == (80, 3)
-    assert fast[0, 0] == 0 and fast[-1, 0] == 99
-    assert stretch_time(feats, 0.8).shape == (125, 3)
-
-
-def test_vtlp_warps_only_the_mel_columns():
-    from moma.config import DataConfig
-    from moma.data.batching import augment
-
-    rng_feats = np.random.default_rng(0).normal(size=(50, 25)).astype(np.float32)
-    rng_feats[:, 23] = 5.0  # a log-F0 column after 23 Mel bins
-    cfg = DataConfig(vtlp=0.3, spec_augment=False)
-    out = augment(rng_feats, cfg, np.random.default_rng(1), mel_bins=23)
-    assert out.shape == rng_feats.shape
-    np.testing.assert_array_equal(out[:, 23:], rng_feats[:, 23:])  # appended columns untouched
-    assert not np.allclose(out[:, :23], rng_feats[:, :23])  # the Mel bins were warped
-    # warping all 25 columns as one axis would carry log F0 into the top Mel bins
-    seam = augment(rng_feats, cfg, np.random.default_rng(1), mel_bins=0)
-    assert not np.allclose(seam[:, 23:], rng_feats[:, 23:])
-
-
-def test_training_reads_an_utterance_or_one_of_its_copies_at_random_per_epoch():
-    from moma.data.batching import FeatureDataset, Item
-
-    feats = {"u": np.zeros((10, 2), np.float32), "u~aug1": np.ones((10, 2), np.float32),
-             "u~aug2": np.full((10, 2), 2.0, np.float32)}
-    items = [Item("u", 0, 10, 0)]
-    train = FeatureDataset(feats, items, DataConfig(), train=True, seed=1, variants={"u": ["u~aug1", "u~aug2"]})
-    seen = []
-    for epoch in range(30):
-        train.set_epoch(epoch)
-        x, label, key, _, funcs = train[0]
-        assert funcs is None  # no functionals given
-        seen.append(float(x[0, 0]))
-        assert key == "u" and label == 0  # the item still names the original (speaker lookups, predictions)
-    assert set(seen) == {0.0, 1.0, 2.0}
-    train.set_epoch(3)
-    assert float(train[0][0][0, 0]) == seen[3]  # reproducible per (seed, epoch, index)
-    test = FeatureDataset(feats, items, DataConfig(), train=False, variants={"u": ["u~aug1", "u~aug2"]})
-    assert all(float(test[0][0][0, 0]) == 0.0 for _ in range(5))  # evaluation never reads a copy
-
-
-def test_fusion_items_carry_their_utterance_functionals_through_windows_copies_and_collate():
-    feats = {"u": np.zeros((30, 2), np.float32), "u~aug1": np.ones((30, 2), np.float32),
-             "v": np.ones((12, 2), np.float32)}
-    funcs = {"u": np.array([1.0, 2.0, 3.0]), "v": np.array([-1.0, 0.0, 1.0])}  # none for the copy: it reads u's
+def test_fusion_items_carry_their_utterance_functionals_through_windows_and_collate():
+    feats = {"u": np.zeros((30, 2), np.float32), "v": np.ones((12, 2), np.float32)}
+    funcs = {"u": np.array([1.0, 2.0, 3.0]), "v": np.array([-1.0, 0.0, 1.0])}
     items = make_items(feats, ["u", "v"], {"u": 0, "v": 1}, window=10, hop=10)
-    train = FeatureDataset(feats, items, DataConfig(), train=True, seed=0, variants={"u": ["u~aug1"]},
-                           functionals=funcs)
+    train = FeatureDataset(feats, items, DataConfig(), train=True, seed=0, functionals=funcs)
     for epoch in range(4):
         train.set_epoch(epoch)
-        for i, it in enumerate(items):  # every window of u, original or copy, carries u's vector
+        for i, it in enumerate(items):  # every window of u carries u's vector
             np.testing.assert_array_equal(train[i][4], funcs[it.key].astype(np.float32))
     batch = collate([train[0], train[len(items) - 1]])
     assert batch.functionals.dtype == torch.float32
@@ -155,27 +94,3 @@ def test_fusion_items_carry_their_utterance_functionals_through_windows_copies_a
     assert len(inputs) == 3 and inputs[2] is not None
     torch.testing.assert_close(inputs[1], batch.lengths)
     assert len(collate([FeatureDataset(feats, items, DataConfig())[0]]).model_inputs(torch.device("cpu"))) == 2
-
-
-def test_mix_batch_mixes_rows_with_their_partners_over_the_longer_length():
-    a = np.full((3, 2), 1.0, np.float32)
-    b = np.full((5, 2), 3.0, np.float32)
-    batch = collate([(a, 0, "a", 0, np.array([1.0], np.float32)), (b, 1, "b", 0, np.array([5.0], np.float32))])
-    mixed = mix_batch(batch, 0.75, torch.tensor([1, 0]))
-    assert mixed.lengths.tolist() == [5, 5]
-    np.testing.assert_allclose(mixed.features[0, :3].numpy(), 0.75 * 1.0 + 0.25 * 3.0)
-    np.testing.assert_allclose(mixed.features[0, 3:].numpy(), 0.25 * 3.0)  # a's padding (0) against b's frames
-    np.testing.assert_allclose(mixed.features[1, :3].numpy(), 0.75 * 3.0 + 0.25 * 1.0)
-    np.testing.assert_allclose(mixed.features[1, 3:].numpy(), 0.75 * 3.0)
-    np.testing.assert_allclose(mixed.functionals[:, 0].numpy(), [0.75 * 1 + 0.25 * 5, 0.75 * 5 + 0.25 * 1])
-    assert mixed.labels.tolist() == [0, 1] and mixed.keys == ["a", "b"]  # the rows' own; the loss adds partners'
-    np.testing.assert_array_equal(batch.features[0, 3:].numpy(), 0.0)  # the batch itself is untouched
-
-
-def test_mixup_draws_keep_each_row_the_larger_part_and_are_seeded():
-    draws = [draw_mixup(6, 0.4, np.random.default_rng(seed)) for seed in range(50)]
-    lams = [lam for lam, _ in draws]
-    assert all(0.5 <= lam <= 1.0 for lam in lams) and len(set(lams)) == 50
-    assert all(sorted(p.tolist()) == list(range(6)) for _, p in draws)
-    lam, partner = draw_mixup(6, 0.4, np.random.default_rng(3))
-    assert lam == lams[3] and partner.tolist() == draws[3][1].tolist()

@@ -3,6 +3,7 @@ import pytest
 from moma.corpora.base import Utterance
 from moma.data.protocols import (
     Fold,
+    ProtocolSpec,
     SpeakerLeakageError,
     check_speaker_disjoint,
     choose_validation_speakers,
@@ -193,3 +194,14 @@ def test_select_folds_by_name_or_test_speaker_and_refuses_unknown_names():
     assert select_folds(folds, None) == folds
     with pytest.raises(ValueError, match="no fold matches s09 .folds: spk-s00, spk-s01, spk-s02, spk-s03"):
         select_folds(folds, ["s01", "s09"])  # one typo is not run as a smaller selection
+
+
+def test_a_protocol_spec_makes_the_folds_its_arguments_name():
+    utts = corpus()
+    spec = ProtocolSpec("predefined", test_speakers=("s00", "s01"), only_folds=("ignored-here",))
+    (f,) = spec.folds(utts, val_speakers=2, seed=3)
+    assert f.to_dict() == make_folds(utts, "predefined", test_speakers=["s00", "s01"], val_speakers=2,
+                                     seed=3)[0].to_dict()
+    kfold = ProtocolSpec("speaker-kfold", k=4).folds(utts, val_speakers=1, seed=0)
+    assert [f.name for f in kfold] == [f.name for f in make_folds(utts, "speaker-kfold", k=4, val_speakers=1)]
+    assert len(kfold) == 4

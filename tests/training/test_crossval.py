@@ -9,6 +9,7 @@ import pytest
 from moma.config import load_run_config
 from moma.corpora.base import Utterance
 from moma.corpora.synthetic import make_synthetic_corpus
+from moma.data.protocols import ProtocolSpec
 from moma.training.crossval import run_cross_validation
 
 TINY = ["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8", "train.max_epochs=1",
@@ -28,8 +29,8 @@ def test_ensemble_members_average_and_validate_on_the_chosen_speakers(corpus, mo
     root, utts = corpus
     cfg = load_run_config(sets=TINY + [f"train.ensemble_validation={mode}"])
     out = root / mode
-    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                  only_folds=["spk-spk01"])
+    report = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=("spk-spk01",)),
+                                  cache_dir=root / "cache")
     fold = report["folds"][0]
     result = json.loads((out / fold["name"] / "result.json").read_text())
     members = result["seeds"]
@@ -56,28 +57,11 @@ def test_ensemble_members_average_and_validate_on_the_chosen_speakers(corpus, mo
     assert "expected calibration error" in (out / "report.md").read_text()
 
 
-def test_channel_augmentation_trains_on_cached_copies_of_training_utterances_only(corpus):
-    root, utts = corpus
-    cfg = load_run_config(sets=TINY[:-1] + ["data.augment_copies=2", "data.augment_conditions=white,reverb"])
-    out = root / "augmented"
-    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache-aug",
-                                  only_folds=["spk-spk01"])
-    fold = report["folds"][0]
-    assert fold["test"]["n"] == fold["n_test"]  # the copies are never tested
-    entries = [p for p in (root / "cache-aug").rglob("*.npy") if "packed" not in p.parts]
-    assert len(entries) == 3 * len(utts)  # each utterance and its two copies
-    assert report["config"]["data"]["augment_copies"] == 2
-    with pytest.raises(ValueError, match="channel families"):
-        run_cross_validation(utts, load_run_config(sets=TINY[:-1] + ["data.augment_copies=1",
-                                                                     "data.augment_conditions=codec"]),
-                             root / "bad", protocol="loso", cache_dir=root / "cache-aug", only_folds=["spk-spk01"])
-
-
 def test_unknown_ensemble_validation_is_refused(corpus):
     root, utts = corpus
     cfg = load_run_config(sets=TINY + ["train.ensemble_validation=random"])
     with pytest.raises(ValueError, match="train.ensemble_validation must be one of same, rotate"):
-        run_cross_validation(utts, cfg, root / "bad", protocol="loso", cache_dir=root / "cache")
+        run_cross_validation(utts, cfg, root / "bad", ProtocolSpec("loso"), cache_dir=root / "cache")
 
 
 def test_model_description_names_every_input_feature_group():
@@ -87,11 +71,6 @@ def test_model_description_names_every_input_feature_group():
     assert "23 log-Mel" in plain and "pitch" not in plain and "openSMILE" not in plain
     both = describe_model(load_run_config(sets=["features.pitch=true", "features.lld=egemaps"]))
     assert "23 log-Mel + pitch (log F0, voicing) + openSMILE egemaps LLDs" in both
-    assert "moving average" not in plain
-    averaged = describe_model(load_run_config(sets=["train.weight_average_epochs=2"]))
-    assert "weights validated and kept as their moving average (time constant 2 epochs)" in averaged
-    assert "mixup" not in plain
-    assert "mixup (alpha 0.4)" in describe_model(load_run_config(sets=["train.mixup_alpha=0.4"]))
     regularised = describe_model(load_run_config(sets=["train.weight_decay=0.5", "train.label_smoothing=0.1"]))
     assert "label smoothing 0.1" in regularised and "lr 0.0001, weight decay 0.5," in regularised
     assert "weight decay" not in plain and "label smoothing" not in plain
@@ -106,7 +85,7 @@ def test_a_functionals_level_above_full_scale_is_refused_before_any_file_is_read
             for i in range(6)]
     cfg = load_run_config(sets=["features.functionals=eGeMAPSv02", "features.functionals_level=3"])
     with pytest.raises(ValueError, match="functionals_level: 3.0 dBFS is above full scale"):
-        run_cross_validation(utts, cfg, tmp_path / "out", protocol="loso", cache_dir=tmp_path / "cache")
+        run_cross_validation(utts, cfg, tmp_path / "out", ProtocolSpec("loso"), cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
 
@@ -116,16 +95,14 @@ def test_an_unknown_normalisation_is_refused_before_any_file_is_read(tmp_path):
             for i in range(6)]
     cfg = load_run_config(sets=["data.normalisation=utterance-variance"])
     with pytest.raises(ValueError, match="unknown normalisation mode 'utterance-variance'; choose one of global, "
-                                         "speaker, utterance, utterance-mean, none"):
-        run_cross_validation(utts, cfg, tmp_path / "out", protocol="loso", cache_dir=tmp_path / "cache")
+                                         "speaker, utterance, none"):
+        run_cross_validation(utts, cfg, tmp_path / "out", ProtocolSpec("loso"), cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("option,message", [
     ("train.balance=speaker", "train.balance must be one of none, class, corpus, corpus-class, got 'speaker'"),
     ("train.monitor=f1", "train.monitor must be one of uar, accuracy, loss, got 'f1'"),
-    ("train.weight_average_epochs=-1", "train.weight_average_epochs must be >= 0"),
-    ("train.mixup_alpha=-0.2", "train.mixup_alpha must be >= 0"),
     ("train.ensemble_validation=random", "train.ensemble_validation must be one of same, rotate, got 'random'"),
 ])
 def test_a_bad_training_option_is_refused_before_any_file_is_read(tmp_path, option, message):
@@ -133,7 +110,7 @@ def test_a_bad_training_option_is_refused_before_any_file_is_read(tmp_path, opti
     utts = [Utterance(id=f"u{i}", path=str(tmp_path / "missing.wav"), speaker=f"s{i % 3}", label="angry")
             for i in range(6)]
     with pytest.raises(ValueError, match=re.escape(message)):
-        run_cross_validation(utts, load_run_config(sets=[option]), tmp_path / "out", protocol="loso",
+        run_cross_validation(utts, load_run_config(sets=[option]), tmp_path / "out", ProtocolSpec("loso"),
                              cache_dir=tmp_path / "cache")
     assert not (tmp_path / "out").exists()
 
@@ -150,7 +127,7 @@ def test_a_failing_fold_is_named_and_the_other_folds_are_kept(corpus, jobs):
     out.mkdir()
     (out / bad).write_text("a file where the fold's folder goes")
     with pytest.raises(RuntimeError, match=re.escape(f"1 fold(s) failed ({bad}: FileExistsError")):
-        run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=speakers,
+        run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=tuple(speakers)), cache_dir=root / "cache",
                              jobs=jobs)
     kept = [f"spk-{speakers[0]}", f"spk-{speakers[2]}"]
     for name in kept:
@@ -169,11 +146,11 @@ def test_folds_computed_by_separate_calls_share_one_report(corpus):
     cfg = load_run_config(sets=SINGLE)
     out = root / "by-parts"
     speakers = sorted({u.speaker for u in utts})
-    first = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                 only_folds=[f"spk-{speakers[2]}"])
+    first = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(f"spk-{speakers[2]}",)),
+                                 cache_dir=root / "cache")
     assert [f["name"] for f in first["folds"]] == [f"spk-{speakers[2]}"]
-    second = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                  only_folds=[f"spk-{speakers[0]}"])
+    second = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(f"spk-{speakers[0]}",)),
+                                  cache_dir=root / "cache")
     names = [f"spk-{speakers[0]}", f"spk-{speakers[2]}"]
     assert [f["name"] for f in second["folds"]] == names and second["summary"]["folds"] == 2
     assert second["fold_names"] == [f"spk-{s}" for s in speakers]
@@ -196,19 +173,19 @@ def test_a_fold_another_process_is_training_is_skipped_and_joins_the_report_late
     out = root / "claimed"
     speakers = sorted({u.speaker for u in utts})
     busy, free = f"spk-{speakers[0]}", f"spk-{speakers[1]}"
-    elsewhere = run_cross_validation(utts, cfg, root / "claimed-elsewhere", protocol="loso",
-                                     cache_dir=root / "cache", only_folds=[busy])
+    elsewhere = run_cross_validation(utts, cfg, root / "claimed-elsewhere", ProtocolSpec("loso", only_folds=(busy,)),
+                                     cache_dir=root / "cache")
     with claim_directory(out / busy):  # stands in for another `moma cv` training that fold now
         with caplog.at_level("WARNING", logger="moma.training.crossval"):
-            report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                          only_folds=[busy, free])
+            report = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(busy, free)),
+                                          cache_dir=root / "cache")
         assert [f["name"] for f in report["folds"]] == [free]
         assert not (out / busy / "result.json").exists() and not (out / busy / "best.safetensors").exists()
         assert any(f"fold {busy} is being trained by process {os.getpid()}" in r.getMessage() for r in caplog.records)
         # the other process finishes the fold while it still holds it: this run's report takes its result
         (out / busy / "result.json").write_text((root / "claimed-elsewhere" / busy / "result.json").read_text())
-        again = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache",
-                                     only_folds=[busy, free])
+        again = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(busy, free)),
+                                     cache_dir=root / "cache")
     assert [f["name"] for f in again["folds"]] == [busy, free]
     assert again["folds"][0]["test"]["uar"] == pytest.approx(elsewhere["folds"][0]["test"]["uar"])
 
@@ -219,13 +196,14 @@ def test_restart_computes_a_finished_fold_again(corpus):
     cfg = load_run_config(sets=SINGLE)
     out = root / "restarted"
     fold = f"spk-{min(u.speaker for u in utts)}"
-    run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold])
+    run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(fold,)), cache_dir=root / "cache")
     result = out / fold / "result.json"
     marked = {**json.loads(result.read_text()), "marker": "the first run's"}
     result.write_text(json.dumps(marked))
-    run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold])
+    run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(fold,)), cache_dir=root / "cache")
     assert json.loads(result.read_text())["marker"] == "the first run's"  # resuming reuses it
-    run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=root / "cache", only_folds=[fold], resume=False)
+    run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=(fold,)),
+                         cache_dir=root / "cache", resume=False)
     assert "marker" not in json.loads(result.read_text())
 
 
@@ -243,7 +221,7 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     root, utts = corpus
     cfg = load_run_config(sets=TINY[:-1] + ["features.functionals=eGeMAPSv02"])
     out, cache = root / "fusion", root / "fusion-cache" / "features"
-    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=cache, only_folds=["spk-spk01"])
+    report = run_cross_validation(utts, cfg, out, ProtocolSpec("loso", only_folds=("spk-spk01",)), cache_dir=cache)
     fold = report["folds"][0]
     assert fold["test"]["n"] == fold["n_test"]
     assert "fusion: openSMILE eGeMAPSv02 functionals joined" in report["model"]
@@ -290,43 +268,3 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     assert meta["inputs"]["functionals"]["shape"] == ["batch", 88] and "functionals_normaliser" in meta
     onnx_pred = Predictor.from_checkpoint(root / "fusion-onnx", backend="onnx").predict_file(test_utts[0].path)
     np.testing.assert_allclose(onnx_pred.logits, singles[0].logits, atol=1e-4)
-
-
-def test_utterance_mean_fold_fits_its_scale_on_training_speakers_and_predict_applies_it(corpus):
-    """data.normalisation=utterance-mean: the scale comes from the fold's training-side frames about their own
-    utterance means (never the test speaker's), travels in the checkpoint, and `moma predict` on a file gives
-    the fold's test posterior for it, from the checkpoint and from its ONNX export."""
-    import numpy as np
-
-    from moma.checkpoint import load_checkpoint
-    from moma.features.cache import FeatureCache, extract_features
-    from moma.inference.predictor import Predictor
-
-    root, utts = corpus
-    cfg = load_run_config(sets=SINGLE + ["data.normalisation=utterance-mean"])
-    out, cache = root / "umean", root / "cache"
-    report = run_cross_validation(utts, cfg, out, protocol="loso", cache_dir=cache, only_folds=["spk-spk01"])
-    fold = report["folds"][0]
-    assert "per-utterance mean removed" in report["normalisation"]
-    norm = load_checkpoint(out / fold["name"] / "best.safetensors").normaliser
-    feats = extract_features(utts, FeatureCache(cache, cfg.features))
-    train_side = [u.id for u in utts if u.speaker in set(fold["train_speakers"]) | set(fold["val_speakers"])]
-    within = np.concatenate([feats[k] - feats[k].mean(axis=0) for k in train_side])
-    assert norm.mode == "utterance-mean" and norm.frames == within.shape[0]
-    np.testing.assert_allclose(norm.std, within.std(axis=0), rtol=1e-5)
-    test_utt = next(u for u in utts if u.speaker in fold["test_speakers"])
-    fold_post = {p["id"]: p["posteriors"] for p in fold["test"]["predictions"]}
-    from scipy.special import softmax
-
-    ckpt = out / fold["name"] / "best.safetensors"
-    predicted = Predictor.from_checkpoint(ckpt).predict_file(test_utt.path)
-    np.testing.assert_allclose(softmax(predicted.logits), fold_post[test_utt.id], atol=1e-4)
-    # the exported model carries the mode and its scale: onnxruntime answers the same
-    pytest.importorskip("onnxruntime")
-    from moma.inference.export import export_onnx
-
-    export_onnx(ckpt, root / "umean-onnx")
-    meta = json.loads((root / "umean-onnx" / "model.json").read_text())
-    assert meta["normaliser"]["mode"] == "utterance-mean" and len(meta["normaliser"]["std"]) == norm.std.size
-    onnx_logits = Predictor.from_checkpoint(root / "umean-onnx", backend="onnx").predict_file(test_utt.path).logits
-    np.testing.assert_allclose(softmax(onnx_logits), fold_post[test_utt.id], atol=1e-4)

@@ -16,9 +16,9 @@ from moma.training.train import class_weights
 JOB = Path(__file__).with_name("train_job.py")
 
 
-def run_job(out_dir, mode="fresh", slow=0.0, adversarial=0.0, average=0.0, mixup=0.0):
-    return subprocess.Popen([sys.executable, str(JOB), str(out_dir), mode, str(slow), str(adversarial), str(average),
-                             str(mixup)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+def run_job(out_dir, mode="fresh", slow=0.0, adversarial=0.0):
+    return subprocess.Popen([sys.executable, str(JOB), str(out_dir), mode, str(slow), str(adversarial)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def weights(path):
@@ -55,12 +55,10 @@ def test_training_writes_self_describing_checkpoints_and_learns(tmp_path):
     np.testing.assert_allclose(list(pred.probabilities.values()), hot / hot.sum(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("adversarial,average,mixup", [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (0.0, 1.0, 0.0),
-                                                       (0.5, 0.0, 0.4)],
-                         ids=["plain", "speaker-adversarial", "weight-average", "mixup-adversarial"])
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, adversarial, average, mixup):
-    assert run_job(tmp_path / "full", adversarial=adversarial, average=average, mixup=mixup).wait(120) == 0
-    proc = run_job(tmp_path / "killed", slow=0.3, adversarial=adversarial, average=average, mixup=mixup)
+@pytest.mark.parametrize("adversarial", [0.0, 0.5], ids=["plain", "speaker-adversarial"])
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, adversarial):
+    assert run_job(tmp_path / "full", adversarial=adversarial).wait(120) == 0
+    proc = run_job(tmp_path / "killed", slow=0.3, adversarial=adversarial)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -71,8 +69,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, adversarial, a
     proc.wait()
     state = load_training_state(tmp_path / "killed" / "last.safetensors")
     assert 2 <= state["epoch"] < 8  # really interrupted mid-run
-    assert run_job(tmp_path / "killed", mode="resume", adversarial=adversarial, average=average,
-                   mixup=mixup).wait(120) == 0
+    assert run_job(tmp_path / "killed", mode="resume", adversarial=adversarial).wait(120) == 0
     full_rows = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     resumed_rows = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k not in ("frames_per_s", "epoch_time_s")}
@@ -91,63 +88,6 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, adversarial, a
             np.testing.assert_array_equal(np.asarray(full[k]), np.asarray(resumed[k]))
         assert "train_speaker_accuracy" in json.loads(full_rows[-1])
         assert not any(k.startswith("model.adversary") for k in weights(tmp_path / "full" / "best.safetensors"))
-    if average:  # the weight average resumed too (else best.safetensors, the average, would differ above)
-        full = load_training_state(tmp_path / "full" / "last.safetensors")["weight_average"]
-        resumed = load_training_state(tmp_path / "killed" / "last.safetensors")["weight_average"]
-        assert int(full["n_averaged"]) == int(resumed["n_averaged"]) > 8  # one update per step, several per epoch
-        for k in full:
-            np.testing.assert_array_equal(np.asarray(full[k]), np.asarray(resumed[k]))
-
-
-def test_weight_average_is_an_exponential_moving_average_with_a_time_constant_in_epochs():
-    import math
-
-    import torch
-
-    from moma.training.train import make_weight_average
-
-    assert make_weight_average(torch.nn.Linear(2, 1), 0.0, 10) is None
-    model = torch.nn.Linear(2, 1, bias=False)
-    averaged = make_weight_average(model, 2.0, 5)  # 10 steps: decay exp(-1/10) per step
-    decay = math.exp(-0.1)
-    expected = None
-    for value in (1.0, 3.0, -2.0):
-        with torch.no_grad():
-            model.weight.fill_(value)
-        averaged.update_parameters(model)
-        expected = value if expected is None else decay * expected + (1 - decay) * value  # the first copies
-    torch.testing.assert_close(averaged.module.weight, torch.full((1, 2), expected))
-    assert model.weight[0, 0].item() == -2.0  # the raw weights are untouched
-
-
-def test_weight_average_is_what_is_validated_and_saved(tmp_path):
-    """With train.weight_average_epochs the chosen checkpoint holds the averaged weights, which differ from the
-    raw weights that training steps (and last.safetensors resumes from)."""
-    from train_job import tiny_problem
-
-    from moma.config import load_run_config
-    from moma.features.normalise import Normaliser
-    from moma.training.train import train_model
-
-    feats, label_of, train_ids, val_ids = tiny_problem()
-    sets = ["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8", "train.lr=0.01",
-            "train.max_epochs=3", "train.min_epochs=3", "train.tensorboard=false", "train.num_threads=1",
-            "data.max_frames_per_batch=400", "train.calibrate=false"]
-    cfg = load_run_config(sets=[*sets, "train.weight_average_epochs=1"])
-    result = train_model(cfg, feats, ["a", "b", "c"], label_of, train_ids, val_ids, tmp_path / "avg",
-                         Normaliser("none"))
-    assert result.best_epoch == 3  # only the last epoch counts (min_epochs)
-    best, raw = weights(tmp_path / "avg" / "best.safetensors"), weights(tmp_path / "avg" / "last.safetensors")
-    average = load_training_state(tmp_path / "avg" / "last.safetensors")["weight_average"]
-    for k in best:
-        np.testing.assert_array_equal(best[k], np.asarray(average["module." + k[len("model."):]]))
-    assert any(not np.array_equal(best[k], raw[k]) for k in best)
-    # without averaging the same run saves its raw weights
-    train_model(load_run_config(sets=sets), feats, ["a", "b", "c"], label_of, train_ids, val_ids,
-                tmp_path / "raw", Normaliser("none"))
-    plain_best, plain_raw = (weights(tmp_path / "raw" / n) for n in ("best.safetensors", "last.safetensors"))
-    assert all(np.array_equal(plain_best[k], plain_raw[k]) for k in plain_best)
-    assert "weight_average" not in load_training_state(tmp_path / "raw" / "last.safetensors")
 
 
 def test_gradient_reversal_flips_and_scales_the_encoder_gradient():
@@ -265,31 +205,3 @@ def test_resume_with_the_best_checkpoint_missing_chooses_again_instead_of_ending
     assert "best.safetensors of epoch" in caplog.text and "is missing" in caplog.text
     assert (out / "best.safetensors").is_file() and result.best_epoch in (3, 4)
     assert load_checkpoint(out).info["epoch"] == result.best_epoch
-
-
-def test_mixup_trains_on_mixed_targets_reproducibly(tmp_path, monkeypatch):
-    """With train.mixup_alpha the loss is taken against two labels per row, so it cannot fall to zero as the
-    unmixed run's does on this separable problem; the same seed gives the same run, a resume included above."""
-    monkeypatch.syspath_prepend(str(JOB.parent))
-    from train_job import tiny_problem
-
-    from moma.config import load_run_config
-    from moma.features.normalise import Normaliser
-    from moma.training.train import train_model
-
-    feats, label_of, train_ids, val_ids = tiny_problem()
-
-    def train(name, mixup):
-        cfg = load_run_config(sets=["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8",
-                                    "train.lr=0.01", "train.max_epochs=6", "train.early_stop_patience=0",
-                                    "train.tensorboard=false", "data.max_frames_per_batch=400",
-                                    "train.num_threads=1", f"train.mixup_alpha={mixup}"])
-        train_model(cfg, feats, ["a", "b", "c"], label_of, train_ids, val_ids, tmp_path / name, Normaliser("none"))
-        return [json.loads(r) for r in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-
-    plain, mixed, again = train("plain", 0.0), train("mixed", 0.4), train("again", 0.4)
-    assert plain[-1]["train_loss"] < 0.05  # the unmixed run fits the training items
-    assert mixed[-1]["train_loss"] > 4 * plain[-1]["train_loss"]  # mixed targets keep an entropy floor
-    assert mixed[-1]["val_uar"] > 0.8  # and the model still learns the classes
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("frames_per_s", "epoch_time_s")} for r in rows]
-    assert strip(mixed) == strip(again)

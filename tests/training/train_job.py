@@ -24,15 +24,13 @@ def tiny_problem(seed: int = 0):
     return feats, label_of, ids[:36], ids[36:]
 
 
-def main(out_dir: str, resume: bool, slow: float = 0.0, adversarial: float = 0.0, average: float = 0.0,
-         mixup: float = 0.0) -> None:
+def main(out_dir: str, resume: bool, slow: float = 0.0, adversarial: float = 0.0) -> None:
     cfg = load_run_config(sets=["model.hidden_size=8", "model.context_dim=8", "model.projection_dim=8",
                                 "model.dropout=0.2", "train.lr=0.01", "train.max_epochs=8",
                                 "train.early_stop_patience=0", "train.tensorboard=false",
                                 "data.max_frames_per_batch=400", "data.spec_augment=true",
                                 "data.random_crop_s=0.4", "train.num_threads=1",
-                                f"train.speaker_adversarial={adversarial}", "train.adversary_hidden=8",
-                                f"train.weight_average_epochs={average}", f"train.mixup_alpha={mixup}"])
+                                f"train.speaker_adversarial={adversarial}", "train.adversary_hidden=8"])
     feats, label_of, train_ids, val_ids = tiny_problem()
     if slow:
         import moma.training.train as t
@@ -53,4 +51,4 @@ def main(out_dir: str, resume: bool, slow: float = 0.0, adversarial: float = 0.0
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2] == "resume", float(sys.argv[3]) if len(sys.argv) > 3 else 0.0,
-         *(float(a) for a in sys.argv[4:7]))
+         *(float(a) for a in sys.argv[4:5]))

@@ -248,8 +248,8 @@ def compile_speedup(config: str, batch: int, seconds: float, budget_s: float, se
 def loader_workers(config: str, lengths: list[int], workers: list[int], rounds: int, seed: int) -> dict[str, Any]:
     """Training epochs through the full data path with augmentation, DataLoader workers 0, 1, ...
 
-    The data path is the training one (random 3 s crops, SpecAugment, VTLP,
-    tempo perturbation, bucketed batches); compute runs on one thread, so a
+    The data path is the training one (random 3 s crops, SpecAugment,
+    bucketed batches); compute runs on one thread, so a
     worker process can prepare the next batch on another core. Epochs of the
     settings alternate ``rounds`` times; the best epoch of each is reported.
     """
@@ -257,7 +257,7 @@ def loader_workers(config: str, lengths: list[int], workers: list[int], rounds: 
 
     cfg = bench_config(config)
     dim = cfg.model.input_dim
-    dc = DataConfig(random_crop_s=3.0, spec_augment=True, vtlp=0.1, tempo=0.1)
+    dc = DataConfig(random_crop_s=3.0, spec_augment=True)
     rng = np.random.default_rng([seed, 41])
     feats = {f"u{i}": rng.standard_normal((n, dim)).astype(np.float32) for i, n in enumerate(lengths)}
     keys = list(feats)

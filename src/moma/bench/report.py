@@ -237,7 +237,7 @@ def _compile_body(c: dict[str, Any]) -> list[str]:
 
 def _workers_body(w: dict[str, Any]) -> list[str]:
     lines = [f"Training epochs of the {w['config']} configuration through the training data path with "
-             f"augmentation (3 s crops, SpecAugment, VTLP, tempo) on {w.get('lengths_source', '')}; "
+             f"augmentation (3 s crops, SpecAugment) on {w.get('lengths_source', '')}; "
              f"compute on one thread; best of {w['rounds']} interleaved epochs.", ""]
     rows = [[n, _f(fps, 0), f"{w['speedup'][n]:.2f}x"] for n, fps in w["frames_per_s"].items()]
     return lines + _table(["data.num_workers", "real frames/s", "vs 0 workers"], rows)

@@ -74,6 +74,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 def _run_cv(args: argparse.Namespace, only_folds=None) -> dict:
     from moma.corpora.base import read_manifest
+    from moma.data.protocols import ProtocolSpec
     from moma.training.crossval import run_cross_validation
 
     if args.test_speakers and args.protocol != "predefined":
@@ -89,12 +90,12 @@ def _run_cv(args: argparse.Namespace, only_folds=None) -> dict:
 
     cfg = load_config(args)
     utts = read_manifest(args.manifest)
+    spec = ProtocolSpec(args.protocol, k=args.k, test_session=args.test_session,
+                        test_speakers=tuple(args.test_speakers) if args.test_speakers else None,
+                        test_corpus=args.test_corpus, only_folds=tuple(only_folds) if only_folds else None)
     return run_cross_validation(
-        utts, cfg, args.out, protocol=args.protocol, cache_dir=args.cache, k=args.k,
-        test_session=args.test_session, test_speakers=args.test_speakers, test_corpus=args.test_corpus,
-        only_folds=only_folds,
-        jobs=args.jobs, resume=not args.restart, progress=not args.quiet, feature_workers=args.feature_workers,
-        command=command_line(args))
+        utts, cfg, args.out, spec, cache_dir=args.cache, jobs=args.jobs, resume=not args.restart,
+        progress=not args.quiet, feature_workers=args.feature_workers, command=command_line(args))
 
 
 def cmd_cv(args: argparse.Namespace) -> int:

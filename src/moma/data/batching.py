@@ -86,16 +86,10 @@ class FeatureDataset(Dataset):
 
     def __init__(self, features: dict[str, np.ndarray], items: list[Item], cfg: DataConfig | None = None,
                  *, train: bool = False, seed: int = 0, frames_per_second: float = 100.0,
-                 mel_bins: int = 0, variants: Mapping[str, Sequence[str]] | None = None,
                  functionals: Mapping[str, np.ndarray] | None = None) -> None:
         self.features = features
-        # utterance id -> its standardised functionals (D_f,), for fusion models; a window or a perturbed copy
-        # reads its utterance's vector (the clean whole utterance's: copies are not re-analysed by openSMILE)
+        # utterance id -> its standardised functionals (D_f,), for fusion models; a window reads its utterance's
         self.functionals = functionals
-        # utterance id -> keys of its perturbed copies in ``features``: in training each item is read from
-        # the original or one of its copies, chosen at random per epoch (channel augmentation)
-        self.variants = dict(variants or {}) if train else {}
-        self.mel_bins = mel_bins  # leading columns that are Mel bins (VTLP warps only these); 0 = all
         self.items = items
         self.cfg = cfg or DataConfig()
         self.train = train
@@ -121,69 +115,23 @@ class FeatureDataset(Dataset):
         it = self.items[index]
         start, end = it.start, it.end
         rng = None
-        key = it.key
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            copies = self.variants.get(it.key)
-            if copies:  # drawn only when there are copies, so runs without them keep their random streams
-                pick = int(rng.integers(0, len(copies) + 1))
-                key = copies[pick - 1] if pick else it.key
             if self.crop > 0 and end - start > self.crop:
                 start = start + int(rng.integers(0, end - start - self.crop + 1))
                 end = start + self.crop
-        feats = self.features[key][start:end]  # a copy has the original's frame count (lengths kept)
+        feats = self.features[it.key][start:end]
         if self.train and rng is not None:
-            feats = augment(feats, self.cfg, rng, mel_bins=self.mel_bins)
+            feats = augment(feats, self.cfg, rng)
         func = None if self.functionals is None else np.asarray(self.functionals[it.key], dtype=np.float32)
         return np.ascontiguousarray(feats, dtype=np.float32), it.label, it.key, start, func
 
 
-def warp_frequency(feats: np.ndarray, alpha: float) -> np.ndarray:
-    """Vocal tract length perturbation on the Mel axis: bin j takes the value at j / alpha.
-
-    A longer or shorter vocal tract scales formant frequencies; on a Mel axis
-    that is close to a shift, approximated here by linear resampling of the
-    bins (edges clamped). Speaker variation is what a speaker-independent
-    model must ignore, so perturbing it is the augmentation that matters most.
-    """
-    n_bins = feats.shape[1]
-    src = np.clip(np.arange(n_bins) / alpha, 0, n_bins - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_bins - 1)
-    frac = (src - lo).astype(np.float32)
-    return feats[:, lo] * (1 - frac) + feats[:, hi] * frac  # [T, F]
-
-
-def stretch_time(feats: np.ndarray, rate: float) -> np.ndarray:
-    """Tempo perturbation: resample the frame sequence to ``T / rate`` frames (linear interpolation)."""
-    n_frames = feats.shape[0]
-    new_len = max(1, int(round(n_frames / rate)))
-    if new_len == n_frames or n_frames < 2:
+def augment(feats: np.ndarray, cfg: DataConfig, rng: np.random.Generator) -> np.ndarray:
+    """SpecAugment-style masking and feature noise ([T, F] in and out). Frequency masks may cover any column."""
+    if not cfg.spec_augment and cfg.noise_std <= 0:
         return feats
-    src = np.linspace(0, n_frames - 1, new_len)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_frames - 1)
-    frac = (src - lo).astype(np.float32)[:, None]
-    return feats[lo] * (1 - frac) + feats[hi] * frac  # [T', F]
-
-
-def augment(feats: np.ndarray, cfg: DataConfig, rng: np.random.Generator, *, mel_bins: int = 0) -> np.ndarray:
-    """Tempo and vocal-tract perturbation, SpecAugment-style masking and feature noise ([T, F] in and out).
-
-    VTLP warps only the first ``mel_bins`` columns (0: all): appended pitch or
-    descriptor columns are not a frequency axis, and warping across the seam
-    would copy log F0 into the top Mel bins. Frequency masks may cover any column.
-    """
-    if not cfg.spec_augment and cfg.noise_std <= 0 and cfg.vtlp <= 0 and cfg.tempo <= 0:
-        return feats
-    out = feats.copy()
-    if cfg.tempo > 0:
-        out = stretch_time(out, float(rng.uniform(1 - cfg.tempo, 1 + cfg.tempo)))
-    if cfg.vtlp > 0:
-        alpha = float(rng.uniform(1 - cfg.vtlp, 1 + cfg.vtlp))
-        n_mel = mel_bins if 0 < mel_bins < out.shape[1] else out.shape[1]
-        out = np.concatenate([warp_frequency(out[:, :n_mel], alpha), out[:, n_mel:]], axis=1)
-    out = np.ascontiguousarray(out, dtype=np.float32)
+    out = np.array(feats, dtype=np.float32)  # a writable copy
     n_frames, n_bins = out.shape
     if cfg.spec_augment:
         if cfg.freq_mask_bins > 0:
@@ -220,27 +168,6 @@ def collate(samples: list[tuple[np.ndarray, int, str, int, np.ndarray | None]]) 
         starts=[s[3] for s in samples],
         functionals=functionals,
     )
-
-
-def draw_mixup(batch_size: int, alpha: float, rng: np.random.Generator) -> tuple[float, torch.Tensor]:
-    """One mixup draw for a batch: the weight ``lam`` of each row's own item, from Beta(alpha, alpha) folded to
-    [0.5, 1] so that the row's own utterance stays the larger part (its length and key are the batch's), and the
-    permutation that picks each row's partner."""
-    lam = float(rng.beta(alpha, alpha))
-    return max(lam, 1.0 - lam), torch.from_numpy(rng.permutation(batch_size))
-
-
-def mix_batch(batch: Batch, lam: float, partner: torch.Tensor) -> Batch:
-    """Mixup of a padded batch with a permutation of itself: row i becomes lam * x_i + (1 - lam) * x_partner(i),
-    frame by frame from the first, over the longer of the two lengths (zero padding, the normalised mean, fills
-    the shorter); functionals are mixed alike. Labels and keys stay the rows' own: the loss mixes the partners'
-    (training.train)."""
-    features = lam * batch.features + (1.0 - lam) * batch.features[partner]  # [B, T_max, F]
-    functionals = None
-    if batch.functionals is not None:
-        functionals = lam * batch.functionals + (1.0 - lam) * batch.functionals[partner]  # [B, D_f]
-    return Batch(features=features, lengths=torch.maximum(batch.lengths, batch.lengths[partner]),
-                 labels=batch.labels, keys=batch.keys, starts=batch.starts, functionals=functionals)
 
 
 class BucketBatchSampler(Sampler[list[int]]):

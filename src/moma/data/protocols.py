@@ -258,6 +258,25 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: 
     return folds
 
 
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """Which folds a cross-validation run has and which of them this call computes; the CLI builds it once."""
+
+    protocol: str  # session-holdout | loso | loso-session | speaker-kfold | loco | predefined | all (make_folds)
+    k: int = 5  # speaker-group folds of protocol speaker-kfold
+    test_session: str | None = None  # session-holdout: the test session (default: the last in sort order)
+    test_speakers: tuple[str, ...] | None = None  # predefined: the test speakers
+    test_corpus: str | None = None  # loso on a pool: only this corpus's speakers are left out
+    only_folds: tuple[str, ...] | None = None  # compute these folds (names or test speakers); the report covers all
+    corpus: str | None = None  # the corpus's name in titles and reports; None: from the utterances
+
+    def folds(self, utterances: Sequence[Utterance], *, val_speakers: int, seed: int) -> list[Fold]:
+        """Every fold of the protocol, in its order."""
+        return make_folds(utterances, self.protocol, val_speakers=val_speakers, k=self.k, seed=seed,
+                          test_session=self.test_session, test_speakers=self.test_speakers,
+                          test_corpus=self.test_corpus)
+
+
 def select_folds(folds: Sequence[Fold], wanted: Sequence[str] | None) -> list[Fold]:
     """The folds named in ``wanted`` (a fold's name or one of its test speakers), all when ``wanted`` is empty;
     a name that matches nothing is an error, so a typo never runs the wrong folds silently."""

@@ -73,6 +73,7 @@ def align_namespaces(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = None,
               command: str = "") -> dict[str, Any]:
+    # long: the checks that the runs share folds, classes and temperatures come before the one fusion loop
     """Late fusion of ``runs`` (from :func:`moma.evaluation.compare.load_run_reports`) over the folds all of
     them finished. ``weights`` (default equal) are normalised to sum to 1. Returns a report with ``folds``
     (each with the fused ``test`` scores, every member's UAR and temperature) and ``summary``."""

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # unscaled (std 1). Dividing by a floor instead (the old filterbank rule, 1e-5) blew up any variation such a
 # feature showed at test time by 1e5; the classical anchor's rule (kept here) cannot.
 STD_FLOOR = 1e-10
-NORMALISATION_MODES = ("global", "speaker", "utterance", "utterance-mean", "none")
+NORMALISATION_MODES = ("global", "speaker", "utterance", "none")
 # Where a checkpoint's statistics may come from at test time: its training set (none), each input alone
 # (utterance), all of the inputs together (batch: the files a user passes from one source), or each input
 # speaker/recording (speaker).
@@ -32,25 +32,22 @@ ADAPTATIONS = ("none", "utterance", "batch", "speaker")
 
 # --------------------------------------------------------------------------- normalisation
 
-def _moments(features: Sequence[np.ndarray], within_utterance: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+def _moments(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
     """Mean, standard deviation (floored) and frame count over all frames, in float64.
 
     Two passes (mean, then squared deviations) rather than E[x^2] - E[x]^2,
     which loses precision when the mean is large relative to the spread.
-    ``within_utterance``: each frame is taken about its own utterance's mean
-    (the spread "utterance-mean" normalisation divides by; the mean is then 0).
     """
     count = sum(int(f.shape[0]) for f in features)
     if count == 0:
         raise ValueError("cannot fit normalisation statistics on zero frames")
     mean = np.zeros(features[0].shape[1], dtype=np.float64)
-    if not within_utterance:  # deviations from each utterance's own mean sum to zero: nothing to add up
-        for f in features:
-            mean += f.sum(axis=0, dtype=np.float64)
-        mean /= count
+    for f in features:
+        mean += f.sum(axis=0, dtype=np.float64)
+    mean /= count
     sq = np.zeros_like(mean)
     for f in features:
-        d = f.astype(np.float64) - (f.mean(axis=0, dtype=np.float64) if within_utterance else mean)  # (T, D)
+        d = f.astype(np.float64) - mean  # (T, D)
         sq += np.einsum("ij,ij->j", d, d)
     std = np.sqrt(sq / count)
     return mean, np.where(std < STD_FLOOR, 1.0, std), count
@@ -86,12 +83,6 @@ class Normaliser:
       before evaluation); :meth:`describe` states it, and reports must say so.
     * ``"utterance"``: each utterance is normalised by its own statistics;
       nothing is fitted.
-    * ``"utterance-mean"``: each utterance's own mean is removed (its level,
-      channel and the speaker's pitch register), and every dimension is divided
-      by one scale fitted on the training set: the spread of training frames
-      about their own utterance's mean. Unlike ``"utterance"`` it keeps how
-      widely an utterance moves (pitch range, loudness dynamics) comparable
-      between utterances; nothing of a test speaker's but the input itself.
     * ``"none"``: features pass through unchanged.
 
     Statistics are accumulated in float64; a feature whose standard deviation is below ``STD_FLOOR`` (1e-10)
@@ -101,7 +92,7 @@ class Normaliser:
     def __init__(self, mode: str = "global") -> None:
         self.mode = check_normalisation(mode)
         self.mean: np.ndarray | None = None  # global mode
-        self.std: np.ndarray | None = None  # global and utterance-mean modes
+        self.std: np.ndarray | None = None  # global mode
         self.frames = 0  # training frames behind the global statistics
         self.num_speakers = 0  # training speakers seen by fit
         self.speakers: dict[str, dict[str, Any]] = {}  # speaker -> {"mean", "std", "frames", "transductive"}
@@ -120,9 +111,6 @@ class Normaliser:
         _check_dims(feats)
         if self.mode == "global":
             self.mean, self.std, self.frames = _moments(feats)
-            return self
-        if self.mode == "utterance-mean":
-            _, self.std, self.frames = _moments(feats, within_utterance=True)
             return self
         if speakers is None:
             raise ValueError("speaker normalisation needs the speaker of every training utterance")
@@ -167,12 +155,6 @@ class Normaliser:
             if x.shape[0] == 0:
                 return x
             mean, std, _ = _moments([x])
-        elif self.mode == "utterance-mean":
-            if self.std is None:
-                raise RuntimeError("Normaliser.transform called before fit")
-            if x.shape[0] == 0:
-                return x
-            mean, std = x.mean(axis=0, dtype=np.float64), self.std
         elif self.mode == "global":
             if self.mean is None or self.std is None:
                 raise RuntimeError("Normaliser.transform called before fit")
@@ -227,10 +209,6 @@ class Normaliser:
         if self.mode == "utterance":
             return "per-utterance mean/variance (each utterance normalised by its own statistics)"
         who = _plural(self.num_speakers, "training speaker") if self.num_speakers else "training speakers"
-        if self.mode == "utterance-mean":
-            source = f"{self.adapted_to}; transductive" if self.adapted_to else f"{who} only"
-            return (f"per-utterance mean removed, scaled by the spread within utterances from {source} "
-                    f"({self.frames} {rows})")
         if self.adapted_to:
             return f"{self.mode} mean/variance from {self.adapted_to} ({self.frames} {rows}; transductive)"
         if self.mode == "global":
@@ -322,9 +300,7 @@ def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], ada
     ``utterance``: each input by its own mean/variance (uses nothing but the input itself); ``batch``: one
     mean/variance over all of ``features`` (the files a user passes from one source, a test corpus);
     ``speaker``: one per speaker or recording in ``speakers``. Models normalised per utterance, or not at
-    all, have no statistics to replace and come back unchanged; ``none`` returns ``normaliser``. An
-    ``utterance-mean`` model's one statistic is its scale: ``batch`` refits it on the inputs, ``speaker``
-    is refused (one scale per speaker is not a mode of its own).
+    all, have no statistics to replace and come back unchanged; ``none`` returns ``normaliser``.
     """
     if adapt not in ADAPTATIONS:
         raise ValueError(f"unknown adaptation {adapt!r}; choose one of {', '.join(ADAPTATIONS)}")
@@ -335,12 +311,9 @@ def adapt_normaliser(normaliser: Normaliser, features: Sequence[np.ndarray], ada
         return normaliser
     if adapt == "utterance":
         return Normaliser("utterance")
-    if normaliser.mode == "utterance-mean" and adapt == "speaker":
-        raise ValueError("adaptation 'speaker' does not apply to a model normalised by utterance-mean: "
-                         "use --adapt batch (the inputs' own scale) or utterance")
     feats = list(features)
-    if adapt == "batch":  # the model's own mode refitted on the inputs (utterance-mean: its scale only)
-        adapted = Normaliser("utterance-mean" if normaliser.mode == "utterance-mean" else "global").fit(feats)
+    if adapt == "batch":
+        adapted = Normaliser("global").fit(feats)
         adapted.adapted_to = f"the {_plural(len(feats), 'input')} together"
         return adapted
     if speakers is None or len(speakers) != len(feats):

@@ -440,6 +440,7 @@ def _model_card(info: dict[str, Any]) -> dict[str, Any]:
 def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance], out_dir: str | Path, *,
                         cache_dir: str | Path, device: str = "cpu", command: str = "",
                         label_inventory: Sequence[str] | None = None, adapt: str = "none") -> dict[str, Any]:
+    # long: one report assembled top to bottom (scoring, cross-corpus notes, files); its docstring is a third
     """Score a checkpoint on labelled utterances; writes report.json / report.md.
 
     The data may hold other classes than the model (another corpus). Then the model is scored over the

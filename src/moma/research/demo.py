@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from moma.config import load_run_config
+from moma.data.protocols import ProtocolSpec
 from moma.features.cache import DEFAULT_CACHE_DIR
 from moma.recipes import resolve_recipe
 from moma.training.crossval import run_cross_validation
@@ -47,9 +48,9 @@ def run_demo(out_dir: str | Path, *, corpus: str = "synthetic", root: str | Path
     # a demo writes no TensorBoard curves unless asked (a runtime setting, so not in the recipe)
     cfg = load_run_config([resolve_recipe(recipe)] + [resolve_recipe(c) for c in extra_configs],
                           ["train.tensorboard=false", *sets])
-    report = run_cross_validation(utts, cfg, out_dir / "run", protocol=protocol, cache_dir=cache_dir,
-                                  test_speakers=test_speakers, jobs=jobs, progress=progress,
-                                  title=f"moma demo: {corpus}", command=command, corpus=corpus)
+    spec = ProtocolSpec(protocol, test_speakers=tuple(test_speakers) if test_speakers else None, corpus=corpus)
+    report = run_cross_validation(utts, cfg, out_dir / "run", spec, cache_dir=cache_dir, jobs=jobs,
+                                  progress=progress, title=f"moma demo: {corpus}", command=command)
     result: dict[str, Any] = {"report": report, "report_path": out_dir / "run" / "report.md"}
     # attention plot of the first test utterance of the first fold
     first = report["folds"][0]

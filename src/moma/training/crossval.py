@@ -26,10 +26,16 @@ from moma.capabilities import check_bf16
 from moma.checkpoint import load_checkpoint
 from moma.config import RunConfig, config_from_dict, config_to_dict, replace, save_config
 from moma.corpora.base import Utterance, label_list
-from moma.data.protocols import Fold, fold_scored_classes, make_folds, rotate_validation, select_folds, validate_fold
+from moma.data.protocols import (
+    Fold,
+    ProtocolSpec,
+    fold_scored_classes,
+    rotate_validation,
+    select_folds,
+    validate_fold,
+)
 from moma.evaluation.calibration import expected_calibration_error, negative_log_likelihood, scale_posteriors
 from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
-from moma.features.augment import augmented_utterances, parse_families
 from moma.features.cache import FeatureCache, pack_features
 from moma.features.functionals import check_level, extract_run_functionals, functionals_dim
 from moma.features.normalise import NormalisedFeatures, Normaliser, check_normalisation, normalise_functionals
@@ -49,8 +55,6 @@ log = logging.getLogger(__name__)
 NORMALISATION_NOTES = {
     "global": "global mean/variance from training speakers only (test speakers' audio unused)",
     "utterance": "per-utterance mean/variance (each utterance normalised by its own statistics)",
-    "utterance-mean": ("per-utterance mean removed, scaled by the spread within utterances of the training "
-                       "speakers (test speakers' audio unused)"),
     "speaker": ("per-speaker mean/variance; the TEST speaker's statistics come from its own unlabelled "
                 "test audio (transductive: the setting behind many published EmoDB figures)"),
     "none": "no normalisation",
@@ -91,8 +95,6 @@ class FoldJob:
     corpus: str
     # cross-corpus folds (a pool): the argmax is taken over the test corpus's classes only; None: every class
     scored_classes: list[str] | None = None
-    # utterance id -> ids of its channel-perturbed copies in ``features`` (data.augment_copies > 0)
-    variants: dict[str, list[str]] | None = None
     # utterance id -> raw openSMILE functionals (features.functionals, fusion models); standardised per fold
     functionals: dict[str, np.ndarray] | None = None
 
@@ -124,28 +126,32 @@ def run_fold(job: FoldJob, dist_info: DistInfo | None = None) -> dict[str, Any] 
         return _train_and_test_fold(job, dist_info)
 
 
+def _fold_functionals(job: FoldJob, speaker_of: Mapping[str, str]
+                      ) -> tuple[Normaliser | None, dict[str, np.ndarray] | None]:
+    """A fusion fold's functionals normaliser, fitted on its training side, and every utterance's standardised
+    functionals; (None, None) without functionals."""
+    if job.cfg.features.functionals == "none":
+        return None, None
+    if job.functionals is None:
+        raise ValueError(f"features.functionals={job.cfg.features.functionals}: the fold job carries no functionals")
+    fold, ids = job.fold, job.fold.train + job.fold.val + job.fold.test
+    rows = {k: job.functionals[k][None, :] for k in ids}  # (D_f,) -> (1, D_f): one row per utterance
+    func_norm = fit_normaliser(functionals_normalisation(job.cfg.data.normalisation), rows, job.utterances,
+                               fold.train + fold.val, fold.test)
+    return func_norm, {k: normalise_functionals(func_norm, job.functionals[k], speaker_of[k]) for k in ids}
+
+
 def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | None:
     main = dist_info.is_main
     out_dir = job.out_dir
     result_path = out_dir / "result.json"
     fold, utts = job.fold, job.utterances
     norm = fit_normaliser(job.cfg.data.normalisation, job.features, utts, fold.train + fold.val, fold.test)
-    # training utterances may be read from their perturbed copies, normalised like the originals; validation
-    # and test utterances never are
-    variants = {k: job.variants[k] for k in fold.train if k in job.variants} if job.variants else {}
     ids = fold.train + fold.val + fold.test
     speaker_of = {k: utts[k].speaker for k in ids}
-    speaker_of.update({c: utts[k].speaker for k, copies in variants.items() for c in copies})
-    feats = NormalisedFeatures(job.features, norm, speaker_of, ids + [c for cs in variants.values() for c in cs])
+    feats = NormalisedFeatures(job.features, norm, speaker_of, ids)
     label_of = {k: job.labels.index(utts[k].label) for k in ids}
-    func_norm, funcs = None, None
-    if job.cfg.features.functionals != "none":
-        if job.functionals is None:
-            raise ValueError(f"features.functionals={job.cfg.features.functionals}: the fold job carries no functionals")
-        rows = {k: job.functionals[k][None, :] for k in ids}  # (D_f,) -> (1, D_f): one row per utterance
-        func_norm = fit_normaliser(functionals_normalisation(job.cfg.data.normalisation), rows, utts,
-                                   fold.train + fold.val, fold.test)
-        funcs = {k: normalise_functionals(func_norm, job.functionals[k], speaker_of[k]) for k in ids}
+    func_norm, funcs = _fold_functionals(job, speaker_of)
     info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
             "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
     if main:
@@ -167,7 +173,6 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
         member = train_model(cfg, feats, job.labels, label_of, split.train, split.val, member_dir, norm,
                              resume=job.resume, info={**info, "val_speakers": split.val_speakers},
                              progress=job.progress, speaker_of={k: utts[k].speaker for k in split.train},
-                             variants={k: v for k, v in variants.items() if k in set(split.train)},
                              corpus_of={k: utts[k].corpus for k in split.train},
                              functionals=funcs, functionals_normaliser=func_norm)
         seed_row = {"seed": cfg.train.seed, "val_speakers": split.val_speakers, "best_epoch": member.best_epoch,
@@ -327,24 +332,14 @@ def describe_model(cfg: RunConfig) -> str:
         extras.append(f"random crops of {d.random_crop_s:g} s")
     if d.spec_augment:
         extras.append("SpecAugment")
-    if d.vtlp > 0 or d.tempo > 0:
-        extras.append(f"VTLP ±{d.vtlp:g} / tempo ±{d.tempo:g}")
-    if d.augment_copies > 0:
-        extras.append(f"channel augmentation ({d.augment_copies} cached copies per utterance: "
-                      f"{d.augment_conditions.replace(',', ', ')})")
     if cfg.train.balance != "none":
         extras.append(f"loss balanced over {cfg.train.balance.replace('-', ' x ')}")
-    if cfg.train.mixup_alpha > 0:
-        extras.append(f"mixup (alpha {cfg.train.mixup_alpha:g})")
     if cfg.train.speaker_adversarial > 0:
         extras.append(f"speaker-adversarial (gradient reversal ×{cfg.train.speaker_adversarial:g})")
     t = cfg.train
     if t.ensemble > 1:
         extras.append(f"ensemble of {t.ensemble} seeds (posteriors averaged"
                       + (", validation speakers rotated)" if t.ensemble_validation == "rotate" else ")"))
-    if t.weight_average_epochs > 0:
-        extras.append(f"weights validated and kept as their moving average (time constant "
-                      f"{t.weight_average_epochs:g} epochs)")
     if t.label_smoothing > 0:
         extras.append(f"label smoothing {t.label_smoothing:g}")
     decay = f", weight decay {t.weight_decay:g}" if t.weight_decay > 0 else ""
@@ -402,13 +397,11 @@ def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
     return build_report(meta, results, run_dir)
 
 
-def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, *,
-                         protocol: str, cache_dir: str | Path, k: int = 5, test_session: str | None = None,
-                         test_speakers: Sequence[str] | None = None, only_folds: Sequence[str] | None = None,
-                         jobs: int = 1, resume: bool = True, progress: bool = False, feature_workers: int = 1,
-                         title: str | None = None, command: str | None = None,
-                         corpus: str | None = None, test_corpus: str | None = None) -> dict[str, Any]:
-    """Run every fold of ``protocol`` and write ``report.json`` / ``report.md`` in ``out_dir``.
+def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, spec: ProtocolSpec,
+                         *, cache_dir: str | Path, jobs: int = 1, resume: bool = True, progress: bool = False,
+                         feature_workers: int = 1, title: str | None = None,
+                         command: str | None = None) -> dict[str, Any]:
+    """Run every fold of ``spec`` (or its ``only_folds``) and write ``report.json`` / ``report.md`` in ``out_dir``.
 
     Under ``torchrun`` (see :mod:`moma.training.distributed`) the folds run one after
     another, each trained by all processes together; rank 0 writes every file
@@ -423,11 +416,9 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
             raise ValueError("--jobs > 1 cannot be combined with torchrun: the processes already share each fold")
         dist_info = init_distributed(resolve_device(cfg.train.device).type)
     try:
-        report = _run_cross_validation(utterances, cfg, out_dir, protocol=protocol, cache_dir=cache_dir, k=k,
-                                       test_session=test_session, test_speakers=test_speakers,
-                                       only_folds=only_folds, jobs=jobs, resume=resume, progress=progress,
-                                       feature_workers=feature_workers, title=title, command=command, corpus=corpus,
-                                       test_corpus=test_corpus, dist_info=dist_info)
+        report = _run_cross_validation(utterances, cfg, Path(out_dir), spec, cache_dir=cache_dir, jobs=jobs,
+                                       resume=resume, progress=progress, feature_workers=feature_workers,
+                                       title=title, command=command, dist_info=dist_info)
         barrier(dist_info)  # the ranks leave the group together, not while rank 0 still writes the report
         return report
     finally:
@@ -435,15 +426,11 @@ def run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_di
             shutdown_distributed()
 
 
-def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: str | Path, *,
-                          protocol: str, cache_dir: str | Path, k: int, test_session: str | None,
-                          test_speakers: Sequence[str] | None, only_folds: Sequence[str] | None, jobs: int,
-                          resume: bool, progress: bool, feature_workers: int, title: str | None,
-                          command: str | None, corpus: str | None, test_corpus: str | None,
-                          dist_info: DistInfo) -> dict[str, Any]:
+def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_dir: Path, spec: ProtocolSpec, *,
+                          cache_dir: str | Path, jobs: int, resume: bool, progress: bool, feature_workers: int,
+                          title: str | None, command: str | None, dist_info: DistInfo) -> dict[str, Any]:
     t0 = time.time()
     main = dist_info.is_main
-    out_dir = Path(out_dir)
     functionals_dim(cfg.features.functionals)  # bad functionals settings are refused before any file is read
     check_level(cfg.features.functionals_level)
     check_normalisation(cfg.data.normalisation)
@@ -454,38 +441,30 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     utts = {u.id: u for u in utterances}
     labels = label_list(utterances)
     corpora = sorted({u.corpus for u in utterances if u.corpus})
-    corpus = corpus or (f"pool of {' + '.join(corpora)}" if len(corpora) > 1 else corpora[0] if corpora else "corpus")
+    corpus = spec.corpus or (f"pool of {' + '.join(corpora)}" if len(corpora) > 1 else corpora[0] if corpora else "corpus")
     cache = FeatureCache(cache_dir, cfg.features)
     # rank 0 fills the cache first; the others then read it (or, on a machine that does not
     # share the cache folder, compute their own copy)
     if not main:
         barrier(dist_info)
     # one memory-mapped file for the corpus: training memory no longer grows with corpus size
-    copies: dict[str, list[Utterance]] = {}
-    if cfg.data.augment_copies > 0:  # perturbed copies are cached and packed like any utterance
-        copies = augmented_utterances(list(utterances), cache, cfg.data.augment_copies,
-                                      parse_families(cfg.data.augment_conditions), cfg.train.seed,
-                                      progress=progress and main)
-    features = pack_features(list(utterances) + [c for cs in copies.values() for c in cs], cache,
-                             workers=feature_workers, progress=progress and main)
-    variants = {k: [c.id for c in cs] for k, cs in copies.items()} or None
+    features = pack_features(list(utterances), cache, workers=feature_workers, progress=progress and main)
     functionals = extract_run_functionals(cfg.features, list(utterances), cache_dir,
                                           workers=feature_workers, progress=progress and main)
     if main:
         barrier(dist_info)
-    all_folds = make_folds(utterances, protocol, val_speakers=cfg.train.val_speakers, k=k, seed=cfg.train.seed,
-                           test_session=test_session, test_speakers=test_speakers, test_corpus=test_corpus)
-    folds = select_folds(all_folds, only_folds)  # what this call computes; the report covers every fold
+    all_folds = spec.folds(utterances, val_speakers=cfg.train.val_speakers, seed=cfg.train.seed)
+    folds = select_folds(all_folds, spec.only_folds)  # what this call computes; the report covers every fold
     for fold in folds:
         validate_fold(fold, utterances)
     meta = {
-        "title": title or f"{corpus}: {protocol} cross-validation",
+        "title": title or f"{corpus}: {spec.protocol} cross-validation",
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
         "corpus": corpus,
         "n_utterances": len(utterances),
         "n_speakers": len({u.speaker for u in utterances}),
         "labels": labels,
-        "protocol": protocol,
+        "protocol": spec.protocol,
         "fold_names": [f.name for f in all_folds],
         "normalisation": NORMALISATION_NOTES.get(cfg.data.normalisation, cfg.data.normalisation),
         "model": describe_model(cfg),
@@ -496,7 +475,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     if main:
         (out_dir / "run.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     jobs_list = [FoldJob(cfg, fold, features, utts, labels, out_dir / fold.name, resume, progress and jobs == 1,
-                         corpus, fold_scored_classes(fold, utterances, labels), variants, functionals)
+                         corpus, fold_scored_classes(fold, utterances, labels), functionals=functionals)
                  for fold in folds]
     outcomes, failures = run_in_pool(jobs_list, jobs, [f.name for f in folds], dist_info=dist_info)
     if not main:

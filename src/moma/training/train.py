@@ -20,12 +20,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moma.capabilities import check_bf16, check_cuda
 from moma.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from moma.config import ModelConfig, RunConfig, TrainConfig, replace, save_config
-from moma.data.batching import FeatureDataset, draw_mixup, make_items, make_loader, mix_batch, seconds_to_frames
+from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
 from moma.evaluation.calibration import calibration_summary, fit_temperature
 from moma.evaluation.metrics import compute_metrics, predict_posteriors
 from moma.features.functionals import functionals_dim
@@ -81,10 +80,6 @@ def check_train_options(tc: TrainConfig) -> None:
     if not 0.0 <= tc.monitor_smoothing < 1.0 or tc.min_epochs < 0:
         raise ValueError(f"train.monitor_smoothing must be in [0, 1) and train.min_epochs >= 0, got "
                          f"{tc.monitor_smoothing} and {tc.min_epochs}")
-    if tc.mixup_alpha < 0:
-        raise ValueError(f"train.mixup_alpha must be >= 0 (0 = off), got {tc.mixup_alpha}")
-    if tc.weight_average_epochs < 0:
-        raise ValueError(f"train.weight_average_epochs must be >= 0 (0 = off), got {tc.weight_average_epochs}")
     if tc.ensemble_validation not in ENSEMBLE_VALIDATION:
         raise ValueError(f"train.ensemble_validation must be one of {', '.join(ENSEMBLE_VALIDATION)}, "
                          f"got {tc.ensemble_validation!r}")
@@ -110,19 +105,6 @@ def _weighted_losses(criterion: nn.Module, logits: torch.Tensor, y: torch.Tensor
         weights = torch.tensor([item_weight[k] for k in keys], dtype=losses.dtype, device=losses.device)
         return losses * weights, weights
     return losses, (weight[y] if weight is not None else torch.ones_like(losses))
-
-
-def make_weight_average(model: nn.Module, epochs: float, steps_per_epoch: int) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s weights, updated after every optimiser step, whose time
-    constant is ``epochs`` epochs (decay exp(-1 / (epochs * steps_per_epoch)) per step); None when ``epochs``
-    is 0. Stated in epochs, not as a decay per step, so that one setting means the same on a corpus of 500
-    utterances and on one of 5,000."""
-    if epochs <= 0:  # check_train_options refuses a negative value
-        return None
-    decay = math.exp(-1.0 / (epochs * max(steps_per_epoch, 1)))
-    log.info("weights averaged over a time constant of %g epochs (%d steps each, decay %.5f per step)", epochs,
-             steps_per_epoch, decay)
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -194,11 +176,48 @@ def _scheduler_state(sched: torch.optim.lr_scheduler.ReduceLROnPlateau) -> dict[
             if isinstance(v, (int, float, str, bool, list)) or v is None}
 
 
+@dataclass
+class _Run:
+    """The fixed parts of one training run, built once by :func:`_build_run` and read by every epoch."""
+
+    cfg: RunConfig  # resolved: num_classes, input_dim and functionals_dim set from the data
+    out_dir: Path
+    dist_info: DistInfo
+    device: torch.device
+    model: nn.Module  # the emotion model: validated, chosen and saved
+    adversary: SpeakerAdversary | None
+    net: nn.Module  # what the forward pass runs: the model (with its adversary), DDP-wrapped under torchrun
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    train_set: FeatureDataset
+    loader: Any  # DataLoader over length-bucketed batches
+    criterion: nn.Module
+    weight: torch.Tensor | None  # class weights (train.class_weighted)
+    item_weight: dict[str, float]  # utterance id -> loss weight (train.balance); empty when off
+    speaker_index: dict[str, int]  # training speaker -> adversary class
+    speaker_of: Mapping[str, str]
+    monitor: str  # uar | accuracy | loss, or train_loss without validation speakers
+    mode: str  # max | min: the direction in which the monitored value improves
+    n_params: int
+    writer: Any  # TensorBoard SummaryWriter on rank 0, else None
+
+
+@dataclass
+class _Selection:
+    """Model-choice and early-stopping bookkeeping: saved in last.safetensors every epoch, restored on resume."""
+
+    start_epoch: int = 1
+    best_value: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
 def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[str], label_of: dict[str, int],
                 train_ids: Sequence[str], val_ids: Sequence[str], out_dir: str | Path, normaliser: Normaliser,
                 *, resume: bool = False, info: dict[str, Any] | None = None, progress: bool = False,
                 speaker_of: dict[str, str] | None = None,
-                variants: Mapping[str, Sequence[str]] | None = None,
                 corpus_of: Mapping[str, str] | None = None,
                 functionals: Mapping[str, np.ndarray] | None = None,
                 functionals_normaliser: Normaliser | None = None) -> TrainResult:
@@ -219,36 +238,73 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     same arguments: each trains on its share of every global batch, gradients
     are averaged by DDP, and rank 0 alone validates and writes files (so
     ``out_dir`` must be on a filesystem all ranks see for ``resume``).
+
+    The pieces: :func:`_build_run` (model, adversary, data, loss, optimiser, scheduler), :func:`_resume`,
+    then per epoch :func:`_train_epoch`, :func:`_validate`, :func:`_select` and :func:`_save_epoch`, and
+    :func:`_finish` (the best checkpoint's temperature).
     """
-    out_dir = Path(out_dir)
-    tc, dc = cfg.train, cfg.data
-    check_train_options(tc)
-    if tc.num_threads > 0:
-        torch.set_num_threads(tc.num_threads)
-    dist_info = init_distributed(resolve_device(tc.device).type)
-    main = dist_info.is_main
-    device = resolve_device(tc.device, dist_info)
-    if tc.bf16:  # refuse before the first epoch, not from inside oneDNN halfway through it
-        check_bf16(device.type, "training")
-    feat_dim = int(next(iter(features.values())).shape[1])
+    run = _build_run(cfg, features, labels, label_of, train_ids, val_ids, Path(out_dir), speaker_of=speaker_of,
+                     corpus_of=corpus_of, functionals=functionals, functionals_normaliser=functionals_normaliser)
+    functionals = functionals if run.cfg.model.functionals_dim else None
+    sel = _resume(run) if resume else _Selection()
+    _rewrite_metrics(run, sel.history)
+    ckpt = _CheckpointInputs(labels, normaliser, functionals_normaliser, info or {})
+    t0 = time.time()
+    stopped_early = bool(sel.history and sel.history[-1].get("stop"))
+    for epoch in range(sel.start_epoch, run.cfg.train.max_epochs + 1):
+        if stopped_early:
+            break
+        row = _train_epoch(run, epoch, progress)
+        value = _validate(run, row, features, labels, label_of, val_ids, functionals)
+        stop = _select(run, sel, row, epoch, value, ckpt)
+        _save_epoch(run, sel, row, epoch, ckpt)
+        if stop:
+            log.info("early stop after %d epochs without improvement", sel.bad_epochs)
+            break
+    _finish(run, features, label_of, val_ids, functionals)
+    return TrainResult(best_epoch=sel.best_epoch, epochs_run=len(sel.history), best_checkpoint=_best_path(run),
+                       history=sel.history, parameters=run.n_params, train_time_s=time.time() - t0)
+
+
+@dataclass
+class _CheckpointInputs:
+    """What every checkpoint of a run carries beside the weights and the config."""
+
+    labels: list[str]
+    normaliser: Normaliser
+    functionals_normaliser: Normaliser | None
+    info: dict[str, Any]
+
+
+def _best_path(run: _Run) -> Path:
+    return run.out_dir / "best.safetensors"
+
+
+def _resolve_dims(cfg: RunConfig, features: Mapping[str, np.ndarray], labels: list[str], ids: Sequence[str],
+                  functionals: Mapping[str, np.ndarray] | None, functionals_normaliser: Normaliser | None) -> RunConfig:
+    """``cfg`` with the model's class count, input width and functionals width set from the data; a fusion model
+    without every utterance's standardised functionals is refused."""
     func_dim = functionals_dim(cfg.features.functionals)
     if func_dim and (functionals is None or functionals_normaliser is None):
         raise ValueError(f"features.functionals={cfg.features.functionals}: training needs each utterance's "
                          "standardised functionals and their normaliser")
     if func_dim:
-        missing = [k for k in list(train_ids) + list(val_ids) if k not in functionals]
+        missing = [k for k in ids if k not in functionals]
         if missing:
             raise ValueError(f"no functionals for {len(missing)} utterances (first: {missing[0]})")
-    cfg = replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim,
-                                     functionals_dim=func_dim))
-    functionals = functionals if func_dim else None
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+    feat_dim = int(next(iter(features.values())).shape[1])
+    return replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim,
+                                      functionals_dim=func_dim))
 
+
+def _build_model(cfg: RunConfig, device: torch.device, dist_info: DistInfo, train_ids: Sequence[str],
+                 speaker_of: Mapping[str, str] | None) -> tuple[nn.Module, SpeakerAdversary | None, nn.Module,
+                                                                dict[str, int]]:
+    """The model seeded by ``train.seed``, its speaker adversary (or None), the module the forward pass runs
+    (DDP-wrapped under torchrun) and the adversary's speaker index."""
+    tc = cfg.train
     torch.manual_seed(tc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg.model).to(device)
-    n_params = count_parameters(model)
     adversary: SpeakerAdversary | None = None
     speaker_index: dict[str, int] = {}
     if tc.speaker_adversarial > 0:
@@ -259,256 +315,294 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                                      tc.speaker_adversarial).to(device)
         log.info("speaker adversary over %d training speakers, gradient reversal x%g", len(speaker_index),
                  tc.speaker_adversarial)
-    log.info("model %s: %d parameters on %s%s", cfg.model.arch, n_params, device,
+    log.info("model %s: %d parameters on %s%s", cfg.model.arch, count_parameters(model), device,
              f" (rank {dist_info.rank} of {dist_info.world_size})" if dist_info.enabled else "")
-    # what the forward pass runs: the model itself, or its DDP wrapper that averages gradients
     net: nn.Module = model if adversary is None else _WithAdversary(model, adversary)
     if dist_info.enabled:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, adversary, net, speaker_index
 
-    frame_shift = cfg.features.frame_shift_ms
-    window = seconds_to_frames(dc.segment_length_s, frame_shift) if dc.segment_length_s > 0 else 0
-    hop = seconds_to_frames(dc.segment_hop_s, frame_shift) if window else 0
-    train_items = make_items(features, train_ids, label_of, window, hop)
-    train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
-                               frames_per_second=1000.0 / frame_shift, mel_bins=cfg.features.n_mels,
-                               variants=variants, functionals=functionals)
-    loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed, rank=dist_info.rank,
-                         world_size=dist_info.world_size)
 
-    params = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
-    if tc.weight_decay > 0:
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(params, lr=tc.lr)
-    # the model that is validated, chosen and saved as best.safetensors: the weights' moving average when
-    # train.weight_average_epochs > 0 (training itself always steps the raw weights)
-    averaged = make_weight_average(model, tc.weight_average_epochs, len(loader))
-    scored: nn.Module = averaged.module if averaged is not None else model
-    has_val = len(val_ids) > 0
-    monitor = tc.monitor if has_val else "train_loss"
-    if not has_val:
-        log.warning("no validation speakers: the schedule follows the training loss and the last epoch is kept")
-    mode = "max" if monitor in ("uar", "accuracy") else "min"
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=tc.lr_factor,
-                                                           patience=tc.lr_patience, min_lr=tc.min_lr)
-    weight = class_weights([it.label for it in train_items], len(labels)).to(device) if tc.class_weighted else None
-    item_weight: dict[str, float] = {}  # utterance id -> loss weight (its windows share its group)
+def _build_loss(tc: TrainConfig, train_items: Sequence[Any], num_classes: int, corpus_of: Mapping[str, str] | None,
+                device: torch.device) -> tuple[nn.Module, torch.Tensor | None, dict[str, float]]:
+    """The per-item criterion, the class weights (train.class_weighted) and each utterance's loss weight
+    (train.balance; its windows share its group)."""
+    weight = class_weights([it.label for it in train_items], num_classes).to(device) if tc.class_weighted else None
+    item_weight: dict[str, float] = {}
     if tc.balance != "none":
         corpus = corpus_of or {}
         groups = [(corpus.get(it.key, "") if "corpus" in tc.balance else "",
                    it.label if "class" in tc.balance else -1) for it in train_items]
         item_weight = {it.key: float(w) for it, w in zip(train_items, balance_weights(groups))}
         log.info("balanced loss over %d groups (%s)", len(set(groups)), tc.balance)
-    # per-item losses, summed and divided by the GLOBAL batch's total weight below: this equals
+    # per-item losses, summed and divided by the GLOBAL batch's total weight in _train_step: this equals
     # CrossEntropyLoss's weighted mean on one process, and on N processes (whose shares of a
     # batch differ in size) DDP's gradient average then still equals the single-process gradient
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing, reduction="none")
+    return criterion, weight, item_weight
 
-    writer = None
-    if tc.tensorboard and main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(out_dir / "tb"))
-        except ImportError:  # tensorboard is optional at run time
-            log.warning("tensorboard not installed: no event files written")
+def _build_run(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[str], label_of: dict[str, int],
+               train_ids: Sequence[str], val_ids: Sequence[str], out_dir: Path, *,
+               speaker_of: Mapping[str, str] | None, corpus_of: Mapping[str, str] | None,
+               functionals: Mapping[str, np.ndarray] | None, functionals_normaliser: Normaliser | None) -> _Run:
+    """Everything an epoch needs: device, model and adversary, training batches, loss, optimiser, scheduler,
+    TensorBoard writer; ``config.yaml`` written on rank 0. Built in a fixed order, so the seeded draws match."""
+    tc, dc = cfg.train, cfg.data
+    check_train_options(tc)
+    if tc.num_threads > 0:
+        torch.set_num_threads(tc.num_threads)
+    dist_info = init_distributed(resolve_device(tc.device).type)
+    device = resolve_device(tc.device, dist_info)
+    if tc.bf16:  # refuse before the first epoch, not from inside oneDNN halfway through it
+        check_bf16(device.type, "training")
+    cfg = _resolve_dims(cfg, features, labels, list(train_ids) + list(val_ids), functionals, functionals_normaliser)
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    model, adversary, net, speaker_index = _build_model(cfg, device, dist_info, train_ids, speaker_of)
+    frame_shift = cfg.features.frame_shift_ms
+    window = seconds_to_frames(dc.segment_length_s, frame_shift) if dc.segment_length_s > 0 else 0
+    hop = seconds_to_frames(dc.segment_hop_s, frame_shift) if window else 0
+    train_items = make_items(features, train_ids, label_of, window, hop)
+    train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
+                               frames_per_second=1000.0 / frame_shift,
+                               functionals=functionals if cfg.model.functionals_dim else None)
+    loader = make_loader(train_set, dc, shuffle=True, seed=tc.seed, rank=dist_info.rank,
+                         world_size=dist_info.world_size)
+    params = list(model.parameters()) + (list(adversary.parameters()) if adversary is not None else [])
+    if tc.weight_decay > 0:
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=tc.lr)
+    monitor = tc.monitor if len(val_ids) > 0 else "train_loss"
+    if len(val_ids) == 0:
+        log.warning("no validation speakers: the schedule follows the training loss and the last epoch is kept")
+    mode = "max" if monitor in ("uar", "accuracy") else "min"
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=tc.lr_factor,
+                                                           patience=tc.lr_patience, min_lr=tc.min_lr)
+    criterion, weight, item_weight = _build_loss(tc, train_items, len(labels), corpus_of, device)
+    return _Run(cfg, out_dir, dist_info, device, model, adversary, net, params, optimizer, scheduler, train_set,
+                loader, criterion, weight, item_weight, speaker_index, speaker_of or {}, monitor, mode,
+                count_parameters(model), _open_writer(tc, out_dir, dist_info))
 
-    start_epoch, best_value, best_epoch, bad_epochs = 1, None, 0, 0
-    history: list[dict[str, Any]] = []
-    last_path, best_path = out_dir / "last.safetensors", out_dir / "best.safetensors"
-    if resume and last_path.is_file():
-        state = load_training_state(last_path)
-        if state is not None:
-            from safetensors.torch import load_file
 
-            weights = load_file(str(last_path))
-            model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
-            if adversary is not None:
-                adversary.load_state_dict(state["adversary"])
-            if averaged is not None:
-                if "weight_average" in state:
-                    averaged.load_state_dict(state["weight_average"])
-                else:  # a run started without averaging: the average starts from the resumed weights
-                    log.warning("%s: no weight average in last.safetensors; it starts at epoch %d", out_dir,
-                                int(state["epoch"]) + 1)
-            _restore_optimizer(optimizer, state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            rng_states = state.get("rng_torch_ranks") or [state["rng_torch"]]
-            if len(rng_states) != dist_info.world_size:
-                log.warning("resuming a %d-process run on %d processes: dropout draws will differ from an "
-                            "uninterrupted run", len(rng_states), dist_info.world_size)
-            torch.set_rng_state(rng_states[dist_info.rank % len(rng_states)])
-            if device.type == "cuda" and "rng_cuda" in state:
-                torch.cuda.set_rng_state(state["rng_cuda"])
-            start_epoch = int(state["epoch"]) + 1
-            best_value, best_epoch = state["best_value"], int(state["best_epoch"])
-            bad_epochs = int(state["bad_epochs"])
-            history = list(state["history"])
-            if best_epoch and not best_path.is_file():
-                # the weights of the best epoch are gone (deleted, or lost with a killed copy): keeping its score
-                # would make every later epoch lose to it and the run end with no checkpoint at all
-                log.warning("%s: best.safetensors of epoch %d is missing; the model choice starts again from "
-                            "epoch %d", out_dir, best_epoch, start_epoch)
-                best_value, best_epoch, bad_epochs = None, 0, 0
-            log.info("resumed %s at epoch %d", out_dir, start_epoch)
-    # the log is rewritten from the checkpoint's history, so an epoch logged after the
-    # last checkpoint (then killed) is not counted twice
-    if main:
-        with open(out_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+def _open_writer(tc: TrainConfig, out_dir: Path, dist_info: DistInfo) -> Any:
+    """A TensorBoard writer on rank 0 when train.tensorboard is on and tensorboard is installed, else None."""
+    if not (tc.tensorboard and dist_info.is_main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(out_dir / "tb"))
+    except ImportError:  # tensorboard is optional at run time
+        log.warning("tensorboard not installed: no event files written")
+        return None
+
+
+def _resume(run: _Run) -> _Selection:
+    """Restore weights, adversary, optimiser, scheduler, RNG and the model-choice bookkeeping from
+    ``last.safetensors``; a fresh :class:`_Selection` when there is none."""
+    last_path, sel = run.out_dir / "last.safetensors", _Selection()
+    state = load_training_state(last_path) if last_path.is_file() else None
+    if state is None:
+        return sel
+    from safetensors.torch import load_file
+
+    weights = load_file(str(last_path))
+    run.model.load_state_dict({k[len("model."):]: v for k, v in weights.items() if k.startswith("model.")})
+    if run.adversary is not None:
+        run.adversary.load_state_dict(state["adversary"])
+    _restore_optimizer(run.optimizer, state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    rng_states = state.get("rng_torch_ranks") or [state["rng_torch"]]
+    if len(rng_states) != run.dist_info.world_size:
+        log.warning("resuming a %d-process run on %d processes: dropout draws will differ from an "
+                    "uninterrupted run", len(rng_states), run.dist_info.world_size)
+    torch.set_rng_state(rng_states[run.dist_info.rank % len(rng_states)])
+    if run.device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    sel = _Selection(int(state["epoch"]) + 1, state["best_value"], int(state["best_epoch"]),
+                     int(state["bad_epochs"]), list(state["history"]))
+    if sel.best_epoch and not _best_path(run).is_file():
+        # the weights of the best epoch are gone (deleted, or lost with a killed copy): keeping its score
+        # would make every later epoch lose to it and the run end with no checkpoint at all
+        log.warning("%s: best.safetensors of epoch %d is missing; the model choice starts again from "
+                    "epoch %d", run.out_dir, sel.best_epoch, sel.start_epoch)
+        sel.best_value, sel.best_epoch, sel.bad_epochs = None, 0, 0
+    log.info("resumed %s at epoch %d", run.out_dir, sel.start_epoch)
+    return sel
+
+
+def _rewrite_metrics(run: _Run, history: list[dict[str, Any]]) -> None:
+    """The log is rewritten from the checkpoint's history, so an epoch logged after the last checkpoint (then
+    killed) is not counted twice."""
+    if run.dist_info.is_main:
+        with open(run.out_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
             for row in history:
                 fh.write(json.dumps(row) + "\n")
 
-    stopped_early = bool(history and history[-1].get("stop"))
-    t0 = time.time()
-    epoch = start_epoch
-    for epoch in range(start_epoch, tc.max_epochs + 1):
-        if stopped_early:
-            break
-        net.train()
-        train_set.set_epoch(epoch)
-        loader.batch_sampler.set_epoch(epoch)
-        # summed over the epoch on this rank: weighted loss, weight, frames, speaker loss, speakers right, items
-        totals = torch.zeros(6, dtype=torch.float64)
-        t_epoch = time.time()
-        # mixup draws come from (seed, epoch, rank) alone, so a run resumed at this epoch mixes as the first did
-        mix_rng = np.random.default_rng([tc.seed, epoch, dist_info.rank]) if tc.mixup_alpha > 0 else None
-        batches = loader
-        if progress and main:
-            from tqdm.auto import tqdm
 
-            batches = tqdm(loader, desc=f"{out_dir.name} epoch {epoch}", leave=False, unit="batch")
-        for step, batch in enumerate(batches):
-            partner = None
-            if mix_rng is not None:
-                lam, partner = draw_mixup(len(batch.keys), tc.mixup_alpha, mix_rng)
-                batch = mix_batch(batch, lam, partner)
-                partner = partner.to(device)  # it indexes the labels (and speakers) on the device below
-            inputs = batch.model_inputs(device)  # (features, lengths[, functionals])
-            y = batch.labels.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
-                if adversary is None:
-                    out = net(*inputs)
-                else:
-                    out, speaker_logits = net(*inputs)
-            logits = out.logits.float()
-            item_losses, item_weights = _weighted_losses(criterion, logits, y, batch.keys, item_weight, weight)  # [B]
-            if partner is not None:  # mixup: each row also answers for its partner's label, by (1 - lam)
-                keys = [batch.keys[j] for j in partner.tolist()]
-                other_losses, other_weights = _weighted_losses(criterion, logits, y[partner], keys, item_weight,
-                                                               weight)
-                item_losses = lam * item_losses + (1.0 - lam) * other_losses
-                item_weights = lam * item_weights + (1.0 - lam) * other_weights
-            # the global batch's total weight (and size, for the adversary): one tiny all-reduce per step under DDP
-            norms = [item_weights.sum().detach()]
-            if adversary is not None:
-                norms.append(torch.tensor(float(y.numel()), device=device))
-            sums = all_reduce_sum(torch.stack(norms), dist_info)
-            loss = item_losses.sum() * dist_info.world_size / sums[0].clamp_min(1e-12)
-            speaker_stats = [0.0, 0.0]
-            if adversary is not None:
-                spk = torch.tensor([speaker_index[speaker_of[k]] for k in batch.keys], device=device)
-                speaker_losses = nn.functional.cross_entropy(speaker_logits.float(), spk, reduction="none")  # [B]
-                if partner is not None:  # the partner's speaker is in the mixed input too
-                    speaker_losses = lam * speaker_losses + (1.0 - lam) * nn.functional.cross_entropy(
-                        speaker_logits.float(), spk[partner], reduction="none")
-                loss = loss + speaker_losses.sum() * dist_info.world_size / sums[1].clamp_min(1.0)
-                speaker_stats = [float(speaker_losses.detach().sum()),
-                                 float((speaker_logits.detach().argmax(1) == spk).sum())]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            optimizer.step()
-            if averaged is not None:
-                averaged.update_parameters(model)
-            totals += torch.tensor([float(item_losses.detach().sum()), float(item_weights.sum()),
-                                    float(batch.lengths.sum()), *speaker_stats, float(y.numel())], dtype=torch.float64)
-            if tc.log_every and step % tc.log_every == 0 and main:
-                log.info("epoch %d step %d loss %.4f", epoch, step, float(loss) / dist_info.world_size)
-        totals = all_reduce_sum(totals.to(device), dist_info).cpu()
-        train_loss = float(totals[0] / totals[1].clamp_min(1e-12))
-        frames = float(totals[2])
-        elapsed = time.time() - t_epoch
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "lr": optimizer.param_groups[0]["lr"],
-                               "frames_per_s": frames / max(elapsed, 1e-9), "epoch_time_s": elapsed}
-        if adversary is not None:  # how well the adversary still tells the training speakers apart
-            row["train_speaker_loss"] = float(totals[3] / totals[5].clamp_min(1.0))
-            row["train_speaker_accuracy"] = float(totals[4] / totals[5].clamp_min(1.0))
-        if has_val:
-            value = None
-            if main:  # rank 0 validates on the whole validation set; the others wait for its figures
-                post = predict_posteriors(scored, features, val_ids, cfg, device, functionals=functionals)
-                y_true = [label_of[k] for k in val_ids]
-                probs = np.stack([post[k] for k in val_ids])
-                val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
-                m = compute_metrics(y_true, probs.argmax(1).tolist(), labels)
-                row.update({"val_loss": val_loss, "val_accuracy": m["accuracy"], "val_uar": m["uar"]})
-                value = {"uar": m["uar"], "accuracy": m["accuracy"], "loss": val_loss}[monitor]
-            row, value = broadcast_object((row, value), dist_info)
+def _train_step(run: _Run, batch: Any, totals: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on one batch; adds the batch's figures to ``totals`` and returns its loss."""
+    dist_info, device, tc = run.dist_info, run.device, run.cfg.train
+    inputs = batch.model_inputs(device)  # (features, lengths[, functionals])
+    y = batch.labels.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16):
+        if run.adversary is None:
+            out = run.net(*inputs)
         else:
-            value = train_loss
-        if tc.monitor_smoothing > 0 and len(history) > 0:  # EMA over epochs, restored from history on resume
-            value = tc.monitor_smoothing * history[-1].get("monitor_value", value) + (1 - tc.monitor_smoothing) * value
-        row["monitor_value"] = value
-        # Before min_epochs (and always on the last allowed epoch if nothing was kept) nothing counts: the
-        # schedule does not step, no patience is used up and no checkpoint is chosen.
-        eligible = epoch >= tc.min_epochs or (epoch == tc.max_epochs and best_value is None)
-        if eligible:
-            scheduler.step(value)
-        improved = eligible and (best_value is None or (value > best_value if mode == "max" else value < best_value))
-        if improved:
-            best_value, best_epoch, bad_epochs = value, epoch, 0
-            if main:
-                save_checkpoint(best_path, scored, cfg, labels, normaliser, functionals_normaliser=functionals_normaliser,
-                                info={**(info or {}), "epoch": epoch, "monitor": monitor, "value": value,
-                                      "parameters": n_params, "processes": dist_info.world_size})
-        elif eligible:
-            bad_epochs += 1
-        stop = tc.early_stop_patience > 0 and bad_epochs >= tc.early_stop_patience
-        row.update({"best_epoch": best_epoch, "stop": stop})
-        history.append(row)
-        # every rank's RNG state (dropout draws differ per rank), saved by rank 0
-        rng_states = gather_objects(torch.get_rng_state(), dist_info)
-        if main:
-            state = {
-                "optimizer": _optimizer_state(optimizer),
-                "scheduler": _scheduler_state(scheduler),
-                "rng_torch": rng_states[0],
-                "epoch": epoch, "best_value": best_value, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "history": history,
-            }
-            if adversary is not None:
-                state["adversary"] = adversary.state_dict()
-            if averaged is not None:
-                state["weight_average"] = averaged.state_dict()
-            if dist_info.enabled:
-                state["rng_torch_ranks"] = [r.clone() for r in rng_states]  # safetensors refuses shared storage
-            if device.type == "cuda":
-                state["rng_cuda"] = torch.cuda.get_rng_state()
-            save_checkpoint(last_path, model, cfg, labels, normaliser, info={**(info or {}), "epoch": epoch},
-                            training_state=state, functionals_normaliser=functionals_normaliser)
-            with open(out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
-        if writer is not None:
-            for key, val in row.items():
-                if isinstance(val, (int, float)) and not isinstance(val, bool) and key != "epoch":
-                    writer.add_scalar(key, val, epoch)
-            writer.flush()
-        if main:
-            log.info("%s epoch %d: train loss %.4f%s lr %.1e (%.0f frames/s)", out_dir.name, epoch, train_loss,
-                     f", val UAR {row['val_uar']:.3f}" if has_val else "", row["lr"], row["frames_per_s"])
-        if stop:
-            log.info("early stop after %d epochs without improvement", bad_epochs)
-            break
-    if writer is not None:
-        writer.close()
-    if main and not best_path.is_file():
-        raise RuntimeError(f"{out_dir}: training produced no checkpoint (max_epochs={tc.max_epochs})")
-    if main and has_val and tc.calibrate:
-        calibrate_checkpoint(best_path, features, val_ids, label_of, device, functionals=functionals)
-    return TrainResult(best_epoch=best_epoch, epochs_run=len(history), best_checkpoint=best_path,
-                       history=history, parameters=n_params, train_time_s=time.time() - t0)
+            out, speaker_logits = run.net(*inputs)
+    logits = out.logits.float()
+    item_losses, item_weights = _weighted_losses(run.criterion, logits, y, batch.keys, run.item_weight,
+                                                 run.weight)  # [B]
+    # the global batch's total weight (and size, for the adversary): one tiny all-reduce per step under DDP
+    norms = [item_weights.sum().detach()]
+    if run.adversary is not None:
+        norms.append(torch.tensor(float(y.numel()), device=device))
+    sums = all_reduce_sum(torch.stack(norms), dist_info)
+    loss = item_losses.sum() * dist_info.world_size / sums[0].clamp_min(1e-12)
+    speaker_stats = [0.0, 0.0]
+    if run.adversary is not None:
+        spk = torch.tensor([run.speaker_index[run.speaker_of[k]] for k in batch.keys], device=device)
+        speaker_losses = nn.functional.cross_entropy(speaker_logits.float(), spk, reduction="none")  # [B]
+        loss = loss + speaker_losses.sum() * dist_info.world_size / sums[1].clamp_min(1.0)
+        speaker_stats = [float(speaker_losses.detach().sum()),
+                         float((speaker_logits.detach().argmax(1) == spk).sum())]
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if tc.grad_clip > 0:
+        nn.utils.clip_grad_norm_(run.params, tc.grad_clip)
+    run.optimizer.step()
+    totals += torch.tensor([float(item_losses.detach().sum()), float(item_weights.sum()),
+                            float(batch.lengths.sum()), *speaker_stats, float(y.numel())], dtype=torch.float64)
+    return loss
+
+
+def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict[str, Any]:
+    """One pass over the training batches; the epoch's log row (training loss, rate, speed)."""
+    main, tc = run.dist_info.is_main, run.cfg.train
+    run.net.train()
+    run.train_set.set_epoch(epoch)
+    run.loader.batch_sampler.set_epoch(epoch)
+    # summed over the epoch on this rank: weighted loss, weight, frames, speaker loss, speakers right, items
+    totals = torch.zeros(6, dtype=torch.float64)
+    t_epoch = time.time()
+    batches = run.loader
+    if progress and main:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(run.loader, desc=f"{run.out_dir.name} epoch {epoch}", leave=False, unit="batch")
+    for step, batch in enumerate(batches):
+        loss = _train_step(run, batch, totals)
+        if tc.log_every and step % tc.log_every == 0 and main:
+            log.info("epoch %d step %d loss %.4f", epoch, step, float(loss) / run.dist_info.world_size)
+    totals = all_reduce_sum(totals.to(run.device), run.dist_info).cpu()
+    elapsed = time.time() - t_epoch
+    row: dict[str, Any] = {"epoch": epoch, "train_loss": float(totals[0] / totals[1].clamp_min(1e-12)),
+                           "lr": run.optimizer.param_groups[0]["lr"],
+                           "frames_per_s": float(totals[2]) / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+    if run.adversary is not None:  # how well the adversary still tells the training speakers apart
+        row["train_speaker_loss"] = float(totals[3] / totals[5].clamp_min(1.0))
+        row["train_speaker_accuracy"] = float(totals[4] / totals[5].clamp_min(1.0))
+    return row
+
+
+def _validate(run: _Run, row: dict[str, Any], features: Mapping[str, np.ndarray], labels: list[str],
+              label_of: dict[str, int], val_ids: Sequence[str],
+              functionals: Mapping[str, np.ndarray] | None) -> float:
+    """Score the validation speakers into ``row`` (rank 0; the other ranks receive its figures) and return the
+    monitored value; without validation speakers the training loss."""
+    if len(val_ids) == 0:
+        return row["train_loss"]
+    value = None
+    if run.dist_info.is_main:  # rank 0 validates on the whole validation set; the others wait for its figures
+        post = predict_posteriors(run.model, features, val_ids, run.cfg, run.device, functionals=functionals)
+        y_true = [label_of[k] for k in val_ids]
+        probs = np.stack([post[k] for k in val_ids])
+        val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
+        m = compute_metrics(y_true, probs.argmax(1).tolist(), labels)
+        row.update({"val_loss": val_loss, "val_accuracy": m["accuracy"], "val_uar": m["uar"]})
+        value = {"uar": m["uar"], "accuracy": m["accuracy"], "loss": val_loss}[run.monitor]
+    shared, value = broadcast_object((row, value), run.dist_info)
+    row.update(shared)
+    return value
+
+
+def _select(run: _Run, sel: _Selection, row: dict[str, Any], epoch: int, value: float,
+            ckpt: _CheckpointInputs) -> bool:
+    """Model choice and early stopping for one epoch: smooth the monitored value, step the schedule, save
+    ``best.safetensors`` when it improved; appends ``row`` to the history and returns whether to stop."""
+    tc = run.cfg.train
+    if tc.monitor_smoothing > 0 and len(sel.history) > 0:  # EMA over epochs, restored from history on resume
+        value = tc.monitor_smoothing * sel.history[-1].get("monitor_value", value) + (1 - tc.monitor_smoothing) * value
+    row["monitor_value"] = value
+    # Before min_epochs (and always on the last allowed epoch if nothing was kept) nothing counts: the
+    # schedule does not step, no patience is used up and no checkpoint is chosen.
+    eligible = epoch >= tc.min_epochs or (epoch == tc.max_epochs and sel.best_value is None)
+    if eligible:
+        run.scheduler.step(value)
+    better = sel.best_value is None or (value > sel.best_value if run.mode == "max" else value < sel.best_value)
+    if eligible and better:
+        sel.best_value, sel.best_epoch, sel.bad_epochs = value, epoch, 0
+        if run.dist_info.is_main:
+            save_checkpoint(_best_path(run), run.model, run.cfg, ckpt.labels, ckpt.normaliser,
+                            functionals_normaliser=ckpt.functionals_normaliser,
+                            info={**ckpt.info, "epoch": epoch, "monitor": run.monitor, "value": value,
+                                  "parameters": run.n_params, "processes": run.dist_info.world_size})
+    elif eligible:
+        sel.bad_epochs += 1
+    stop = tc.early_stop_patience > 0 and sel.bad_epochs >= tc.early_stop_patience
+    row.update({"best_epoch": sel.best_epoch, "stop": stop})
+    sel.history.append(row)
+    return stop
+
+
+def _save_epoch(run: _Run, sel: _Selection, row: dict[str, Any], epoch: int, ckpt: _CheckpointInputs) -> None:
+    """``last.safetensors`` with everything a resume needs, the metrics line, TensorBoard scalars, the log line."""
+    dist_info, main = run.dist_info, run.dist_info.is_main
+    # every rank's RNG state (dropout draws differ per rank), saved by rank 0
+    rng_states = gather_objects(torch.get_rng_state(), dist_info)
+    if main:
+        state = {
+            "optimizer": _optimizer_state(run.optimizer),
+            "scheduler": _scheduler_state(run.scheduler),
+            "rng_torch": rng_states[0],
+            "epoch": epoch, "best_value": sel.best_value, "best_epoch": sel.best_epoch,
+            "bad_epochs": sel.bad_epochs, "history": sel.history,
+        }
+        if run.adversary is not None:
+            state["adversary"] = run.adversary.state_dict()
+        if dist_info.enabled:
+            state["rng_torch_ranks"] = [r.clone() for r in rng_states]  # safetensors refuses shared storage
+        if run.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        save_checkpoint(run.out_dir / "last.safetensors", run.model, run.cfg, ckpt.labels, ckpt.normaliser,
+                        info={**ckpt.info, "epoch": epoch}, training_state=state,
+                        functionals_normaliser=ckpt.functionals_normaliser)
+        with open(run.out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+    if run.writer is not None:
+        for key, val in row.items():
+            if isinstance(val, (int, float)) and not isinstance(val, bool) and key != "epoch":
+                run.writer.add_scalar(key, val, epoch)
+        run.writer.flush()
+    if main:
+        log.info("%s epoch %d: train loss %.4f%s lr %.1e (%.0f frames/s)", run.out_dir.name, epoch,
+                 row["train_loss"], f", val UAR {row['val_uar']:.3f}" if "val_uar" in row else "", row["lr"],
+                 row["frames_per_s"])
+
+
+def _finish(run: _Run, features: dict[str, np.ndarray], label_of: dict[str, int], val_ids: Sequence[str],
+            functionals: Mapping[str, np.ndarray] | None) -> None:
+    """Close the writer, refuse a run that kept no checkpoint, and fit the best checkpoint's temperature."""
+    if run.writer is not None:
+        run.writer.close()
+    main = run.dist_info.is_main
+    if main and not _best_path(run).is_file():
+        raise RuntimeError(f"{run.out_dir}: training produced no checkpoint (max_epochs={run.cfg.train.max_epochs})")
+    if main and len(val_ids) > 0 and run.cfg.train.calibrate:
+        calibrate_checkpoint(_best_path(run), features, val_ids, label_of, run.device, functionals=functionals)
 
 
 def calibrate_checkpoint(path: Path, features: dict[str, np.ndarray], val_ids: Sequence[str],

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moma.config import RunConfig, config_to_dict, merge_overrides, replace
+from moma.config import RunConfig, config_to_dict, drop_removed_options, merge_overrides, replace
 from moma.corpora.base import Utterance
 from moma.data.protocols import Fold
 from moma.research.experiment.spec import Experiment
@@ -75,8 +75,9 @@ def plan_cells(exp: Experiment, folds: Sequence[Fold], out_dir: str | Path) -> l
 def config_differences(stamped: dict[str, Any], cfg: RunConfig) -> list[str]:
     """The keys (``section.key``) in which ``cfg`` differs from a config a run was stamped with, runtime keys
     aside. An option added to the config after that run is absent from its stamp; the run had that option's
-    default (a new option's default keeps the old behaviour), so the stamp is read over the defaults."""
-    old = merge_overrides(config_signature(RunConfig()), stamped or {})
+    default (a new option's default keeps the old behaviour), so the stamp is read over the defaults; an option
+    removed since is dropped at its "off" value and refused at any other (moma.config.REMOVED_OPTIONS)."""
+    old = merge_overrides(config_signature(RunConfig()), drop_removed_options(stamped or {}))
     for section, key in RUNTIME_KEYS:
         old.get(section, {}).pop(key, None)
     return _diff_keys(old, config_signature(cfg))
