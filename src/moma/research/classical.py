@@ -40,7 +40,7 @@ import numpy as np
 from scipy.special import softmax
 
 from moma.corpora.base import Utterance, label_list, read_manifest
-from moma.features.functionals import DEFAULT_CACHE, FEATURE_SETS, count_cached, extract_functionals
+from moma.features.functionals import DEFAULT_CACHE, FEATURE_SETS, OPENSMILE_SETS, count_cached, extract_functionals
 from moma.features.normalise import Normaliser
 from moma.files import write_json_atomic
 

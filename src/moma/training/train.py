@@ -28,6 +28,7 @@ from moma.config import ModelConfig, RunConfig, TrainConfig, replace, save_confi
 from moma.data.batching import FeatureDataset, draw_mixup, make_items, make_loader, mix_batch, seconds_to_frames
 from moma.evaluation.calibration import calibration_summary, fit_temperature
 from moma.evaluation.metrics import compute_metrics, predict_posteriors
+from moma.features.encoders import frame_layers
 from moma.features.functionals import functionals_dim
 from moma.features.normalise import Normaliser
 from moma.model import build_model, count_parameters, example_inputs
@@ -240,7 +241,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
         if missing:
             raise ValueError(f"no functionals for {len(missing)} utterances (first: {missing[0]})")
     cfg = replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim,
-                                     functionals_dim=func_dim))
+                                     input_layers=frame_layers(cfg.features), functionals_dim=func_dim))
     functionals = functionals if func_dim else None
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
