@@ -121,9 +121,10 @@ class SSLEncoder:
         if self.whisper or not self.maskable:
             if len(signals) > 1:  # Whisper pads every input to 30 s itself; group norm cannot batch exactly
                 return [self.hidden_states([s])[0] for s in signals]
+        # Whisper's extractor pads to 30 s by itself (its default); the others pad to the longest signal
+        padding = {} if self.whisper else {"padding": True, "return_attention_mask": self.maskable}
         inputs = self.extractor([np.asarray(s, dtype=np.float32) for s in signals], sampling_rate=SAMPLE_RATE,
-                                return_tensors="pt", padding=not self.whisper,
-                                return_attention_mask=self.maskable)
+                                return_tensors="pt", **padding)
         inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_values", "input_features",
                                                                            "attention_mask")}
         with torch.inference_mode():
