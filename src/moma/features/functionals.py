@@ -144,10 +144,11 @@ def extract_functionals(utterances: Iterable[Utterance], feature_set: str = "eGe
     if misses:
         from tqdm import tqdm
 
-        log.info("openSMILE %s: computing %d of %d utterances (%d cached)", feature_set, len(misses), len(utts),
+        name = feature_set if feature_set.startswith("ge2e") else f"openSMILE {feature_set}"
+        log.info("%s: computing %d of %d utterances (%d cached)", name, len(misses), len(utts),
                  len(utts) - len(misses))
         tasks = [(u, feature_set, level, str(paths[u.id])) for u in misses]
-        with tqdm(total=len(tasks), desc=f"openSMILE {feature_set}", unit="utt", disable=not progress) as bar:
+        with tqdm(total=len(tasks), desc=name, unit="utt", disable=not progress) as bar:
             if workers > 1 and len(tasks) > 1:
                 import multiprocessing as mp
 

@@ -464,6 +464,8 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
         raise ValueError(f"none of the {len(utterances)} utterances is of a class the model knows "
                          f"({', '.join(labels)})")
     trained_on = set(loaded.info.get("test_speakers", []))
+    check_identity(loaded.config.features, loaded.info.get("frontend"), loaded.path)  # its encoder's weights
+    use_device(str(device))  # a pretrained front end runs beside the model
     feats = extract_features(scored_utts, FeatureCache(cache_dir, loaded.config.features))
     utts = {u.id: u for u in scored_utts}
     normaliser = loaded.normaliser
