@@ -161,3 +161,18 @@ def test_weighted_layers_train_predict_and_refuse_onnx(corpus):
 
     with pytest.raises(ValueError, match="ONNX export is not supported for the pretrained front end"):
         onnx_bytes(loaded)
+
+
+def test_ge2e_stats_join_a_fusion_model_and_predict(corpus):
+    from moma.checkpoint import load_checkpoint
+    from moma.inference.predictor import Predictor
+    from moma.training.crossval import run_cross_validation
+
+    root, utts = corpus
+    sets = [s for s in TINY if not s.startswith("features.")] + ["features.functionals=ge2e-stats"]
+    run_cross_validation(utts, load_run_config(sets=sets), root / "fusion", protocol="loso",
+                         cache_dir=root / "cache-fusion" / "features", only_folds=["spk-spk01"])
+    best = next((root / "fusion").rglob("best.safetensors"))
+    assert load_checkpoint(best).config.model.functionals_dim == 512
+    assert any((root / "cache-fusion" / "opensmile").glob("ge2e-stats-39373b86598f/*/*.npy"))
+    assert Predictor.from_checkpoint(best).predict_file(utts[1].path).label
