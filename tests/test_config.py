@@ -73,7 +73,8 @@ def test_base_recipes_merge_under_the_file_in_order(tmp_path):
         load_run_config([tmp_path / "d.yaml"])
 
 
-@pytest.mark.parametrize("key", ["model.input_dim", "model.num_classes", "model.functionals_dim"])
+@pytest.mark.parametrize("key", ["model.input_dim", "model.num_classes", "model.functionals_dim",
+                                 "model.input_layers"])
 def test_derived_keys_are_refused_on_the_command_line_and_ignored_aloud_in_a_file(tmp_path, key, caplog):
     with pytest.raises(ValueError, match=f"{key} is derived"):
         load_run_config(sets=[f"{key}=7"])

@@ -488,3 +488,33 @@ def test_fusion_model_refuses_missing_or_misshapen_functionals_and_plain_model_r
     traced = torch.jit.trace(ExportWrapper(fusion), (x, lens, torch.ones(2, 4)), check_trace=False)
     with torch.no_grad():
         torch.testing.assert_close(traced(x, lens, torch.ones(2, 4))[0], fusion(x, lens, torch.ones(2, 4)).logits)
+
+
+# ------------------------------------------------------------------ learned layer weighting (pretrained front ends)
+
+
+def test_layer_weighting_mixes_stacked_layers_and_ignores_padding():
+    layers, per_layer = 3, 4
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(input_dim=layers * per_layer, input_layers=layers)).eval()
+    weighting = model.layer_weighting
+    torch.testing.assert_close(weighting.layer_weights(), torch.full((3,), 1 / 3))  # starts equal
+    with torch.no_grad():
+        weighting.logits.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    x = torch.randn(2, 5, layers * per_layer)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    w = torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0)
+    expected = (x.view(2, 5, layers, per_layer) * w.view(1, 1, 3, 1)).sum(2) * mask.unsqueeze(-1)
+    torch.testing.assert_close(weighting(x, mask), expected)
+    lengths = [7, 3]
+    g = torch.Generator().manual_seed(2)
+    xb = 50.0 * torch.randn(2, 9, layers * per_layer, generator=g)  # garbage in the padding
+    for b, n in enumerate(lengths):
+        xb[b, :n] = torch.randn(n, layers * per_layer, generator=g)
+    with torch.no_grad():
+        batch = model(xb, torch.tensor(lengths))
+        for b, n in enumerate(lengths):
+            alone = model(xb[b:b + 1, :n], torch.tensor([n]))
+            torch.testing.assert_close(batch.logits[b:b + 1], alone.logits, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="model.input_layers"):
+        build_model(tiny_cfg(input_dim=10, input_layers=3))

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from moma.capabilities import check_cuda
 from moma.config import RunConfig, config_from_dict, config_to_dict
+from moma.features.encoders import frontend_identity
 from moma.features.normalise import Normaliser
 from moma.files import replace_atomically
 from moma.model import build_model
@@ -86,6 +87,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: RunConfig,
     """Write a checkpoint; ``training_state`` (optimizer, scheduler, RNG, counters) makes it resumable;
     ``functionals_normaliser`` standardises a fusion model's utterance functionals."""
     path = Path(path)
+    frontend = frontend_identity(config.features)  # {} for fbank
     tensors: dict[str, torch.Tensor] = {}
     for name, value in model.state_dict().items():
         tensors[f"model.{name}"] = value.detach().cpu().contiguous()
@@ -100,6 +102,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: RunConfig,
             "torch_version": torch.__version__,
             "python": platform.python_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"frontend": frontend} if frontend else {}),  # a pretrained front end's weights (sha256)
             **(info or {}),
         }),
     }

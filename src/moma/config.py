@@ -64,6 +64,14 @@ class FeatureConfig:
     #   computes its functionals, so that they do not depend on the recording's gain (-26: ITU-T P.56's usual
     #   level); 0 keeps the level as recorded. The frames are not rescaled (per-utterance normalisation already
     #   removes a gain from log-Mel frames)
+    frontend: str = "fbank"  # what each 10 ms frame holds: fbank (the log-Mel bins, + pitch + lld) | ge2e (the GE2E
+    #   speaker encoder's LSTM outputs, resemblyzer's weights) | ssl (a transformers encoder's hidden states); the
+    #   pretrained ones are frozen and cached like the filterbanks (docs/pretrained.md)
+    ge2e_layer: str = "3"  # ge2e: which LSTM layer's 256 outputs per frame: 1 | 2 | 3 | weighted (all 3 stacked,
+    #   the model learns a softmax weighting over them)
+    ssl_model: str = ""  # ssl: hub id (e.g. microsoft/wavlm-base-plus) or local folder of a transformers model
+    ssl_layers: str = "all"  # ssl: hidden states per frame: all | one index (0 = CNN / embedding output) | comma
+    #   list; several are stacked and the model learns a softmax weighting over them
 
 
 @dataclass
@@ -73,7 +81,9 @@ class ModelConfig:
     parameters for 4 classes; its stated sizes give 10,601,991 here (the BLSTM alone is 8.50 M): docs/model.md."""
 
     arch: str = "moma"  # moma | attention (BLSTM + attention layer 1) | mean (BLSTM + mean pooling)
-    input_dim: int = 23  # feature dimension (= FeatureConfig.n_mels)
+    input_dim: int = 23  # feature dimension per frame, derived from the front end at training time (fbank: n_mels)
+    input_layers: int = 1  # encoder layers stacked in each frame (features.frontend ge2e / ssl); > 1: the model
+    #   learns a softmax weighting over them (input_dim = input_layers x per-layer size); derived like input_dim
     num_classes: int = 4  # set from the label list at training time
     hidden_size: int = 512  # LSTM units per direction (BLSTM output is 2x this)
     num_layers: int = 2  # stacked BLSTM layers
@@ -282,7 +292,8 @@ RECIPE_DIR = Path(__file__).resolve().parent / "configs"  # the shipped recipes,
 # overwritten without a word); a file drops them with a warning, so that a run's saved config.yaml, which records
 # them, can be given back as --config.
 DERIVED_KEYS = {"model.input_dim": "the front end (features.*)", "model.num_classes": "the label list",
-                "model.functionals_dim": "features.functionals"}
+                "model.functionals_dim": "features.functionals",
+                "model.input_layers": "the front end (features.ge2e_layer, features.ssl_layers)"}
 # Keys that say how to run, not what to train: they change no result, so recipes leave them out (a test checks)
 # and comparisons of a run with its recipe ignore them.
 RUNTIME_KEYS = {"train.device", "train.num_threads", "train.log_every", "train.tensorboard", "data.num_workers"}

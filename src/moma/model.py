@@ -3,6 +3,7 @@
 Jalal, Milner, Hain, Moore, "Removing Bias with Residual Mixture of Multi-View
 Attention for Speech Emotion Recognition", Interspeech 2020.
 
+    [features (B, T, L*D) -> learned softmax weighting of a pretrained encoder's L layers -> (B, T, D)]
     features (B, T, F) -> 2-layer BLSTM -> Y (B, T, 2H)
       -> attention layer 1 (one context-attention block, residual)      -> Y2 (B, T, 2H)
       -> attention layer 2 (N blocks, mixture sum_n gamma_n a_n)         -> pooled (B, 2H)
@@ -40,6 +41,7 @@ __all__ = [
     "ContextAttention",
     "ExportWrapper",
     "LAYER1_OUTPUTS",
+    "LayerWeighting",
     "MOMA",
     "MeanPoolBLSTM",
     "MixtureOfAttention",
@@ -319,6 +321,33 @@ def _attention_pool(y: Tensor, weights: Tensor) -> Tensor:
     return (weights.float().unsqueeze(-1) * y.float()).sum(dim=1)  # (B, T, 1) * (B, T, D) -> sum T -> (B, D)
 
 
+class LayerWeighting(nn.Module):
+    """A learned softmax weighting of a pretrained encoder's layers, as SUPERB (Yang et al., 2021) probes them.
+
+        features (B, T, L * D) -> (B, T, L, D) -> sum_l softmax(w)_l x_l -> (B, T, D)
+
+    The front end stores a frame's L layers side by side (``model.input_layers`` = L); the weights start equal
+    (w = 0) and are learned with the rest of the model, so training picks the layers that carry emotion. It
+    works frame by frame, so padding cannot leak; padded frames are zeroed all the same, as the encoder's are.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+        self.logits = nn.Parameter(torch.zeros(num_layers))  # (L,) raw layer weights; softmax(0) = 1/L each
+
+    def forward(self, features: Tensor, mask: Tensor) -> Tensor:
+        b, t, f = features.shape
+        x = features.reshape(b, t, self.num_layers, f // self.num_layers)  # (B, T, L*D) -> (B, T, L, D)
+        weights = torch.softmax(self.logits.float(), dim=0).to(x.dtype)  # (L,)
+        mixed = torch.einsum("btld,l->btd", x, weights)  # (B, T, L, D) -> (B, T, D)
+        return mixed * mask.unsqueeze(-1)  # (B, T) -> (B, T, 1): padding stays zero
+
+    def layer_weights(self) -> Tensor:
+        """The current weights of the layers, (L,), summing to 1."""
+        return torch.softmax(self.logits.detach().float(), dim=0)
+
+
 # --------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------
@@ -330,7 +359,13 @@ class _EncoderModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = BLSTMEncoder(cfg.input_dim, cfg.hidden_size, cfg.num_layers, cfg.dropout, cfg.input_dropout)
+        if cfg.input_layers < 1 or cfg.input_dim % cfg.input_layers:
+            raise ValueError(f"model.input_dim {cfg.input_dim} is not model.input_layers {cfg.input_layers} x a "
+                             "per-layer size")
+        # a pretrained front end's stacked layers are mixed into one per-layer-sized frame first (input_layers > 1)
+        self.layer_weighting = LayerWeighting(cfg.input_layers) if cfg.input_layers > 1 else None
+        self.encoder = BLSTMEncoder(cfg.input_dim // cfg.input_layers, cfg.hidden_size, cfg.num_layers, cfg.dropout,
+                                    cfg.input_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def _check(self, features: Tensor, lengths: Tensor) -> Tensor:
@@ -371,6 +406,12 @@ class _EncoderModel(nn.Module):
     def encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """features (B, T, F), lengths (B,) -> BLSTM output Y (B, T, 2H) zero on padding, mask (B, T) bool."""
         lengths = self._check(features, lengths)
+        return self.run_encoder(features, lengths)
+
+    def run_encoder(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Checked features (B, T, F), lengths (B,) -> Y (B, T, 2H), mask (B, T); stacked layers weighted first."""
+        if self.layer_weighting is not None:
+            features = self.layer_weighting(features, lengths_to_mask(lengths, features.size(1)))  # (B, T, D)
         return self.encoder(features, lengths)
 
 
@@ -439,7 +480,7 @@ class MOMA(_EncoderModel):
 
     def forward(self, features: Tensor, lengths: Tensor, functionals: Optional[Tensor] = None) -> ModelOutput:
         lengths = self._check(features, lengths)
-        y, mask = self.encoder(features, lengths)  # (B, T, 2H), (B, T)
+        y, mask = self.run_encoder(features, lengths)  # (B, T, 2H), (B, T)
         a1, y2 = self.attend_layer1(y, mask, lengths)  # (B, T), (B, T, 2H)
         blocks, mixture, gammas = self.attention2(y2, mask)  # (B, N, T), (B, T), (N,)
         pooled = _attention_pool(y2, mixture)  # (B, 2H)

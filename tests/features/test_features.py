@@ -436,6 +436,7 @@ def test_descriptor_option_keeps_existing_cache_hashes():
     # the hash of a configuration without descriptors is what it was before the option existed
     data = dataclasses.asdict(FeatureConfig())
     del data["lld"], data["functionals"], data["functionals_level"]
+    del data["frontend"], data["ge2e_layer"], data["ssl_model"], data["ssl_layers"]  # fbank: left out likewise
     before = hashlib.sha1(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
     assert feature_config_hash(FeatureConfig()) == before
     assert feature_config_hash(FeatureConfig(lld="egemaps")) not in (before, feature_config_hash(FeatureConfig(lld="compare")))

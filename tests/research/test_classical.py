@@ -320,7 +320,7 @@ def test_moma_classical_writes_one_table(tmp_path, monkeypatch, capsys):
     assert md.count("| spk-s") >= 8  # per-fold UAR and chosen-C tables
     assert md.count("| eGeMAPSv02 | global | ") == 2 and "ECE raw -> scaled" in md  # summary and calibration
     assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--feature-sets", "GeMAPS"]) == 2
-    assert "--feature-sets: unknown GeMAPS (choose from eGeMAPSv02, ComParE_2016)" in capsys.readouterr().err
+    assert "--feature-sets: unknown GeMAPS (choose from eGeMAPSv02, ComParE_2016, ge2e-stats" in capsys.readouterr().err
     part = tmp_path / "part"
     assert main(["classical", "--manifest", str(manifest), "--out", str(part), "--cache", str(tmp_path / "c"),
                  "--feature-sets", "eGeMAPSv02", "--normalisations", "global", "--fold", "s1", "-q"]) == 0

@@ -98,7 +98,8 @@ def add_research_commands(subparsers: Any) -> None:
     p.add_argument("--cache", default=None, metavar="DIR", help="openSMILE feature cache folder (default: "
                                                                 "cache/opensmile)")
     p.add_argument("--feature-sets", nargs="+", default=None, metavar="NAME",
-                   help="openSMILE functionals: eGeMAPSv02, ComParE_2016 (default: both)")
+                   help="utterance functionals: eGeMAPSv02, ComParE_2016 (openSMILE; default: both), ge2e-stats "
+                        "(mean and std of the GE2E speaker encoder's last layer; -1 / -2 for layers 1 / 2)")
     p.add_argument("--normalisations", nargs="+", default=None, metavar="MODE",
                    help="global: statistics of training speakers only; speaker: every speaker by its own "
                         "statistics, the test speaker's unlabelled audio included (transductive); corpus: every "
@@ -152,11 +153,12 @@ def cmd_classical(args: argparse.Namespace) -> int:
         DEFAULT_NORMALISATIONS,
         FEATURE_SETS,
         NORMALISATIONS,
+        OPENSMILE_SETS,
         run_classical_report,
     )
 
     args.cache = args.cache or DEFAULT_CACHE
-    args.feature_sets = args.feature_sets or list(FEATURE_SETS)
+    args.feature_sets = args.feature_sets or list(OPENSMILE_SETS)
     args.normalisations = args.normalisations or list(DEFAULT_NORMALISATIONS)
     if args.test_corpus and args.protocol != "loso":
         raise ValueError(f"--test-corpus is for --protocol loso on a pooled manifest, not {args.protocol}")

@@ -24,6 +24,7 @@ from moma.audio.io import AudioError, file_sha1, load_audio
 from moma.capabilities import require_extra
 from moma.config import FeatureConfig
 from moma.corpora.base import Utterance
+from moma.features.encoders import check_frontend, frontend_identity
 from moma.features.frontend import compute_features, feature_config_hash, frame_feature_settings, lld_dim
 from moma.files import replace_atomically, write_text_atomic
 
@@ -56,6 +57,7 @@ class FeatureCache:
         # an unknown descriptor set or a missing openSMILE fails here, not once per file in the workers
         if lld_dim(cfg):
             require_extra("opensmile", "classical", f"features.lld={cfg.lld}")
+        check_frontend(cfg)  # likewise a bad front-end option or missing weights (the hash reads them)
         self.config_hash = feature_config_hash(cfg)
         self.dir = self.root / self.config_hash
 
@@ -119,7 +121,8 @@ class FeatureCache:
         config_path = self.dir / "config.json"
         if config_path.is_file():
             return
-        text = json.dumps(frame_feature_settings(self.cfg), indent=2, sort_keys=True) + "\n"
+        settings = {**frame_feature_settings(self.cfg), **frontend_identity(self.cfg)}  # the weights' sha256 too
+        text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
         write_text_atomic(config_path, text)
 
 
@@ -172,6 +175,8 @@ def fill_cache(utterances: Iterable[Utterance], cache: FeatureCache, *, workers:
     misses = [u for u in resolved if not cache.path_for(u.sha1, u.start, u.end).is_file()]
     if misses:
         log.info("features: %d of %d utterances to compute (%s)", len(misses), len(resolved), cache)
+    if cache.cfg.frontend != "fbank":
+        workers = 1  # one pretrained encoder in memory (and on the GPU), which runs its own threads
     with tqdm(total=len(misses), desc="features", unit="utt", disable=not progress or not misses) as bar:
         if workers > 1 and len(misses) > 1:
             with ProcessPoolExecutor(max_workers=min(workers, len(misses))) as pool:

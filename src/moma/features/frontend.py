@@ -21,6 +21,7 @@ import numpy as np
 
 from moma.capabilities import require_extra
 from moma.config import FeatureConfig
+from moma.features.encoders import check_frontend, encoder_frames, frontend_identity
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,15 @@ def compute_lld(signal: np.ndarray, cfg: FeatureConfig, n_frames: int) -> np.nda
 
 def compute_features(signal: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """The model's input features, shape (frames, dims): log-Mel filterbanks, then pitch (log F0, voicing)
-    when ``cfg.pitch``, then openSMILE low-level descriptors when ``cfg.lld`` names a set."""
+    when ``cfg.pitch``, then openSMILE low-level descriptors when ``cfg.lld`` names a set; or, with
+    ``cfg.frontend`` ge2e / ssl, a pretrained encoder's outputs on the same frames (:mod:`.encoders`)."""
+    if cfg.frontend != "fbank":
+        check_frontend(cfg)
+        length, _ = _window_sizes(cfg)
+        if np.asarray(signal).shape[0] < length:
+            raise ValueError(f"signal of {np.asarray(signal).shape[0]} samples is shorter than one "
+                             f"{cfg.frame_length_ms:g} ms analysis window ({length} samples at {cfg.sample_rate} Hz)")
+        return encoder_frames(np.asarray(signal, dtype=np.float32), cfg, num_frames(len(signal), cfg))
     fbank = compute_fbank(signal, cfg)
     parts = [fbank]
     if cfg.pitch:
@@ -212,5 +221,8 @@ def feature_config_hash(cfg: FeatureConfig) -> str:
     if data.get("lld") == "none":
         # added after caches existed: leaving the default out keeps their hashes (and entries) valid
         del data["lld"]
+    for key in ("frontend", "ge2e_layer", "ssl_model", "ssl_layers"):  # the same for the front-end options
+        del data[key]
+    data.update(frontend_identity(cfg))  # {} for fbank; else the encoder, its layers and its weights' sha256
     payload = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:12]

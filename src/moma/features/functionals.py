@@ -21,11 +21,16 @@ from moma.capabilities import require_extra
 from moma.config import FeatureConfig
 from moma.corpora.base import Utterance
 from moma.features.cache import load_cached_array
+from moma.features.encoders.ge2e import WEIGHTS_SHA256
 from moma.files import replace_atomically
 
 log = logging.getLogger(__name__)
 
-FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}  # name -> number of functionals
+FEATURE_SETS = {"eGeMAPSv02": 88, "ComParE_2016": 6373,  # name -> number of functionals
+                # mean and std over time of the GE2E speaker encoder's frames (features.encoders.ge2e): its last
+                # LSTM layer, or layer 1 / 2 with a suffix; computed from the same frames as features.frontend=ge2e
+                "ge2e-stats": 512, "ge2e-stats-1": 512, "ge2e-stats-2": 512}
+OPENSMILE_SETS = ("eGeMAPSv02", "ComParE_2016")
 DEFAULT_CACHE = "cache/opensmile"
 
 
@@ -62,6 +67,11 @@ def compute_functionals(signal: np.ndarray, feature_set: str = "eGeMAPSv02",
     first scales the signal to that active-speech level in dBFS (``features.functionals_level``)."""
     if check_level(level) < 0:
         signal = set_active_level(signal, level, sample_rate)
+    if feature_set.startswith("ge2e-stats"):
+        from moma.features.encoders.ge2e import LAYERS, ge2e_stats
+
+        functionals_dim(feature_set)
+        return ge2e_stats(signal, int(feature_set[len("ge2e-stats-"):] or LAYERS))
     if feature_set not in _SMILES:
         _SMILES[feature_set] = _smile(feature_set)
     frame = _SMILES[feature_set].process_signal(np.asarray(signal, dtype=np.float32), sample_rate)
@@ -77,6 +87,8 @@ def _cache_path(cache_dir: Path, feature_set: str, utt: Utterance, level: float 
     if utt.start > 0 or utt.end > 0:
         stem = f"{utt.sha1}_{utt.start:.6f}_{utt.end:.6f}"
     folder = f"opensmile-{feature_set}" + (f"-level{level:g}dB" if level < 0 else "")  # recorded level: as before
+    if feature_set.startswith("ge2e-stats"):  # keyed by the weights too (one hash; another is refused on load)
+        folder = f"{feature_set}-{WEIGHTS_SHA256[:12]}" + (f"-level{level:g}dB" if level < 0 else "")
     return cache_dir / folder / utt.sha1[:2] / f"{stem}.npy"
 
 
@@ -132,10 +144,11 @@ def extract_functionals(utterances: Iterable[Utterance], feature_set: str = "eGe
     if misses:
         from tqdm import tqdm
 
-        log.info("openSMILE %s: computing %d of %d utterances (%d cached)", feature_set, len(misses), len(utts),
+        name = feature_set if feature_set.startswith("ge2e") else f"openSMILE {feature_set}"
+        log.info("%s: computing %d of %d utterances (%d cached)", name, len(misses), len(utts),
                  len(utts) - len(misses))
         tasks = [(u, feature_set, level, str(paths[u.id])) for u in misses]
-        with tqdm(total=len(tasks), desc=f"openSMILE {feature_set}", unit="utt", disable=not progress) as bar:
+        with tqdm(total=len(tasks), desc=name, unit="utt", disable=not progress) as bar:
             if workers > 1 and len(tasks) > 1:
                 import multiprocessing as mp
 

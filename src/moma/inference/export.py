@@ -72,6 +72,11 @@ def attention_keys_of(model: nn.Module) -> tuple[str, ...]:
 def onnx_bytes(loaded: LoadedCheckpoint, opset: int = OPSET) -> tuple[bytes, tuple[str, ...]]:
     """Serialise a loaded checkpoint's model to ONNX; returns (model bytes, output names)."""
     require_extra("onnx", "export", "ONNX export")
+    if loaded.config.features.frontend != "fbank":
+        # the ONNX file would hold MOMA alone, and a user of it could not compute its input frames
+        raise ValueError(f"{loaded.path or 'this model'}: ONNX export is not supported for the pretrained front end "
+                         f"features.frontend={loaded.config.features.frontend} (it runs in PyTorch before the "
+                         "model); use the torch backend (moma predict without --backend onnx)")
     model = loaded.model.cpu().eval()
     input_dim, func_dim = loaded.config.model.input_dim, loaded.config.model.functionals_dim
     keys = attention_keys_of(model)

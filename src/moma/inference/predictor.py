@@ -62,6 +62,7 @@ from moma.evaluation.metrics import (
     write_report,
 )
 from moma.features.cache import FeatureCache, extract_features
+from moma.features.encoders import check_identity, use_device
 from moma.features.frontend import compute_features
 from moma.features.functionals import compute_run_functionals, extract_run_functionals
 from moma.features.normalise import (
@@ -172,6 +173,7 @@ class Predictor:
                 raise ValueError(f"{source or 'this model'}: a fusion model without the statistics of its functionals")
             require_extra("opensmile", "classical", f"a fusion model (features.functionals="
                                                     f"{config.features.functionals})")
+        check_identity(config.features, (info or {}).get("frontend"), source or "this model")  # its encoder's weights
         self.functionals_normaliser = functionals_normaliser
         self.backend = backend
         self.config = config
@@ -214,6 +216,7 @@ class Predictor:
     @classmethod
     def from_loaded(cls, loaded: LoadedCheckpoint, device: str = "cpu", backend: str = "torch") -> Predictor:
         """Wrap an already loaded checkpoint (``torch`` or ``torch-int8`` backend)."""
+        use_device(device if backend == "torch" else "cpu")  # a pretrained front end runs beside the model
         if backend == "torch-int8":
             reason = int8_unsupported_reason()
             if reason:
@@ -462,6 +465,8 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
         raise ValueError(f"none of the {len(utterances)} utterances is of a class the model knows "
                          f"({', '.join(labels)})")
     trained_on = set(loaded.info.get("test_speakers", []))
+    check_identity(loaded.config.features, loaded.info.get("frontend"), loaded.path)  # its encoder's weights
+    use_device(str(device))  # a pretrained front end runs beside the model
     feats = extract_features(scored_utts, FeatureCache(cache_dir, loaded.config.features))
     utts = {u.id: u for u in scored_utts}
     normaliser = loaded.normaliser

@@ -37,6 +37,7 @@ from moma.data.protocols import (
 from moma.evaluation.calibration import expected_calibration_error, negative_log_likelihood, scale_posteriors
 from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
 from moma.features.cache import FeatureCache, pack_features
+from moma.features.encoders import use_device
 from moma.features.functionals import check_level, extract_run_functionals, functionals_dim
 from moma.features.normalise import NormalisedFeatures, Normaliser, check_normalisation, normalise_functionals
 from moma.files import claim_directory, write_json_atomic
@@ -442,6 +443,7 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
     labels = label_list(utterances)
     corpora = sorted({u.corpus for u in utterances if u.corpus})
     corpus = spec.corpus or (f"pool of {' + '.join(corpora)}" if len(corpora) > 1 else corpora[0] if corpora else "corpus")
+    use_device(cfg.train.device)  # a pretrained front end (features.frontend) runs where the model trains
     cache = FeatureCache(cache_dir, cfg.features)
     # rank 0 fills the cache first; the others then read it (or, on a machine that does not
     # share the cache folder, compute their own copy)

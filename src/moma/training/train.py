@@ -27,6 +27,7 @@ from moma.config import ModelConfig, RunConfig, TrainConfig, replace, save_confi
 from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
 from moma.evaluation.calibration import calibration_summary, fit_temperature
 from moma.evaluation.metrics import compute_metrics, predict_posteriors
+from moma.features.encoders import frame_layers
 from moma.features.functionals import functionals_dim
 from moma.features.normalise import Normaliser
 from moma.model import build_model, count_parameters, example_inputs
@@ -294,7 +295,7 @@ def _resolve_dims(cfg: RunConfig, features: Mapping[str, np.ndarray], labels: li
             raise ValueError(f"no functionals for {len(missing)} utterances (first: {missing[0]})")
     feat_dim = int(next(iter(features.values())).shape[1])
     return replace(cfg, model=replace(cfg.model, num_classes=len(labels), input_dim=feat_dim,
-                                      functionals_dim=func_dim))
+                                      input_layers=frame_layers(cfg.features), functionals_dim=func_dim))
 
 
 def _build_model(cfg: RunConfig, device: torch.device, dist_info: DistInfo, train_ids: Sequence[str],
