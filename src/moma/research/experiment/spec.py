@@ -235,10 +235,10 @@ def parse_classical(data: Any, where: str) -> ClassicalSpec | None:
     """Validate the ``classical:`` section; None when absent or false."""
     if data is None or data is False:
         return None
-    from moma.research.classical import FEATURE_SETS, NORMALISATIONS
+    from moma.research.classical import FEATURE_SETS, NORMALISATIONS, OPENSMILE_SETS
 
     data = _check_keys({} if data is True else data, CLASSICAL_KEYS, f"{where}: classical")
-    sets = _as_list(data.get("feature_sets"), f"{where}: classical.feature_sets") or list(FEATURE_SETS)
+    sets = _as_list(data.get("feature_sets"), f"{where}: classical.feature_sets") or list(OPENSMILE_SETS)
     unknown = [f for f in sets if f not in FEATURE_SETS]
     if unknown or len(set(sets)) != len(sets):
         raise ValueError(f"{where}: classical.feature_sets must be distinct names among {', '.join(FEATURE_SETS)}, "
