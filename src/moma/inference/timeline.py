@@ -2,7 +2,7 @@
 
 The recording is read in blocks (``moma.audio.io.iter_audio_blocks``), so memory
 depends on the block and window sizes, not on the recording's length. Each
-block goes through the energy VAD (``moma.audio.vad``); fixed-length windows slide
+block goes through the VAD (``moma.audio.vad``, Silero by default); fixed-length windows slide
 over the signal, and a window is classified when enough of its frames are
 speech. Windows of one recording all have the same length, so they are
 batched with no padding. Probabilities are then smoothed with a centred
@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from moma.audio.io import AudioSource, iter_audio_blocks
-from moma.audio.vad import FRAME_S, EnergyVad, VadConfig
+from moma.audio.vad import FRAME_S, VadConfig, make_vad
 from moma.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
     win = int(round(cfg.window_s * sr))
     hop = int(round(cfg.hop_s * sr))
     vad_per_sample = int(round(FRAME_S * sr))
-    vad = EnergyVad(sr, cfg.vad)
+    vad = make_vad(sr, cfg.vad)
     rows: list[TimelineRow] = []
     regions: list[tuple[float, float]] = []
     pending: list[tuple[int, np.ndarray]] = []  # (row index, window samples) awaiting the model
@@ -145,7 +145,9 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
         regions.extend(vad.regions(new_flags, flag_start + flags.shape[0]))
         flags = np.concatenate([flags, new_flags]) if flags.size else new_flags
         windows(final=False)
-    regions.extend(vad.regions(np.zeros(0, dtype=bool), flag_start + flags.shape[0], final=True))
+    tail = vad.finish()  # the frames of a last partial VAD chunk
+    regions.extend(vad.regions(tail, flag_start + flags.shape[0], final=True))
+    flags = np.concatenate([flags, tail])
     windows(final=True)
     flush()
     _smooth(rows, predictor.labels, cfg.smooth)
