@@ -32,9 +32,11 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(tiny_checkpoint):
+    from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(tiny_checkpoint)
+    # the energy VAD: the test signals are noise and tones standing in for speech, which Silero rightly rejects
+    return Predictor.from_checkpoint(tiny_checkpoint, speech_check=VadConfig(engine="energy"))
 
 
 @pytest.fixture()
@@ -190,7 +192,7 @@ def test_describe_is_json_able(predictor):
 def test_cli_predict_folder_glob_csv(tiny_checkpoint, audio_dir, tmp_path):
     out = tmp_path / "results.csv"
     (audio_dir / "notes.txt").write_text("not audio")  # folders yield audio extensions only
-    res = run_cli("predict", str(audio_dir), str(audio_dir / "f1.wav"), "--checkpoint", str(tiny_checkpoint),
+    res = run_cli("predict", str(audio_dir), str(audio_dir / "f1.wav"), "--vad", "energy", "--checkpoint", str(tiny_checkpoint),
                   "--out", str(out), "--batch-size", "2")
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(out.open()))
@@ -198,7 +200,7 @@ def test_cli_predict_folder_glob_csv(tiny_checkpoint, audio_dir, tmp_path):
     for r in rows:
         assert r["label"] in LABELS and r["error"] == ""
         assert sum(float(r[f"p_{lab}"]) for lab in LABELS) == pytest.approx(1.0, abs=1e-4)
-    res = run_cli("predict", str(audio_dir / "f[13].wav"), "--checkpoint", str(tiny_checkpoint),
+    res = run_cli("predict", str(audio_dir / "f[13].wav"), "--vad", "energy", "--checkpoint", str(tiny_checkpoint),
                   "--out", str(tmp_path / "g.csv"))
     assert res.returncode == 0, res.stderr
     assert [Path(r["path"]).name for r in csv.DictReader((tmp_path / "g.csv").open())] == ["f1.wav", "f3.wav"]
@@ -207,7 +209,7 @@ def test_cli_predict_folder_glob_csv(tiny_checkpoint, audio_dir, tmp_path):
 def test_cli_predict_bad_file_jsonl_and_plots(tiny_checkpoint, audio_dir, tmp_path):
     (audio_dir / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
     out = tmp_path / "results.jsonl"
-    res = run_cli("predict", str(audio_dir), str(tmp_path / "nothing-*.wav"), "--checkpoint",
+    res = run_cli("predict", str(audio_dir), str(tmp_path / "nothing-*.wav"), "--vad", "energy", "--checkpoint",
                   str(tiny_checkpoint), "--out", str(out), "--plot", str(tmp_path / "plots"))
     assert res.returncode == 1  # some inputs failed, the rest were written
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -356,7 +358,7 @@ def test_a_fusion_model_with_functionals_level_predicts_alike_at_any_recording_g
     probs = {}
     for level in (0.0, -26.0):
         ckpt = make_fusion_checkpoint(tmp_path / f"fusion{level:g}.safetensors", labels=LABELS, functionals_level=level)
-        predictor = Predictor.from_checkpoint(ckpt)
+        predictor = Predictor.from_checkpoint(ckpt, speech_check=None)  # tones: not speech to Silero
         assert predictor.config.features.functionals_level == level
         # log-probabilities: the untrained model's raw functionals sit far from its statistics and saturate
         probs[level] = [np.log(list(predictor.predict_file(p).probabilities.values())) for p in (loud, quiet)]

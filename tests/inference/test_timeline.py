@@ -26,9 +26,10 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(ckpt):
+    from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(ckpt)
+    return Predictor.from_checkpoint(ckpt, speech_check=VadConfig(engine="energy"))
 
 
 def bursts(spans: list[tuple[float, float]], total: float, seed: int = 0, noise: float = 0.001) -> np.ndarray:
@@ -123,7 +124,7 @@ def test_short_recording_gets_one_partial_window(predictor):
 def test_cli_timeline(ckpt, tmp_path):
     wav = tmp_path / "long.wav"
     sf.write(str(wav), bursts([(1.0, 4.0), (6.0, 9.0)], 10.0), SR, subtype="PCM_16")
-    res = run_cli("timeline", str(wav), "--checkpoint", str(ckpt), "--out", str(tmp_path / "t.csv"),
+    res = run_cli("timeline", str(wav), "--vad", "energy", "--checkpoint", str(ckpt), "--out", str(tmp_path / "t.csv"),
                   "--plot", str(tmp_path / "t.png"), "--json", str(tmp_path / "t.json"))
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))
@@ -140,8 +141,9 @@ ONE_HOUR_SCRIPT = """
 import sys
 from moma.inference.predictor import Predictor
 from moma.inference.timeline import TimelineConfig, timeline_for_source
+from moma.audio.vad import VadConfig
 p = Predictor.from_checkpoint(sys.argv[1])
-tl = timeline_for_source(p, sys.argv[2], TimelineConfig(hop_s=1.0))
+tl = timeline_for_source(p, sys.argv[2], TimelineConfig(hop_s=1.0, vad=VadConfig(engine="energy")))
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(len(tl.rows), round(tl.duration_s), hwm)
 """

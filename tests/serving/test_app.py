@@ -20,9 +20,11 @@ from helpers import LABELS, make_tiny_checkpoint, make_webm_opus  # noqa: E402
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
+    from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("serve_ckpt")))
+    return Predictor.from_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("serve_ckpt")),
+                                     speech_check=VadConfig(engine="energy"))  # noise stands in for speech
 
 
 def make_app(predictor, **settings):

@@ -42,10 +42,12 @@ def server(tmp_path_factory):
     """A real uvicorn server on loopback, in a thread, stopped after the module."""
     import uvicorn
 
+    from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
     from moma.serving.app import create_app
 
-    predictor = Predictor.from_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("web_ckpt")))
+    predictor = Predictor.from_checkpoint(make_tiny_checkpoint(tmp_path_factory.mktemp("web_ckpt")),
+                                     speech_check=VadConfig(engine="energy"))  # noise stands in for speech
     port = _free_port()
     config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)

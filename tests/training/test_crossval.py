@@ -272,7 +272,7 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     assert not np.allclose([p["posteriors"] for p in adapted["folds"][0]["test"]["predictions"]],
                            [p["posteriors"] for p in evaluated["folds"][0]["test"]["predictions"]])
     # moma predict computes the functionals of each file itself: the same logits as the fold's posteriors
-    predictor = Predictor.from_checkpoint(ckpt)
+    predictor = Predictor.from_checkpoint(ckpt, speech_check=None)
     from scipy.special import softmax
 
     singles = [predictor.predict_file(u.path) for u in test_utts]
@@ -288,7 +288,7 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     export_onnx(ckpt, root / "fusion-onnx")
     meta = read_export(root / "fusion-onnx")
     assert meta["inputs"]["functionals"]["shape"] == ["batch", 88] and "functionals_normaliser" in meta
-    onnx_pred = Predictor.from_checkpoint(root / "fusion-onnx", backend="onnx").predict_file(test_utts[0].path)
+    onnx_pred = Predictor.from_checkpoint(root / "fusion-onnx", backend="onnx", speech_check=None).predict_file(test_utts[0].path)
     np.testing.assert_allclose(onnx_pred.logits, singles[0].logits, atol=1e-4)
 
 
@@ -319,7 +319,7 @@ def test_utterance_mean_fold_fits_its_scale_on_training_speakers_and_predict_app
     from scipy.special import softmax
 
     ckpt = out / fold["name"] / "best.safetensors"
-    predicted = Predictor.from_checkpoint(ckpt).predict_file(test_utt.path)
+    predicted = Predictor.from_checkpoint(ckpt, speech_check=None).predict_file(test_utt.path)
     np.testing.assert_allclose(softmax(predicted.logits), fold_post[test_utt.id], atol=1e-4)
     # the exported model carries the mode and its scale: onnxruntime answers the same
     pytest.importorskip("onnxruntime")
@@ -328,5 +328,5 @@ def test_utterance_mean_fold_fits_its_scale_on_training_speakers_and_predict_app
     export_onnx(ckpt, root / "umean-onnx")
     meta = json.loads((root / "umean-onnx" / "model.json").read_text())
     assert meta["normaliser"]["mode"] == "utterance-mean" and len(meta["normaliser"]["std"]) == norm.std.size
-    onnx_logits = Predictor.from_checkpoint(root / "umean-onnx", backend="onnx").predict_file(test_utt.path).logits
+    onnx_logits = Predictor.from_checkpoint(root / "umean-onnx", backend="onnx", speech_check=None).predict_file(test_utt.path).logits
     np.testing.assert_allclose(softmax(onnx_logits), fold_post[test_utt.id], atol=1e-4)
