@@ -74,7 +74,8 @@ def test_attention_only_and_mean_archs_export(tmp_path):
         assert json.loads((tmp_path / f"{arch}_onnx" / "model.json").read_text())["outputs"] == outputs
         sig = np.random.default_rng(0).normal(scale=0.1, size=9000).astype(np.float32)
         a = Predictor.from_checkpoint(ckpt, speech_check=None).predict_signal(sig, 16000)
-        b = Predictor.from_checkpoint(tmp_path / f"{arch}_onnx", backend="onnx", speech_check=None).predict_signal(sig, 16000)
+        b = Predictor.from_checkpoint(tmp_path / f"{arch}_onnx", backend="onnx",
+                                      speech_check=None).predict_signal(sig, 16000)
         np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
         assert set(a.attention) == set(b.attention)
 

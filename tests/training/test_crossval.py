@@ -288,7 +288,8 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
     export_onnx(ckpt, root / "fusion-onnx")
     meta = read_export(root / "fusion-onnx")
     assert meta["inputs"]["functionals"]["shape"] == ["batch", 88] and "functionals_normaliser" in meta
-    onnx_pred = Predictor.from_checkpoint(root / "fusion-onnx", backend="onnx", speech_check=None).predict_file(test_utts[0].path)
+    onnx_pred = Predictor.from_checkpoint(root / "fusion-onnx", backend="onnx",
+                                          speech_check=None).predict_file(test_utts[0].path)
     np.testing.assert_allclose(onnx_pred.logits, singles[0].logits, atol=1e-4)
 
 
@@ -328,5 +329,6 @@ def test_utterance_mean_fold_fits_its_scale_on_training_speakers_and_predict_app
     export_onnx(ckpt, root / "umean-onnx")
     meta = json.loads((root / "umean-onnx" / "model.json").read_text())
     assert meta["normaliser"]["mode"] == "utterance-mean" and len(meta["normaliser"]["std"]) == norm.std.size
-    onnx_logits = Predictor.from_checkpoint(root / "umean-onnx", backend="onnx", speech_check=None).predict_file(test_utt.path).logits
+    onnx_logits = Predictor.from_checkpoint(root / "umean-onnx", backend="onnx",
+                                            speech_check=None).predict_file(test_utt.path).logits
     np.testing.assert_allclose(softmax(onnx_logits), fold_post[test_utt.id], atol=1e-4)
