@@ -15,7 +15,7 @@ Frames are 10 ms and a frame counts as speech when it lies in a detected speech 
 0.3 s merge gap and 0.2 s minimum region, as the predictor and timeline use them). Reported per condition and
 detector: precision, recall, F1 and false-alarm rate (share of non-speech frames called speech); for
 non-speech clips the false-alarm rate and the share of clips with >= 0.5 s of "speech" (those would be given an
-emotion). Writes results.json and a markdown table (README.md) into ``--out``.
+emotion). Writes vad.json and a markdown table (README.md) into ``--out``.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"files": len(items), "seed": args.seed, "wall_time_s": round(time.time() - t0, 1)}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    (out / "vad.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(table(results))
     print(f"\n{len(items)} EmoDB files, seed {args.seed}, {meta['wall_time_s']} s")
 
