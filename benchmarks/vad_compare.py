@@ -15,7 +15,7 @@ Frames are 10 ms and a frame counts as speech when it lies in a detected speech 
 0.3 s merge gap and 0.2 s minimum region, as the predictor and timeline use them). Reported per condition and
 detector: precision, recall, F1 and false-alarm rate (share of non-speech frames called speech); for
 non-speech clips the false-alarm rate and the share of clips with >= 0.5 s of "speech" (those would be given an
-emotion). Writes vad.json and a markdown table (README.md) into ``--out``.
+emotion). Writes vad.json into ``--out`` and prints the markdown table that reports/vad/README.md quotes.
 """
 
 from __future__ import annotations
