@@ -79,11 +79,17 @@ def test_earlier_models_stay_selectable_by_name():
 
 
 def test_bundled_model_predicts_a_signal(predictor):
+    """A hum is not speech: by default no emotion; without the speech check the model still runs on it."""
+    from moma.inference.predictor import Predictor
+
     rng = np.random.default_rng(0)
     t = np.arange(32000) / 16000
     signal = (0.1 * np.sin(2 * np.pi * 150 * t) + 0.02 * rng.normal(size=t.shape)).astype(np.float32)
-    pred = predictor.predict_signal(signal, 16000)
-    assert pred.label in predictor.labels
+    checked = predictor.predict_signal(signal, 16000)
+    assert (checked.status, checked.label, checked.probabilities) == ("no-speech", "", {})
+    pred = Predictor.from_checkpoint(None, speech_check=None).predict_signal(signal, 16000)
+    assert pred.label in predictor.labels and pred.status == "ok" and pred.speech_s is None
+    assert pred.calibrated and pred.confidence == max(pred.probabilities.values())
     assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
     assert pred.attention["mixture"].shape == (pred.num_frames,)
 
@@ -94,12 +100,12 @@ def test_cli_predict_uses_the_default_model_and_others_by_name(tmp_path, predict
     t = np.arange(24000) / 16000
     sf.write(str(wav), (0.1 * np.sin(2 * np.pi * 200 * t) + 0.02 * rng.normal(size=t.shape)).astype(np.float32),
              16000)
-    res = run_moma("predict", str(wav), "-q")
+    res = run_moma("predict", str(wav), "-q", "--vad", "energy")  # a tone: speech only to the energy VAD
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert len(rows) == 1 and rows[0]["label"] in predictor.labels and not rows[0]["error"]
     assert sum(float(rows[0][f"p_{lab}"]) for lab in predictor.labels) == pytest.approx(1.0, abs=1e-4)
-    res = run_moma("predict", str(wav), "-q", "--checkpoint", "emodb-7class")
+    res = run_moma("predict", str(wav), "-q", "--vad", "energy", "--checkpoint", "emodb-7class")
     assert res.returncode == 0, res.stderr
     assert list(csv.DictReader(io.StringIO(res.stdout)))[0].keys() >= {f"p_{lab}" for lab in EMODB_LABELS}
     res = run_moma("models")
@@ -119,3 +125,42 @@ def test_cli_predict_real_emodb_file(emodb_root, predictor):
     for lab in predictor.labels:
         assert float(row[f"p_{lab}"]) == pytest.approx(expected.probabilities[lab], abs=1e-5)
     assert expected.label == "angry"
+    assert (row["status"], row["calibrated"]) == ("ok", "true") and expected.status == "ok"
+    assert float(row["confidence"]) == pytest.approx(expected.probabilities["angry"], abs=1e-5)
+    assert float(row["speech_s"]) > 1.0
+
+
+def _no_speech_clips() -> dict[str, np.ndarray]:
+    from moma.audio.perturb import synthetic_music
+
+    rng = np.random.default_rng(0)
+    return {"near-silence": (rng.normal(size=48000) * 10 ** (-90 / 20)).astype(np.float32),  # 3 s at -90 dBFS
+            "short": (rng.normal(size=1600) * 0.1).astype(np.float32),  # 0.1 s
+            "music": synthetic_music(4.0, 16000, rng)}
+
+
+@pytest.mark.parametrize("name", ["near-silence", "short", "music"])
+def test_no_speech_gets_no_emotion(predictor, name):
+    """Silence, a 0.1 s clip and music used to be given an emotion (near-silence: angry 0.58)."""
+    pred = predictor.predict_signal(_no_speech_clips()[name], 16000)
+    assert (pred.status, pred.label, pred.probabilities, pred.confidence) == ("no-speech", "", {}, 0.0)
+    assert pred.speech_s == 0.0
+
+
+def test_cli_no_speech_rows_and_too_short_speech(emodb_root, predictor, tmp_path):
+    """Each no-speech clip gets a row with an empty label; 0.3 s of real speech is predicted but flagged."""
+    for name, sig in _no_speech_clips().items():
+        sf.write(str(tmp_path / f"{name}.wav"), sig, 16000)
+    speech, sr = sf.read(str(emodb_root / "wav" / "03a01Wa.wav"), dtype="float32")
+    pad = np.zeros(sr, dtype=np.float32)
+    sf.write(str(tmp_path / "snippet.wav"), np.concatenate([pad, speech[int(0.3 * sr):int(0.6 * sr)], pad]), sr)
+    res = run_moma("predict", str(tmp_path), "-q")
+    assert res.returncode == 0, res.stderr
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    for name in _no_speech_clips():
+        row = rows[f"{name}.wav"]
+        assert (row["label"], row["status"], row["confidence"], row["p_angry"]) == ("", "no-speech", "", "")
+    snippet = rows["snippet.wav"]
+    assert snippet["status"] == "too-short" and snippet["label"] in predictor.labels
+    assert 0 < float(snippet["speech_s"]) < 0.5
+    assert "3 no-speech, 1 too-short" in res.stderr

@@ -46,8 +46,8 @@ def test_onnx_backend_matches_torch_on_files(tiny_checkpoint, exported, tmp_path
     from moma.inference.predictor import Predictor
 
     paths = [write_tone(tmp_path / f"t{i}.wav", s, seed=i) for i, s in enumerate([0.3, 1.7, 0.9, 3.2])]
-    torch_p = Predictor.from_checkpoint(tiny_checkpoint)
-    onnx_p = Predictor.from_checkpoint(exported, backend="onnx")
+    torch_p = Predictor.from_checkpoint(tiny_checkpoint, speech_check=None)
+    onnx_p = Predictor.from_checkpoint(exported, backend="onnx", speech_check=None)
     assert onnx_p.labels == torch_p.labels and onnx_p.backend.name == "onnx"
     for a, b in zip(torch_p.predict_files(paths, batch_size=3), onnx_p.predict_files(paths, batch_size=3)):
         np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
@@ -55,7 +55,7 @@ def test_onnx_backend_matches_torch_on_files(tiny_checkpoint, exported, tmp_path
         for key in ("layer1", "mixture", "blocks", "gammas"):
             np.testing.assert_allclose(a.attention[key], b.attention[key], atol=1e-5)
     # a checkpoint path with backend="onnx" exports in memory
-    mem = Predictor.from_checkpoint(tiny_checkpoint, backend="onnx")
+    mem = Predictor.from_checkpoint(tiny_checkpoint, backend="onnx", speech_check=None)
     np.testing.assert_allclose(mem.predict_file(paths[1]).logits, torch_p.predict_file(paths[1]).logits, atol=1e-4)
 
 
@@ -69,8 +69,9 @@ def test_attention_only_and_mean_archs_export(tmp_path):
         assert res.returncode == 0, res.stderr
         assert json.loads((tmp_path / f"{arch}_onnx" / "model.json").read_text())["outputs"] == outputs
         sig = np.random.default_rng(0).normal(scale=0.1, size=9000).astype(np.float32)
-        a = Predictor.from_checkpoint(ckpt).predict_signal(sig, 16000)
-        b = Predictor.from_checkpoint(tmp_path / f"{arch}_onnx", backend="onnx").predict_signal(sig, 16000)
+        a = Predictor.from_checkpoint(ckpt, speech_check=None).predict_signal(sig, 16000)
+        b = Predictor.from_checkpoint(tmp_path / f"{arch}_onnx", backend="onnx",
+                                      speech_check=None).predict_signal(sig, 16000)
         np.testing.assert_allclose(a.logits, b.logits, atol=1e-4)
         assert set(a.attention) == set(b.attention)
 
@@ -126,8 +127,8 @@ def test_parity_real_utterances_paper_size(paper_size_checkpoint, tmp_path):
 
     ckpt, wavs = paper_size_checkpoint
     export_onnx(ckpt, tmp_path / "onnx")
-    torch_p = Predictor.from_checkpoint(ckpt)
-    onnx_p = Predictor.from_checkpoint(tmp_path / "onnx", backend="onnx")
+    torch_p = Predictor.from_checkpoint(ckpt, speech_check=None)
+    onnx_p = Predictor.from_checkpoint(tmp_path / "onnx", backend="onnx", speech_check=None)
     feats = [torch_p.file_features(p)[0] for p in wavs]
     frames = [f.shape[0] for f in feats]
     assert max(frames) > 3 * min(frames)  # lengths really differ
@@ -155,9 +156,9 @@ def test_export_quantize_int8_writes_int8_graph_that_agrees(tiny_checkpoint, exp
     assert json.loads((exported / "model.json").read_text())["quantization"] == "none"
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
-    q = Predictor.from_checkpoint(out, backend="onnx")  # an int8 export reports itself as such
+    q = Predictor.from_checkpoint(out, backend="onnx", speech_check=None)  # an int8 export reports itself as such
     assert q.backend.name == "onnx-int8"
-    ref = Predictor.from_checkpoint(tiny_checkpoint)
+    ref = Predictor.from_checkpoint(tiny_checkpoint, speech_check=None)
     rng = np.random.default_rng(3)
     feats = [rng.normal(size=(n, 23)).astype(np.float32) for n in (40, 77, 150)]
     for a, b in zip(ref.predict_batch(feats), q.predict_batch(feats)):

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import csv
 import doctest
+import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +30,11 @@ from helpers import (  # noqa: F401
 
 @pytest.fixture(scope="session")
 def predictor(tiny_checkpoint):
+    from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(tiny_checkpoint)
+    # the energy VAD: the test signals are noise and tones standing in for speech, which Silero rightly rejects
+    return Predictor.from_checkpoint(tiny_checkpoint, speech_check=VadConfig(engine="energy"))
 
 
 @pytest.fixture()
@@ -186,16 +191,16 @@ def test_describe_is_json_able(predictor):
 def test_cli_predict_folder_glob_csv(tiny_checkpoint, audio_dir, tmp_path):
     out = tmp_path / "results.csv"
     (audio_dir / "notes.txt").write_text("not audio")  # folders yield audio extensions only
-    res = run_cli("predict", str(audio_dir), str(audio_dir / "f1.wav"), "--checkpoint", str(tiny_checkpoint),
-                  "--out", str(out), "--batch-size", "2")
+    res = run_cli("predict", str(audio_dir), str(audio_dir / "f1.wav"), "--vad", "energy", "--checkpoint",
+                  str(tiny_checkpoint), "--out", str(out), "--batch-size", "2")
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader(out.open()))
     assert [Path(r["path"]).name for r in rows] == ["f0.wav", "f1.wav", "f2.wav", "f3.wav", "f4.wav"]
     for r in rows:
         assert r["label"] in LABELS and r["error"] == ""
         assert sum(float(r[f"p_{lab}"]) for lab in LABELS) == pytest.approx(1.0, abs=1e-4)
-    res = run_cli("predict", str(audio_dir / "f[13].wav"), "--checkpoint", str(tiny_checkpoint),
-                  "--out", str(tmp_path / "g.csv"))
+    res = run_cli("predict", str(audio_dir / "f[13].wav"), "--vad", "energy", "--checkpoint",
+                  str(tiny_checkpoint), "--out", str(tmp_path / "g.csv"))
     assert res.returncode == 0, res.stderr
     assert [Path(r["path"]).name for r in csv.DictReader((tmp_path / "g.csv").open())] == ["f1.wav", "f3.wav"]
 
@@ -204,7 +209,7 @@ def test_cli_predict_folder_glob_csv(tiny_checkpoint, audio_dir, tmp_path):
 def test_cli_predict_bad_file_jsonl_and_plots(tiny_checkpoint, audio_dir, tmp_path):
     (audio_dir / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
     out = tmp_path / "results.jsonl"
-    res = run_cli("predict", str(audio_dir), str(tmp_path / "nothing-*.wav"), "--checkpoint",
+    res = run_cli("predict", str(audio_dir), str(tmp_path / "nothing-*.wav"), "--vad", "energy", "--checkpoint",
                   str(tiny_checkpoint), "--out", str(out), "--plot", str(tmp_path / "plots"))
     assert res.returncode == 1  # some inputs failed, the rest were written
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -214,6 +219,61 @@ def test_cli_predict_bad_file_jsonl_and_plots(tiny_checkpoint, audio_dir, tmp_pa
     assert all(by_name[f"f{i}.wav"]["label"] in LABELS for i in range(5))
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [f"f{i}.png" for i in range(5)]
     assert "2 of 7 failed" in res.stderr
+
+
+def test_cli_predict_stdout_is_clean_csv_and_each_problem_is_said_once(tiny_checkpoint, predictor, audio_dir,
+                                                                       tmp_path):
+    """Piped (not a terminal): no progress bar anywhere, CSV rows with "\n" line ends, the missing file named
+    once on stderr, and the status / confidence / calibrated columns filled."""
+    missing = tmp_path / "missing.wav"
+    res = subprocess.run([sys.executable, "-m", "moma", "predict", str(audio_dir / "f1.wav"), str(missing),
+                          "--vad", "energy", "--checkpoint", str(tiny_checkpoint)],
+                         capture_output=True, timeout=120)
+    out, err = res.stdout.decode(), res.stderr.decode()
+    assert res.returncode == 1
+    assert b"\r" not in res.stdout and "it/s" not in err and "%|" not in err  # no bar, no CRLF
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["status"] for r in rows] == ["ok", ""]
+    assert rows[0]["calibrated"] == str(predictor.calibrated).lower() and predictor.calibrated  # trained with T
+    assert float(rows[0]["confidence"]) == max(float(rows[0][f"p_{lab}"]) for lab in LABELS)
+    assert err.count(str(missing)) == 1, err
+    assert "1 of 2 failed" in err
+
+
+def test_cli_predict_empty_folder_says_why(tiny_checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = run_cli("predict", str(tmp_path / "empty"), "--checkpoint", str(tiny_checkpoint),
+                  "--out", str(tmp_path / "r.csv"))
+    assert res.returncode == 1
+    assert f"{tmp_path / 'empty'}: no audio files in folder" in res.stderr
+
+
+def test_prediction_repr_is_short(predictor):
+    pred = predictor.predict_signal(np.random.default_rng(0).normal(scale=0.1, size=32000).astype(np.float32), 16000)
+    assert pred.attention and len(repr(pred)) < 200 and "attention" not in str(pred)
+    assert repr(pred).startswith(f"Prediction(label={pred.label!r}, status='ok', confidence=")
+
+
+def test_adapt_batch_logs_what_it_changes(tmp_path, caplog):
+    """A fusion model normalising its frames per utterance: --adapt batch changes its functionals' statistics,
+    and says so (it used to log "does not apply" and then change the labels)."""
+    pytest.importorskip("opensmile")
+    import logging
+
+    from helpers import make_fusion_checkpoint
+
+    from moma.inference.predictor import Predictor
+
+    ckpt = make_fusion_checkpoint(tmp_path / "fusion.safetensors", labels=LABELS)
+    predictor = Predictor.from_checkpoint(ckpt, speech_check=None)
+    paths = [write_tone(tmp_path / f"{i}.wav", 1.0, level=0.05 * (i + 1), seed=i) for i in range(3)]
+    with caplog.at_level(logging.INFO, logger="moma"):
+        adapted = predictor.predict_files(paths, adapt="batch")
+    plain = predictor.predict_files(paths)
+    assert "does not apply" not in caplog.text
+    if predictor.normaliser.mode in ("utterance", "none"):
+        assert "--adapt batch: openSMILE functionals standardised with the 3 inputs' own statistics" in caplog.text
+    assert any(a.probabilities != p.probabilities for a, p in zip(adapted, plain))
 
 
 def test_cli_predict_without_checkpoint_or_bundle(tmp_path, monkeypatch, audio_dir):
@@ -356,7 +416,7 @@ def test_a_fusion_model_with_functionals_level_predicts_alike_at_any_recording_g
     probs = {}
     for level in (0.0, -26.0):
         ckpt = make_fusion_checkpoint(tmp_path / f"fusion{level:g}.safetensors", labels=LABELS, functionals_level=level)
-        predictor = Predictor.from_checkpoint(ckpt)
+        predictor = Predictor.from_checkpoint(ckpt, speech_check=None)  # tones: not speech to Silero
         assert predictor.config.features.functionals_level == level
         # log-probabilities: the untrained model's raw functionals sit far from its statistics and saturate
         probs[level] = [np.log(list(predictor.predict_file(p).probabilities.values())) for p in (loud, quiet)]

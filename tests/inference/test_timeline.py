@@ -20,9 +20,10 @@ SR = 16000
 
 @pytest.fixture(scope="module")
 def predictor(tiny_checkpoint):
+    from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(tiny_checkpoint)
+    return Predictor.from_checkpoint(tiny_checkpoint, speech_check=VadConfig(engine="energy"))
 
 
 def bursts(spans: list[tuple[float, float]], total: float, seed: int = 0, noise: float = 0.001) -> np.ndarray:
@@ -118,7 +119,8 @@ def test_short_recording_gets_one_partial_window(predictor):
 def test_cli_timeline(tiny_checkpoint, tmp_path):
     wav = tmp_path / "long.wav"
     sf.write(str(wav), bursts([(1.0, 4.0), (6.0, 9.0)], 10.0), SR, subtype="PCM_16")
-    res = run_cli("timeline", str(wav), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "t.csv"),
+    res = run_cli("timeline", str(wav), "--vad", "energy", "--checkpoint", str(tiny_checkpoint),
+                  "--out", str(tmp_path / "t.csv"),
                   "--plot", str(tmp_path / "t.png"), "--json", str(tmp_path / "t.json"))
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))
@@ -129,14 +131,62 @@ def test_cli_timeline(tiny_checkpoint, tmp_path):
     assert "2 speech regions" in res.stderr
 
 
+def test_segments_merge_windows_of_one_label(predictor):
+    from moma.inference.timeline import Timeline, TimelineConfig, TimelineRow
+
+    def row(start: float, label: str, p: float) -> TimelineRow:
+        probs = {lab: (p if lab == label else (1 - p) / 2) for lab in LABELS} if label else {}
+        return TimelineRow(start, start + 2.0, 1.0 if label else 0.0, label, label, probs, probs)
+
+    rows = [row(0.0, "angry", 0.6), row(0.5, "angry", 0.8), row(1.0, "", 0), row(1.5, "happy", 0.5),
+            row(2.0, "happy", 0.7), row(2.5, "angry", 0.9)]
+    tl = Timeline(LABELS, rows, [], 4.5, TimelineConfig(window_s=2.0, hop_s=0.5))
+    got = [(s.start_s, s.end_s, s.label, s.confidence) for s in tl.segments()]
+    # each window stands for the hop around its centre: 1.0 +- 0.25 s, 1.5 +- 0.25 s, ...
+    assert got == [(0.75, 1.75, "angry", 0.7), (2.25, 3.25, "happy", 0.6), (3.25, 3.75, "angry", 0.9)]
+
+
+def test_cli_timeline_formats_by_extension_and_plot_folder(ckpt, tmp_path):
+    wav = tmp_path / "long.wav"
+    sf.write(str(wav), bursts([(1.0, 4.0)], 6.0), SR, subtype="PCM_16")
+    base = ("timeline", str(wav), "--vad", "energy", "--checkpoint", str(ckpt))
+    res = run_cli(*base, "--out", str(tmp_path / "t.srt"), "--plot", str(tmp_path / "plots") + "/")
+    assert res.returncode == 0, res.stderr
+    srt = (tmp_path / "t.srt").read_text()
+    assert srt.startswith("1\n00:00:0") and " --> " in srt and "\r" not in srt
+    assert srt.splitlines()[2].split()[0] in LABELS  # "angry 0.61"
+    assert (tmp_path / "plots" / "long.png").is_file() and not (tmp_path / "plots.png").exists()
+    assert " s: " in res.stderr  # the merged segments, "1.2-4.1 s: angry 0.61"
+    res = run_cli(*base, "--out", str(tmp_path / "t.vtt"), "-q")
+    assert res.returncode == 0 and (tmp_path / "t.vtt").read_text().startswith("WEBVTT\n\n1\n")
+    assert " s: " not in res.stderr
+    res = run_cli(*base, "--out", str(tmp_path / "t.txt"))
+    assert res.returncode == 2 and not (tmp_path / "t.txt").exists()
+    assert len(res.stderr.strip().splitlines()) == 1 and "t.txt" in res.stderr and "--format" in res.stderr
+    res = run_cli(*base, "--out", str(tmp_path / "t.txt"), "--format", "json")
+    assert res.returncode == 0 and "segments" in json.loads((tmp_path / "t.txt").read_text())
+    res = run_cli(*base)  # CSV on stdout
+    assert res.returncode == 0 and res.stdout.startswith("start_s,end_s,speech,label") and "\r" not in res.stdout
+
+
+def test_timeline_uses_silero_by_default(ckpt):
+    """Noise bursts are loud but not speech: with the default VAD no window is classified."""
+    from moma.inference.predictor import Predictor
+    from moma.inference.timeline import timeline_for_signal
+
+    tl = timeline_for_signal(Predictor.from_checkpoint(ckpt), bursts([(1.0, 4.0)], 6.0))
+    assert tl.regions == [] and not any(r.label for r in tl.rows) and tl.segments() == []
+
+
 # Peak RSS is read from VmHWM (this process's own address space), not ru_maxrss: Linux carries
 # ru_maxrss across fork+exec, so a child of a large pytest process would report the parent's peak.
 ONE_HOUR_SCRIPT = """
 import sys
 from moma.inference.predictor import Predictor
 from moma.inference.timeline import TimelineConfig, timeline_for_source
+from moma.audio.vad import VadConfig
 p = Predictor.from_checkpoint(sys.argv[1])
-tl = timeline_for_source(p, sys.argv[2], TimelineConfig(hop_s=1.0))
+tl = timeline_for_source(p, sys.argv[2], TimelineConfig(hop_s=1.0, vad=VadConfig(engine="energy")))
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(len(tl.rows), round(tl.duration_s), hwm)
 """

@@ -20,9 +20,11 @@ from helpers import LABELS, make_webm_opus  # noqa: E402
 
 @pytest.fixture(scope="module")
 def predictor(tiny_checkpoint):
+    from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
 
-    return Predictor.from_checkpoint(tiny_checkpoint)
+    # noise stands in for speech
+    return Predictor.from_checkpoint(tiny_checkpoint, speech_check=VadConfig(engine="energy"))
 
 
 def make_app(predictor, **settings):
@@ -77,6 +79,20 @@ def test_predict_matches_python_api(client, predictor):
         assert body["probabilities"][lab] == pytest.approx(direct.probabilities[lab], abs=1e-6)
     assert body["attention"] is None
     assert 100 < len(body["waveform"]) <= 800 and all(lo <= hi for lo, hi in body["waveform"])
+    assert (body["status"], body["calibrated"]) == (direct.status, direct.calibrated) == ("ok", True)
+    assert body["confidence"] == pytest.approx(direct.confidence, abs=1e-6) and body["speech_s"] > 0.5
+
+
+def test_silence_gets_no_emotion_and_the_schema_says_so(client):
+    silence = io.BytesIO()
+    sf.write(silence, np.zeros(16000, dtype=np.float32), 16000, format="WAV")
+    r = client.post("/v1/predict", files={"file": ("quiet.wav", silence.getvalue())})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["status"], body["label"], body["probabilities"], body["confidence"]) == ("no-speech", "", {}, 0.0)
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert {"status", "confidence", "calibrated", "speech_s"} <= set(schema["PredictResponse"]["properties"])
+    assert "segments" in schema["TimelineResponse"]["properties"]
 
 
 def test_predict_webm_opus(client):

@@ -42,10 +42,12 @@ def server(tiny_checkpoint):
     """A real uvicorn server on loopback, in a thread, stopped after the module."""
     import uvicorn
 
+    from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
     from moma.serving.app import create_app
 
-    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    predictor = Predictor.from_checkpoint(tiny_checkpoint,
+                                          speech_check=VadConfig(engine="energy"))  # noise stands in for speech
     port = _free_port()
     config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)

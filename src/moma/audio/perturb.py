@@ -168,6 +168,39 @@ def make_babble(signals: Sequence[np.ndarray], n: int, num_talkers: int = 4,
     return out / math.sqrt(power) if power > 0 else out
 
 
+def synthetic_music(seconds: float, sr: int = 16000, rng: Optional[np.random.Generator] = None, *,
+                    tempo_bpm: float = 120.0) -> np.ndarray:
+    """Non-speech with speech-like loudness and rhythm: a melody and a chord of harmonic tones (6 partials,
+    1/k amplitudes, decaying notes) changing every one or two beats, over a drum pattern of noise bursts
+    (a low thump on beats 1 and 3, a bright burst on 2 and 4). Float32 of ``round(seconds * sr)`` samples,
+    peak 0.5. Used to check that a speech detector says "no speech" to music.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    n = int(round(seconds * sr))
+    t = np.arange(n) / sr
+    beat = 60.0 / tempo_bpm  # s
+    out = np.zeros(n, dtype=np.float64)
+    scale = 220.0 * 2.0 ** (np.array([0, 2, 4, 5, 7, 9, 11, 12]) / 12.0)  # A major, Hz
+    start = 0.0
+    while start < seconds:
+        length = beat * float(rng.choice([1.0, 2.0]))
+        a, b = int(start * sr), min(n, int((start + length) * sr))
+        root = float(rng.choice(scale))
+        for f0, gain in ((root * 2.0, 1.0), (root, 0.5), (root * 1.5, 0.4)):  # melody note over a fifth
+            tt = t[a:b] - start
+            tone = sum(np.sin(2 * np.pi * k * f0 * tt) / k for k in range(1, 7) if k * f0 < sr / 2)
+            out[a:b] += gain * tone * np.exp(-tt / (0.6 * length))
+        start += length
+    for k, beat_start in enumerate(np.arange(0.0, seconds, beat)):
+        a = int(beat_start * sr)
+        burst = rng.standard_normal(min(n - a, int(0.12 * sr)))
+        env = np.exp(-np.arange(burst.size) / (0.02 * sr))
+        if k % 2 == 0:  # low thump: noise smoothed over 2 ms
+            burst = np.convolve(burst, np.ones(32) / 32, mode="same") * 4.0
+        out[a:a + burst.size] += 0.8 * burst * env
+    return (0.5 * out / max(float(np.max(np.abs(out))), _EPS)).astype(np.float32)
+
+
 def _mix(speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator,
          reference: str, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     speech = np.asarray(speech, dtype=np.float64).reshape(-1)

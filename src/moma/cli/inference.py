@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+TIMELINE_FORMATS = ("csv", "json", "srt", "vtt")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
 _GLOB_CHARS = set("*?[")
 
@@ -37,15 +38,22 @@ def add_inference_commands(subparsers: Any) -> None:
                    help="normalise with the inputs' own statistics instead of the model's: utterance, each file "
                         "by its own; batch, all the given files together (transductive; for many files from one "
                         "source, e.g. one microphone or corpus)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (there is none anyway unless stderr is a terminal)")
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("timeline", help="emotion over time for a long recording (VAD + sliding windows)")
     p.add_argument("audio", metavar="LONG_AUDIO")
     _add_model_args(p)
-    p.add_argument("--out", default=None, help="timeline CSV (default: stdout)")
+    p.add_argument("--out", default=None,
+                   help="timeline file: .csv (windows), .json (everything), .srt or .vtt (merged segments as "
+                        "subtitles); default: CSV on stdout")
+    p.add_argument("--format", choices=TIMELINE_FORMATS, default=None,
+                   help="format of --out (default: from its extension) or of stdout (default csv)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the full timeline as JSON")
-    p.add_argument("--plot", default=None, metavar="PNG", help="plot of the smoothed probabilities over time")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="plot of the smoothed probabilities over time (a folder: FOLDER/<audio name>.png)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary of the merged segments on stderr")
     p.add_argument("--window", type=float, default=2.0, help="window length in seconds")
     p.add_argument("--hop", type=float, default=0.5, help="hop between windows in seconds")
     p.add_argument("--smooth", type=int, default=5, help="windows in the moving average (1 = none)")
@@ -83,11 +91,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["torch", "torch-int8", "onnx", "onnx-int8"], default="torch",
                    help="torch: float32 PyTorch; torch-int8 / onnx-int8: dynamic int8 quantisation (CPU, faster, "
                         "posteriors within ~1e-3); onnx: onnxruntime float32 (a checkpoint is exported in memory)")
+    p.add_argument("--vad", choices=["silero", "energy"], default="silero",
+                   help="speech detector: silero (default; tells speech from noise and music, reports/vad) or "
+                        "energy (any loud sound is speech); inputs without speech get no emotion")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (0: library default)")
 
 
 def _predictor(args: argparse.Namespace):
+    from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
 
     if args.threads > 0:
@@ -95,7 +107,7 @@ def _predictor(args: argparse.Namespace):
 
         torch.set_num_threads(args.threads)
     return Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
-                                     num_threads=args.threads)
+                                     num_threads=args.threads, speech_check=VadConfig(engine=args.vad))
 
 
 def expand_inputs(items: list[str]) -> Iterator[tuple[str, str]]:
@@ -140,17 +152,25 @@ class _ResultWriter:
         if out:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
         self.fh: TextIO = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout
-        self.csv = None if self.jsonl else csv.writer(self.fh)
+        # "\n" line ends everywhere (csv's default is "\r\n")
+        self.csv = None if self.jsonl else csv.writer(self.fh, lineterminator="\n")
         if self.csv is not None:
-            self.csv.writerow(["path", "label", *[f"p_{lab}" for lab in labels], "duration_s", "error"])
+            self.csv.writerow(["path", "label", "status", "confidence", "calibrated",
+                               *[f"p_{lab}" for lab in labels], "duration_s", "speech_s", "error"])
 
-    def write(self, path: str, label: str, probs: dict[str, float], duration: float, error: str) -> None:
+    def write(self, pred: Any) -> None:
+        """One row for a Prediction (``label`` empty and ``status`` no-speech when there was no speech)."""
         if self.csv is not None:
-            self.csv.writerow([path, label, *[f"{probs[lab]:.6f}" if probs else "" for lab in self.labels],
-                               f"{duration:.3f}" if not error else "", error])
+            probs = pred.probabilities
+            self.csv.writerow([pred.source, pred.label, "" if pred.error else pred.status,
+                               f"{pred.confidence:.6f}" if probs else "", str(pred.calibrated).lower(),
+                               *[f"{probs[lab]:.6f}" if probs else "" for lab in self.labels],
+                               f"{pred.duration_s:.3f}" if not pred.error else "",
+                               "" if pred.speech_s is None else f"{pred.speech_s:.3f}", pred.error])
         else:
-            self.fh.write(json.dumps({"path": path, "label": label, "probabilities": probs,
-                                      "duration_s": round(duration, 3), "error": error}) + "\n")
+            row = pred.to_dict()
+            row["path"] = row.pop("source")
+            self.fh.write(json.dumps(row) + "\n")
         self.fh.flush()
 
     def close(self) -> None:
@@ -161,37 +181,50 @@ class _ResultWriter:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from moma.inference.predictor import plot_prediction
+    from moma.inference.predictor import Prediction, plot_prediction
 
     predictor = _predictor(args)
     inputs = list(expand_inputs(args.paths))
     writer = _ResultWriter(args.out, predictor.labels)
-    failed = 0
+    # progress only to a terminal, and never over CSV rows printed to that same terminal
+    show_bar = not args.quiet and sys.stderr.isatty() and (args.out is not None or not sys.stdout.isatty())
+    counts = {"failed": 0, "no-speech": 0, "too-short": 0}
     try:
-        with tqdm(total=len(inputs), unit="file", desc="predict", disable=args.quiet, file=sys.stderr) as bar:
+        with tqdm(total=len(inputs), unit="file", desc="predict", disable=not show_bar, file=sys.stderr) as bar:
             for path, error in inputs:
                 if error:
-                    writer.write(path, "", {}, 0.0, error)
-                    failed += 1
+                    _report(writer, Prediction(label="", probabilities={}, source=path, error=error), counts)
                     bar.update(1)
             good = [p for p, e in inputs if not e]
             for pred in predictor.iter_predict_files(good, batch_size=args.batch_size, on_error="record",
                                                      adapt=args.adapt):
-                writer.write(pred.source, pred.label, pred.probabilities, pred.duration_s, pred.error)
-                if pred.error:
-                    failed += 1
-                    print(f"moma predict: {pred.source}: {pred.error}", file=sys.stderr)
-                elif args.plot:
-                    out = Path(args.plot) / f"{Path(pred.source).stem}.png"
-                    plot_prediction(predictor, pred.source, out, pred=pred)
+                _report(writer, pred, counts)
+                if args.plot and pred.ok and pred.status != "no-speech":
+                    plot_prediction(predictor, pred.source, Path(args.plot) / f"{Path(pred.source).stem}.png",
+                                    pred=pred)
                 bar.update(1)
     finally:
         writer.close()
+    failed = counts["failed"]
+    flagged = ", ".join(f"{n} {k}" for k, n in counts.items() if k != "failed" and n)
     if failed:
         print(f"moma predict: {failed} of {len(inputs)} failed", file=sys.stderr)
+    if flagged:
+        print(f"moma predict: {flagged} (status column: no emotion without speech; too-short = under "
+              f"{predictor.min_speech_s:g} s of speech, do not trust it)", file=sys.stderr)
     if args.out:
         print(f"wrote {args.out}: {len(inputs) - failed} predicted, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _report(writer: _ResultWriter, pred: Any, counts: dict[str, int]) -> None:
+    """Write one result; an unusable input is also said once on stderr."""
+    writer.write(pred)
+    if pred.error:
+        counts["failed"] += 1
+        print(f"moma predict: {pred.source}: {pred.error}", file=sys.stderr)
+    elif pred.status in counts:
+        counts[pred.status] += 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -208,21 +241,33 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
-    from moma.inference.timeline import TimelineConfig, plot_timeline, timeline_for_source, write_timeline_csv
+    from moma.inference.timeline import (
+        TimelineConfig,
+        plot_timeline,
+        timeline_for_source,
+        timeline_format,
+        write_timeline,
+    )
 
+    fmt = timeline_format(args.out, args.format)  # checked before the model loads
     predictor = _predictor(args)
     cfg = TimelineConfig(window_s=args.window, hop_s=args.hop, smooth=args.smooth, min_speech=args.min_speech)
     timeline = timeline_for_source(predictor, args.audio, cfg)
+    write_timeline(timeline, args.out or sys.stdout, fmt)
     if args.out:
-        write_timeline_csv(timeline, args.out)
-        print(f"wrote {args.out}: {len(timeline.rows)} windows")
-    else:
-        write_timeline_csv(timeline, sys.stdout)
+        print(f"wrote {args.out} ({fmt}): {len(timeline.rows)} windows, {len(timeline.segments())} segments",
+              file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps(timeline.to_dict()) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        write_timeline(timeline, args.json, "json")
+        print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
-        print(f"wrote {plot_timeline(timeline, args.plot, title=Path(args.audio).name)}")
+        plot = Path(args.plot)
+        if args.plot.endswith(("/", "\\")) or plot.is_dir():  # a folder: the plot goes inside it
+            plot = plot / f"{Path(args.audio).stem}.png"
+        print(f"wrote {plot_timeline(timeline, plot, title=Path(args.audio).name)}", file=sys.stderr)
+    if not args.quiet:
+        for seg in timeline.segments():
+            print(f"{seg.start_s:.1f}-{seg.end_s:.1f} s: {seg.label} {seg.confidence:.2f}", file=sys.stderr)
     share = ", ".join(f"{k} {v:.0%}" for k, v in sorted(timeline.summary().items(), key=lambda kv: -kv[1]))
     print(f"{timeline.duration_s:.1f} s, {len(timeline.regions)} speech regions; {share or 'no speech found'}",
           file=sys.stderr)

@@ -13,6 +13,12 @@ Backends (``backend=``): ``torch`` (the float32 model), ``torch-int8``
 The int8 backends trade a posterior change of the order of 1e-3 for speed on
 CPU; ``moma bench`` measures both, and the change in UAR on a labelled fold.
 
+Every signal and file is first checked for speech (:mod:`moma.audio.vad`, Silero by default): with no
+speech found the result has ``status="no-speech"``, an empty label and no probabilities, and the model is
+not run; with less than ``min_speech_s`` (0.5 s) of speech it is predicted but flagged ``status="too-short"``.
+``confidence`` is the top probability and ``calibrated`` says whether the checkpoint carries a fitted softmax
+temperature (``docs/serving.md`` says what that means and does not).
+
 Files are predicted in length-bucketed batches: files are read a chunk at a
 time, sorted by length inside the chunk and batched with little padding. The
 model is exact under padding (``tests/test_model.py``), so batching changes
@@ -22,7 +28,7 @@ A tiny model trained on random features stands in for a real one here; the
 doctests below only check the shapes of what comes back.
 
 >>> import numpy as np
->>> predictor = Predictor.from_checkpoint(checkpoint_path)   # a .safetensors file or a run folder
+>>> predictor = Predictor.from_checkpoint(checkpoint_path, speech_check=None)  # noise stands in for speech here
 >>> predictor.labels
 ['angry', 'happy', 'neutral']
 >>> signal = np.random.default_rng(0).normal(scale=0.1, size=16000).astype(np.float32)
@@ -50,6 +56,7 @@ import torch
 from scipy.special import softmax
 
 from moma.audio.io import AudioError, load_audio, prepare_signal
+from moma.audio.vad import VadConfig, speech_flags, speech_seconds
 from moma.capabilities import UnsupportedHardwareError, check_cuda, int8_unsupported_reason, require_extra
 from moma.checkpoint import LoadedCheckpoint, load_checkpoint
 from moma.config import RunConfig
@@ -85,6 +92,11 @@ ATTENTION_KEYS = ("layer1", "mixture", "blocks", "gammas")
 DEFAULT_BATCH_SIZE = 16  # files per batch in predict_files
 CHUNK_BATCHES = 8  # predict_files reads this many batches' worth of files, then sorts them by length
 MAX_BATCH_FRAMES = 60000  # frames (10 ms) per padded batch; long files get smaller batches
+# s of detected speech below which a prediction is flagged "too-short": about two syllables; less carries
+# too little pitch and energy movement for an emotion (docs/serving.md)
+MIN_SPEECH_S = 0.5
+SPEECH_CHECK = VadConfig()  # the default speech check: Silero (never mutated; pass your own to change it)
+STATUSES = ("ok", "too-short", "no-speech")
 
 
 def bundled_models() -> dict[str, Path]:
@@ -127,6 +139,9 @@ class Prediction:
     where T is ``num_frames`` (one frame every ``frame_shift_ms``); keys an
     architecture lacks are absent. ``error`` is set (and ``label`` empty)
     when ``predict_files(..., on_error="record")`` could not use a file.
+    ``status`` is ``ok``, ``too-short`` (less than ``MIN_SPEECH_S`` of speech: predicted, but do not trust
+    it) or ``no-speech`` (no label, no probabilities); ``speech_s`` is the speech the VAD found (None when
+    the predictor runs without a speech check).
     """
 
     label: str
@@ -138,16 +153,33 @@ class Prediction:
     duration_s: float = 0.0  # seconds of audio at the model's sample rate
     frame_shift_ms: float = 10.0
     error: str = ""
+    status: str = "ok"  # "ok" | "too-short" | "no-speech"
+    speech_s: float | None = None  # s of speech found by the VAD
+    calibrated: bool = False  # True when the probabilities went through a fitted temperature
 
     @property
     def ok(self) -> bool:
         return not self.error
 
+    @property
+    def confidence(self) -> float:
+        """The top probability (0.0 when there is no prediction)."""
+        return max(self.probabilities.values(), default=0.0)
+
+    def __repr__(self) -> str:  # short: the attention arrays and logits are left out
+        where = f", source={self.source!r}" if self.source else ""
+        error = f", error={self.error!r}" if self.error else ""
+        return (f"Prediction(label={self.label!r}, status={self.status!r}, confidence={self.confidence:.3f}, "
+                f"calibrated={self.calibrated}, duration_s={self.duration_s:.3f}{where}{error})")
+
+    __str__ = __repr__
+
     def to_dict(self, *, attention: bool = False) -> dict[str, Any]:
         """JSON-able dict; attention weights (lists of floats) only when asked, as they are long."""
-        out: dict[str, Any] = {"source": self.source, "label": self.label,
+        out: dict[str, Any] = {"source": self.source, "label": self.label, "status": self.status,
+                               "confidence": round(self.confidence, 6), "calibrated": self.calibrated,
                                "probabilities": dict(self.probabilities), "duration_s": self.duration_s,
-                               "num_frames": self.num_frames, "error": self.error}
+                               "speech_s": self.speech_s, "num_frames": self.num_frames, "error": self.error}
         if attention:
             out["frame_shift_ms"] = self.frame_shift_ms
             out["attention"] = {k: np.asarray(v, dtype=np.float64).round(6).tolist()
@@ -167,7 +199,8 @@ class Predictor:
 
     def __init__(self, backend: Backend, config: RunConfig, labels: Sequence[str], normaliser: Normaliser, *,
                  info: dict[str, Any] | None = None, source: str = "",
-                 functionals_normaliser: Normaliser | None = None) -> None:
+                 functionals_normaliser: Normaliser | None = None,
+                 speech_check: VadConfig | None = SPEECH_CHECK, min_speech_s: float = MIN_SPEECH_S) -> None:
         if config.features.functionals != "none":  # a fusion model: its functionals are computed per input
             if functionals_normaliser is None:
                 raise ValueError(f"{source or 'this model'}: a fusion model without the statistics of its functionals")
@@ -183,10 +216,13 @@ class Predictor:
         self.source = source
         # softmax temperature fitted on validation speakers after training (1: an uncalibrated checkpoint)
         self.temperature = float((self.info.get("calibration") or {}).get("temperature", 1.0))
+        self.calibrated = "temperature" in (self.info.get("calibration") or {})
+        self.speech_check = speech_check  # None: every input is predicted, speech or not
+        self.min_speech_s = min_speech_s
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: str = "cpu", backend: str = "torch",
-                        num_threads: int = 0) -> Predictor:
+                        num_threads: int = 0, speech_check: VadConfig | None = SPEECH_CHECK) -> Predictor:
         """Load a model.
 
         ``path``: a checkpoint (``.safetensors``), a run folder holding one, or
@@ -195,7 +231,8 @@ class Predictor:
         :func:`bundled_models`) that model. The onnx backends on a checkpoint export it in
         memory first; ``onnx-int8`` and ``torch-int8`` quantise in memory (a
         second or two). ``num_threads`` > 0 pins onnxruntime's intra-op
-        threads (torch's are process-wide and left to the caller).
+        threads (torch's are process-wide and left to the caller). ``speech_check``: the VAD that decides
+        whether an input holds speech (None: no check, every input gets an emotion).
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -208,13 +245,14 @@ class Predictor:
             onnx_backend, config, labels, normaliser, info, func_norm = load_onnx_predictor_parts(
                 path, num_threads=num_threads, quantize="int8" if backend == "onnx-int8" else "none")
             return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path),
-                       functionals_normaliser=func_norm)
+                       functionals_normaliser=func_norm, speech_check=speech_check)
         check_cuda(str(device))
         loaded = load_checkpoint(path, device=device)
-        return cls.from_loaded(loaded, device=device, backend=backend)
+        return cls.from_loaded(loaded, device=device, backend=backend, speech_check=speech_check)
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedCheckpoint, device: str = "cpu", backend: str = "torch") -> Predictor:
+    def from_loaded(cls, loaded: LoadedCheckpoint, device: str = "cpu", backend: str = "torch",
+                    speech_check: VadConfig | None = SPEECH_CHECK) -> Predictor:
         """Wrap an already loaded checkpoint (``torch`` or ``torch-int8`` backend)."""
         use_device(device if backend == "torch" else "cpu")  # a pretrained front end runs beside the model
         if backend == "torch-int8":
@@ -228,7 +266,8 @@ class Predictor:
         else:
             raise ValueError(f"from_loaded builds the torch backends only, not {backend!r}")
         return cls(torch_backend, loaded.config, loaded.labels, loaded.normaliser, info=loaded.info,
-                   source=loaded.path, functionals_normaliser=loaded.functionals_normaliser)
+                   source=loaded.path, functionals_normaliser=loaded.functionals_normaliser,
+                   speech_check=speech_check)
 
     # ----------------------------------------------------------------- features
 
@@ -263,16 +302,39 @@ class Predictor:
 
     def raw_file_features(self, path: str | Path) -> tuple[np.ndarray, float]:
         """Features of one audio file before normalisation, and its duration in seconds; raises AudioError."""
-        feats, _, duration = self._read_file(path, functionals=False)
+        feats, _, duration, _ = self._read_file(path, functionals=False, speech=False)
         return feats, duration
 
-    def _read_file(self, path: str | Path, *, functionals: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray | None, float]:
-        """(raw features, a fusion model's raw functionals or None, duration in s) of one audio file; raises
-        AudioError."""
+    def _read_file(self, path: str | Path, *, functionals: bool = True, speech: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray | None, float, tuple[str, float | None]]:
+        """(raw features, a fusion model's raw functionals or None, duration in s, speech status) of one
+        audio file; raises AudioError. A file without speech gets no features (an empty array)."""
         sig = load_audio(path, self.sample_rate, min_duration=self.config.features.frame_length_ms / 1000.0)
+        duration = sig.shape[0] / self.sample_rate
+        check = self.speech_status(sig) if speech else ("ok", None)
+        if check[0] == "no-speech":
+            return np.zeros((0, 0), dtype=np.float32), None, duration, check
         funcs = self._raw_functionals(sig) if functionals and self.functionals_normaliser is not None else None
-        return compute_features(sig, self.config.features), funcs, sig.shape[0] / self.sample_rate
+        return compute_features(sig, self.config.features), funcs, duration, check
+
+    # ----------------------------------------------------------------- speech check
+
+    def speech_status(self, signal: np.ndarray) -> tuple[str, float | None]:
+        """(status, seconds of speech) of a mono signal at :attr:`sample_rate`: ``no-speech`` when the VAD
+        finds no speech region, ``too-short`` under ``min_speech_s``, else ``ok`` (``ok``, None unchecked)."""
+        if self.speech_check is None:
+            return "ok", None
+        _, regions = speech_flags(signal, self.sample_rate, self.speech_check)
+        seconds = round(speech_seconds(regions), 3)
+        if seconds <= 0.0:
+            return "no-speech", 0.0
+        return ("too-short" if seconds < self.min_speech_s else "ok"), seconds
+
+    def no_speech(self, source: str = "", duration_s: float = 0.0) -> Prediction:
+        """The result for an input without speech: no label, no probabilities."""
+        return Prediction(label="", probabilities={}, source=source, duration_s=duration_s, status="no-speech",
+                          speech_s=0.0, calibrated=self.calibrated,
+                          frame_shift_ms=float(self.config.features.frame_shift_ms))
 
     # ----------------------------------------------------------------- prediction
 
@@ -309,18 +371,28 @@ class Predictor:
             out.append(Prediction(label=self.labels[int(probs[i].argmax())],
                                   probabilities={lab: float(p) for lab, p in zip(self.labels, probs[i])},
                                   attention=att, num_frames=int(n), logits=logits[i].astype(np.float32),
-                                  duration_s=0.0, frame_shift_ms=shift))
+                                  duration_s=0.0, frame_shift_ms=shift, calibrated=self.calibrated))
         return out
 
     def predict_features(self, feats: np.ndarray, functionals: np.ndarray | None = None) -> Prediction:
         """Predict one utterance's normalised features (frames, dims) [and a fusion model's functionals]."""
         return self.predict_batch([feats], None if functionals is None else [functionals])[0]
 
-    def predict_prepared(self, signals: Sequence[np.ndarray]) -> list[Prediction]:
+    def predict_prepared(self, signals: Sequence[np.ndarray], *, check_speech: bool = True) -> list[Prediction]:
         """Predict mono float32 signals already at :attr:`sample_rate` as one batch (features, and a fusion
-        model's functionals, computed here)."""
-        funcs = [self.functionals_of_prepared(s) for s in signals]  # all None for a model without functionals
-        return self.predict_batch([self.features_of_prepared(s) for s in signals], funcs)
+        model's functionals, computed here). Signals without speech are not run through the model;
+        ``check_speech=False`` skips the check (the timeline has run its own VAD)."""
+        checks = [self.speech_status(s) if check_speech else ("ok", None) for s in signals]
+        todo = [i for i, (status, _) in enumerate(checks) if status != "no-speech"]
+        funcs = [self.functionals_of_prepared(signals[i]) for i in todo]  # all None without functionals
+        preds = iter(self.predict_batch([self.features_of_prepared(signals[i]) for i in todo], funcs))
+        out = []
+        for sig, (status, seconds) in zip(signals, checks):
+            pred = self.no_speech() if status == "no-speech" else next(preds)
+            pred.status, pred.speech_s = status, seconds
+            pred.duration_s = sig.shape[0] / self.sample_rate
+            out.append(pred)
+        return out
 
     def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
         """Predict an in-memory signal, shape (samples,) or (samples, channels), at any sampling rate."""
@@ -376,25 +448,23 @@ class Predictor:
         results: list[Prediction | None] = [None] * len(paths)
         loaded: list[tuple[int, np.ndarray, float]] = []
         funcs: dict[int, np.ndarray | None] = {}  # input index -> a fusion model's standardised functionals
+        checks: dict[int, tuple[str, float | None]] = {}  # input index -> (speech status, seconds of speech)
         for i, path in enumerate(paths):
             try:
-                feats, funcs[i], duration = self._read_file(path)
+                feats, funcs[i], duration, checks[i] = self._read_file(path)
             except AudioError as exc:
                 if on_error == "raise":
                     raise
-                log.warning("%s", exc)
                 results[i] = Prediction(label="", probabilities={}, source=path, error=exc.reason)
                 continue
+            if checks[i][0] == "no-speech":  # not run, and not part of batch statistics
+                results[i] = self.no_speech(path, duration)
+                continue
             loaded.append((i, feats, duration))
-        normaliser = self.normaliser
-        if adapt != "none" and loaded:
-            normaliser = adapt_normaliser(self.normaliser, [f for _, f, _ in loaded], adapt)
-            log.info("normalisation: %s", normaliser.describe())
+        normaliser, func_norm = self._adapted_normalisers([f for _, f, _ in loaded],
+                                                          [funcs[i] for i, _, _ in loaded], adapt)
         loaded = [(i, normalise_features(normaliser, f), d) for i, f, d in loaded]
-        if self.functionals_normaliser is not None and loaded:  # a fusion model: standardise the functionals
-            func_norm = self.functionals_normaliser
-            if adapt == "batch":  # with the inputs' own statistics too ("utterance": one vector has none)
-                func_norm = adapt_normaliser(func_norm, [funcs[i][None, :] for i, _, _ in loaded], "batch")
+        if func_norm is not None and loaded:  # a fusion model: standardise the functionals
             funcs = {i: normalise_functionals(func_norm, funcs[i]) for i, _, _ in loaded}
         loaded.sort(key=lambda item: item[1].shape[0])
         batch: list[tuple[int, np.ndarray, float]] = []
@@ -403,6 +473,7 @@ class Predictor:
             preds = self.predict_batch([f for _, f, _ in batch], [funcs[i] for i, _, _ in batch])
             for (i, _, duration), pred in zip(batch, preds):
                 pred.source, pred.duration_s = paths[i], duration
+                pred.status, pred.speech_s = checks[i]
                 results[i] = pred
             batch.clear()
 
@@ -416,6 +487,30 @@ class Predictor:
         for pred in results:
             assert pred is not None  # every index was filled above
             yield pred
+
+    def _adapted_normalisers(self, feats: list[np.ndarray], funcs: list[np.ndarray | None], adapt: str
+                             ) -> tuple[Normaliser, Normaliser | None]:
+        """The frame and functionals normalisers for ``adapt``, and one log line saying truly what changed.
+
+        A model that normalises each utterance itself has no frame statistics to adapt; a fusion model's
+        functionals are still standardised with the inputs' own statistics under ``batch`` (one vector per
+        file has none of its own under ``utterance``), and that changes its predictions.
+        """
+        normaliser, func_norm = self.normaliser, self.functionals_normaliser
+        if adapt == "none" or not feats:
+            return normaliser, func_norm
+        changed = []
+        if normaliser.mode not in ("utterance", "none"):
+            normaliser = adapt_normaliser(normaliser, feats, adapt)
+            changed.append(f"frames: {normaliser.describe()}")
+        if func_norm is not None and adapt == "batch":
+            func_norm = adapt_normaliser(func_norm, [f[None, :] for f in funcs if f is not None], "batch")
+            changed.append(f"openSMILE functionals standardised with the {len(feats)} inputs' own statistics")
+        if changed:
+            log.info("--adapt %s: %s", adapt, "; ".join(changed))
+        else:
+            log.info("--adapt %s changes nothing: the model uses %s", adapt, normaliser.describe())
+        return normaliser, func_norm
 
     def describe(self) -> dict[str, Any]:
         """What a client needs to know about the model: labels, configuration, provenance (the model card)."""

@@ -2,7 +2,7 @@
 
 The recording is read in blocks (``moma.audio.io.iter_audio_blocks``), so memory
 depends on the block and window sizes, not on the recording's length. Each
-block goes through the energy VAD (``moma.audio.vad``); fixed-length windows slide
+block goes through the VAD (``moma.audio.vad``, Silero by default); fixed-length windows slide
 over the signal, and a window is classified when enough of its frames are
 speech. Windows of one recording all have the same length, so they are
 batched with no padding. Probabilities are then smoothed with a centred
@@ -15,6 +15,8 @@ hop is 7200 rows), never the audio.
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -24,7 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from moma.audio.io import AudioSource, iter_audio_blocks
-from moma.audio.vad import FRAME_S, EnergyVad, VadConfig
+from moma.audio.vad import FRAME_S, VadConfig, make_vad
 from moma.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class TimelineConfig:
     smooth: int = 5  # windows in the centred moving average of probabilities (1 = none)
     block_s: float = 30.0  # s of audio decoded at a time
     batch_size: int = 16  # windows per model call
-    vad: VadConfig = field(default_factory=VadConfig)
+    vad: VadConfig | None = None  # None: the predictor's own speech check (one VAD for predict and timeline)
 
     def validate(self) -> None:
         if self.window_s <= 0 or self.hop_s <= 0:
@@ -61,6 +63,19 @@ class TimelineRow:
 
 
 @dataclass
+class Segment:
+    """A stretch of consecutive classified windows with one smoothed label."""
+
+    start_s: float
+    end_s: float
+    label: str
+    confidence: float  # mean smoothed probability of ``label`` over the segment's windows
+
+
+TIMELINE_FORMATS = {".csv": "csv", ".json": "json", ".srt": "srt", ".vtt": "vtt"}
+
+
+@dataclass
 class Timeline:
     labels: list[str]
     rows: list[TimelineRow]
@@ -71,7 +86,31 @@ class Timeline:
     def to_dict(self) -> dict[str, Any]:
         return {"labels": self.labels, "duration_s": round(self.duration_s, 3),
                 "config": asdict(self.config), "regions": [list(r) for r in self.regions],
+                "segments": [asdict(s) for s in self.segments()],
                 "windows": [asdict(r) for r in self.rows]}
+
+    def segments(self) -> list[Segment]:
+        """Runs of classified windows with the same smoothed label. Each window stands for the hop around
+        its centre (windows overlap), so segments do not overlap; an unclassified window ends a run."""
+        half = self.config.hop_s / 2.0
+        out: list[Segment] = []
+        probs: list[float] = []
+        previous = ""
+        for r in self.rows:
+            mid = (r.start_s + r.end_s) / 2.0
+            start, end = max(0.0, mid - half), min(self.duration_s, mid + half)
+            if r.label and r.label == previous:
+                out[-1].end_s = round(end, 3)
+                probs.append(r.probabilities[r.label])
+            elif r.label:
+                if out and probs:
+                    out[-1].confidence = round(float(np.mean(probs)), 3)
+                out.append(Segment(round(start, 3), round(end, 3), r.label, 0.0))
+                probs = [r.probabilities[r.label]]
+            previous = r.label
+        if out and probs:
+            out[-1].confidence = round(float(np.mean(probs)), 3)
+        return out
 
     def summary(self) -> dict[str, float]:
         """Share of classified speech time per label (by smoothed label)."""
@@ -90,7 +129,7 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
     win = int(round(cfg.window_s * sr))
     hop = int(round(cfg.hop_s * sr))
     vad_per_sample = int(round(FRAME_S * sr))
-    vad = EnergyVad(sr, cfg.vad)
+    vad = make_vad(sr, cfg.vad or predictor.speech_check or VadConfig())
     rows: list[TimelineRow] = []
     regions: list[tuple[float, float]] = []
     pending: list[tuple[int, np.ndarray]] = []  # (row index, window samples) awaiting the model
@@ -104,7 +143,7 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
     def flush() -> None:
         if not pending:
             return
-        preds = predictor.predict_prepared([w for _, w in pending])
+        preds = predictor.predict_prepared([w for _, w in pending], check_speech=False)  # VAD done here
         for (idx, _), pred in zip(pending, preds):
             rows[idx].raw_label = pred.label
             rows[idx].raw_probabilities = pred.probabilities
@@ -145,7 +184,9 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
         regions.extend(vad.regions(new_flags, flag_start + flags.shape[0]))
         flags = np.concatenate([flags, new_flags]) if flags.size else new_flags
         windows(final=False)
-    regions.extend(vad.regions(np.zeros(0, dtype=bool), flag_start + flags.shape[0], final=True))
+    tail = vad.finish()  # the frames of a last partial VAD chunk
+    regions.extend(vad.regions(tail, flag_start + flags.shape[0], final=True))
+    flags = np.concatenate([flags, tail])
     windows(final=True)
     flush()
     _smooth(rows, predictor.labels, cfg.smooth)
@@ -188,16 +229,58 @@ def _split(signal: np.ndarray, block_s: float, sample_rate: int) -> Iterator[tup
         yield start / sample_rate, signal[start:start + size]
 
 
-def write_timeline_csv(timeline: Timeline, out: str | Path | TextIO) -> None:
-    """One row per window: times, speech fraction, smoothed label and probabilities, raw label."""
-    import csv
+def timeline_format(out: str | Path | None, fmt: str | None = None) -> str:
+    """The output format: ``fmt`` if given, else from ``out``'s extension (csv for stdout); ValueError, one
+    line, for an extension with no writer."""
+    if fmt is not None:
+        if fmt not in TIMELINE_FORMATS.values():
+            raise ValueError(f"unknown timeline format {fmt!r}; choose one of {', '.join(TIMELINE_FORMATS.values())}")
+        return fmt
+    if out is None:
+        return "csv"
+    suffix = Path(out).suffix.lower()
+    if suffix not in TIMELINE_FORMATS:
+        raise ValueError(f"{out}: cannot tell the timeline format from the extension {suffix or '(none)'!r}; use "
+                         f"{', '.join(TIMELINE_FORMATS)} or --format {{{','.join(TIMELINE_FORMATS.values())}}}")
+    return TIMELINE_FORMATS[suffix]
 
+
+def write_timeline(timeline: Timeline, out: str | Path | TextIO, fmt: str = "csv") -> None:
+    """Write the timeline as ``csv`` (one row per window), ``json`` (everything) or ``srt`` / ``vtt``
+    (one subtitle per merged segment: "fear 0.61"). Files get "\n" line ends."""
     if isinstance(out, (str, Path)):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", newline="", encoding="utf-8") as fh:
-            write_timeline_csv(timeline, fh)
+            write_timeline(timeline, fh, fmt)
         return
-    writer = csv.writer(out)
+    if fmt == "csv":
+        write_timeline_csv(timeline, out)
+    elif fmt == "json":
+        out.write(json.dumps(timeline.to_dict()) + "\n")
+    elif fmt in ("srt", "vtt"):
+        out.write(subtitles(timeline.segments(), fmt))
+    else:
+        raise ValueError(f"unknown timeline format {fmt!r}")
+
+
+def subtitles(segments: list[Segment], fmt: str) -> str:
+    """SubRip (``srt``) or WebVTT (``vtt``) text, one cue per segment."""
+    sep = "," if fmt == "srt" else "."
+    cues = ["WEBVTT\n"] if fmt == "vtt" else []
+    for n, seg in enumerate(segments, 1):
+        times = f"{_clock(seg.start_s, sep)} --> {_clock(seg.end_s, sep)}"
+        cues.append(f"{n}\n{times}\n{seg.label} {seg.confidence:.2f}\n")
+    return "\n".join(cues)
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = int(round(seconds * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+
+
+def write_timeline_csv(timeline: Timeline, out: TextIO) -> None:
+    """One row per window: times, speech fraction, smoothed label and probabilities, raw label."""
+    writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["start_s", "end_s", "speech", "label", "raw_label", *[f"p_{lab}" for lab in timeline.labels]])
     for r in timeline.rows:
         writer.writerow([f"{r.start_s:.3f}", f"{r.end_s:.3f}", f"{r.speech:.3f}", r.label, r.raw_label,

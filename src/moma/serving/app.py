@@ -64,7 +64,13 @@ class Attention(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    label: str
+    label: str = Field(description="the most probable emotion; empty when status is no-speech")
+    status: str = Field(description="ok; too-short (under min_speech_s of speech: predicted, do not trust it); "
+                                    "no-speech (no label, no probabilities)")
+    confidence: float = Field(description="the top probability (0 without speech)")
+    calibrated: bool = Field(description="true when the model's probabilities went through a softmax "
+                                         "temperature fitted on validation speakers")
+    speech_s: Optional[float] = Field(None, description="seconds of speech the VAD found")
     probabilities: dict[str, float]
     duration_s: float
     num_frames: int
@@ -82,10 +88,18 @@ class TimelineWindow(BaseModel):
     raw_probabilities: dict[str, float]
 
 
+class TimelineSegment(BaseModel):
+    start_s: float
+    end_s: float
+    label: str
+    confidence: float = Field(description="mean smoothed probability of the label over the segment")
+
+
 class TimelineResponse(BaseModel):
     labels: list[str]
     duration_s: float
     regions: list[list[float]]
+    segments: list[TimelineSegment]
     windows: list[TimelineWindow]
     config: dict[str, Any]
 
@@ -248,7 +262,9 @@ def create_app(predictor: Predictor, settings: ServiceSettings | None = None) ->
         def work() -> dict[str, Any]:
             signal = decode(data, name)
             pred = predictor.predict_prepared([signal])[0]
-            out: dict[str, Any] = {"label": pred.label, "probabilities": pred.probabilities,
+            out: dict[str, Any] = {"label": pred.label, "status": pred.status, "confidence": pred.confidence,
+                                   "calibrated": pred.calibrated, "speech_s": pred.speech_s,
+                                   "probabilities": pred.probabilities,
                                    "duration_s": signal.shape[0] / predictor.sample_rate,
                                    "num_frames": pred.num_frames}
             if attention:
@@ -269,7 +285,7 @@ def create_app(predictor: Predictor, settings: ServiceSettings | None = None) ->
         data, name = await read_upload(file)
         cfg = TimelineConfig(window_s=window, hop_s=hop, smooth=smooth, min_speech=settings.timeline.min_speech,
                              block_s=settings.timeline.block_s, batch_size=settings.timeline.batch_size,
-                             vad=settings.timeline.vad)
+                             vad=settings.timeline.vad)  # None: the predictor's speech check, as /v1/predict
 
         def work() -> dict[str, Any]:
             return timeline_for_signal(predictor, decode(data, name), cfg).to_dict()
