@@ -146,10 +146,10 @@ def test_segments_merge_windows_of_one_label(predictor):
     assert got == [(0.75, 1.75, "angry", 0.7), (2.25, 3.25, "happy", 0.6), (3.25, 3.75, "angry", 0.9)]
 
 
-def test_cli_timeline_formats_by_extension_and_plot_folder(ckpt, tmp_path):
+def test_cli_timeline_formats_by_extension_and_plot_folder(tiny_checkpoint, tmp_path):
     wav = tmp_path / "long.wav"
     sf.write(str(wav), bursts([(1.0, 4.0)], 6.0), SR, subtype="PCM_16")
-    base = ("timeline", str(wav), "--vad", "energy", "--checkpoint", str(ckpt))
+    base = ("timeline", str(wav), "--vad", "energy", "--checkpoint", str(tiny_checkpoint))
     res = run_cli(*base, "--out", str(tmp_path / "t.srt"), "--plot", str(tmp_path / "plots") + "/")
     assert res.returncode == 0, res.stderr
     srt = (tmp_path / "t.srt").read_text()
@@ -169,12 +169,12 @@ def test_cli_timeline_formats_by_extension_and_plot_folder(ckpt, tmp_path):
     assert res.returncode == 0 and res.stdout.startswith("start_s,end_s,speech,label") and "\r" not in res.stdout
 
 
-def test_timeline_uses_silero_by_default(ckpt):
+def test_timeline_uses_silero_by_default(tiny_checkpoint):
     """Noise bursts are loud but not speech: with the default VAD no window is classified."""
     from moma.inference.predictor import Predictor
     from moma.inference.timeline import timeline_for_signal
 
-    tl = timeline_for_signal(Predictor.from_checkpoint(ckpt), bursts([(1.0, 4.0)], 6.0))
+    tl = timeline_for_signal(Predictor.from_checkpoint(tiny_checkpoint), bursts([(1.0, 4.0)], 6.0))
     assert tl.regions == [] and not any(r.label for r in tl.rows) and tl.segments() == []
 
 
