@@ -235,7 +235,8 @@ def parse_classical(data: Any, where: str) -> ClassicalSpec | None:
     """Validate the ``classical:`` section; None when absent or false."""
     if data is None or data is False:
         return None
-    from moma.research.classical import FEATURE_SETS, NORMALISATIONS, OPENSMILE_SETS
+    from moma.features.functionals import OPENSMILE_SETS
+    from moma.research.classical import FEATURE_SETS, NORMALISATIONS
 
     data = _check_keys({} if data is True else data, CLASSICAL_KEYS, f"{where}: classical")
     sets = _as_list(data.get("feature_sets"), f"{where}: classical.feature_sets") or list(OPENSMILE_SETS)
