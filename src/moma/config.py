@@ -149,6 +149,8 @@ class TrainConfig:
     min_epochs: int = 0  # epochs before the schedule, early stopping and model choice start counting (0 = from
     #   the first): an early, lucky epoch is never kept while the training loss still falls
     val_speakers: int = 2  # number of training speakers held out for validation (gender-balanced when possible)
+    val_min_utterances: int = 0  # utterances; > 0: more validation speakers are taken (in the same order) until
+    #   they hold this many, so that a fold whose chosen speakers are small still chooses epochs on enough speech
     calibrate: bool = True  # fit a softmax temperature on the validation speakers after training and store it in
     #   best.safetensors (evaluation.calibration); the argmax, so accuracy and UAR, never changes
     ensemble: int = 1  # models per fold trained with seeds seed, seed+1, ...; test posteriors are averaged

@@ -73,6 +73,17 @@ def test_speaker_groups_are_runs_of_consecutive_speakers():
     assert [len(f.test_speakers) for f in uneven] == [3, 3, 2, 2]
 
 
+def test_validation_speakers_grow_until_they_hold_enough_utterances():
+    utts = corpus(n_speakers=10, per_speaker=3)
+    plain = choose_validation_speakers(utts, 2, seed=0)
+    assert plain == choose_validation_speakers(utts, 2, seed=0, min_utterances=0)  # off: the same two
+    grown = choose_validation_speakers(utts, 2, seed=0, min_utterances=10)  # 3 utterances a speaker: 4 speakers
+    assert len(grown) == 4 and set(plain) <= set(grown)
+    assert len(choose_validation_speakers(utts, 2, seed=0, min_utterances=10**6)) == 9  # one speaker still trains
+    folds = make_folds(utts, "loso", val_speakers=2, val_min=7)
+    assert all(len(f.val) >= 7 and not set(f.val_speakers) & set(f.test_speakers) for f in folds)
+
+
 def test_leakage_is_refused_with_speaker_names():
     utts = corpus(n_speakers=3)
     with pytest.raises(SpeakerLeakageError, match="s01"):

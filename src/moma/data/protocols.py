@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -60,8 +60,11 @@ def check_speaker_disjoint(first: Iterable[Utterance], second: Iterable[Utteranc
             "speaker-independent evaluation requires disjoint speakers")
 
 
-def choose_validation_speakers(utterances: Sequence[Utterance], count: int, seed: int) -> list[str]:
-    """Pick ``count`` training speakers for validation, alternating genders when known.
+def choose_validation_speakers(utterances: Sequence[Utterance], count: int, seed: int,
+                               min_utterances: int = 0) -> list[str]:
+    """Pick ``count`` training speakers for validation, alternating genders when known, and more in the same
+    order while they hold fewer than ``min_utterances`` utterances (two small speakers can leave a fold a few dozen
+    validation utterances, too few to choose epochs on).
 
     Balancing gender keeps the validation signal from tracking one voice type;
     the choice is seeded so a fold is reproducible.
@@ -69,7 +72,16 @@ def choose_validation_speakers(utterances: Sequence[Utterance], count: int, seed
     speakers = sorted({u.speaker for u in utterances})
     if count <= 0 or len(speakers) < 2:
         return []
-    count = min(count, len(speakers) - 1)  # always leave at least one speaker to train on
+    sizes = Counter(u.speaker for u in utterances)
+    order = _alternating_order(utterances, speakers, seed)[:len(speakers) - 1]  # leave one speaker to train on
+    count = min(count, len(order))
+    while count < len(order) and sum(sizes[s] for s in order[:count]) < min_utterances:
+        count += 1
+    return sorted(order[:count])
+
+
+def _alternating_order(utterances: Sequence[Utterance], speakers: list[str], seed: int) -> list[str]:
+    """Every speaker once, genders taking turns, shuffled with ``seed`` (the order validation speakers are taken)."""
     gender = {u.speaker: (u.gender or "?") for u in utterances}
     rng = random.Random(seed)
     by_gender: dict[str, list[str]] = defaultdict(list)
@@ -79,34 +91,35 @@ def choose_validation_speakers(utterances: Sequence[Utterance], count: int, seed
     for pool in pools:
         rng.shuffle(pool)
     rng.shuffle(pools)
-    chosen: list[str] = []
-    while len(chosen) < count:
+    order: list[str] = []
+    while len(order) < len(speakers):
         for pool in pools:
-            if pool and len(chosen) < count:
-                chosen.append(pool.pop())
-    return sorted(chosen)
+            if pool:
+                order.append(pool.pop())
+    return order
 
 
-def choose_pool_validation_speakers(utterances: Sequence[Utterance], count: int, seed: int) -> list[str]:
+def choose_pool_validation_speakers(utterances: Sequence[Utterance], count: int, seed: int,
+                                    min_utterances: int = 0) -> list[str]:
     """:func:`choose_validation_speakers` within each corpus of a pool, the count shared out over the corpora
     (at least one speaker each), so that early stopping watches every language and channel the model trains on.
     A single-corpus manifest gets exactly :func:`choose_validation_speakers`' choice."""
     corpora = sorted({u.corpus for u in utterances})
     if len(corpora) < 2 or count <= 0:
-        return choose_validation_speakers(utterances, count, seed)
+        return choose_validation_speakers(utterances, count, seed, min_utterances)
     per = [count // len(corpora) + (1 if i < count % len(corpora) else 0) for i in range(len(corpora))]
     chosen: list[str] = []
     for i, corpus in enumerate(corpora):
         part = [u for u in utterances if u.corpus == corpus]
-        chosen += choose_validation_speakers(part, max(per[i], 1), seed + 7919 * i)
+        chosen += choose_validation_speakers(part, max(per[i], 1), seed + 7919 * i, -(-min_utterances // len(corpora)))
     return sorted(chosen)
 
 
 def _fold(name: str, utterances: Sequence[Utterance], test_speakers: set[str], val_count: int,
-          seed: int) -> Fold:
+          seed: int, val_min: int = 0) -> Fold:
     test = [u for u in utterances if u.speaker in test_speakers]
     rest = [u for u in utterances if u.speaker not in test_speakers]
-    val_speakers = set(choose_pool_validation_speakers(rest, val_count, seed))
+    val_speakers = set(choose_pool_validation_speakers(rest, val_count, seed, val_min))
     train = [u for u in rest if u.speaker not in val_speakers]
     val = [u for u in rest if u.speaker in val_speakers]
     fold = Fold(
@@ -171,8 +184,10 @@ def validate_fold(fold: Fold, utterances: Sequence[Utterance]) -> None:
 
 def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: int = 2, k: int = 5,
                seed: int = 0, test_session: str | None = None,
-               test_speakers: Sequence[str] | None = None, test_corpus: str | None = None) -> list[Fold]:
-    """Folds of a named protocol.
+               test_speakers: Sequence[str] | None = None, test_corpus: str | None = None,
+               val_min: int = 0) -> list[Fold]:
+    """Folds of a named protocol (``val_min``: validation speakers are added until they hold this many
+    utterances, :func:`choose_validation_speakers`).
 
     * ``session-holdout``: one session is the test set (IEMOCAP's Session 5 by
       default, the paper's protocol: the last session in sort order).
@@ -206,14 +221,14 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: 
         if len(speakers) < 2:
             raise ValueError("leave-one-speaker-out needs at least two speakers")
         for i, spk in enumerate(left_out):
-            folds.append(_fold(f"spk-{spk}", utterances, {spk}, val_speakers, seed + i))
+            folds.append(_fold(f"spk-{spk}", utterances, {spk}, val_speakers, seed + i, val_min))
     elif protocol == "loco":
         if len(corpora) < 2:
             raise ValueError("leave-one-corpus-out needs a pooled manifest of at least two corpora "
                              "(moma pool A.jsonl B.jsonl --out pool.jsonl)")
         for i, corpus in enumerate(corpora):
             held_out = {u.speaker for u in utterances if u.corpus == corpus}
-            folds.append(_fold(f"corpus-{corpus}", utterances, held_out, val_speakers, seed + i))
+            folds.append(_fold(f"corpus-{corpus}", utterances, held_out, val_speakers, seed + i, val_min))
     elif protocol in ("loso-session", "session-holdout"):
         sessions = sorted({u.session for u in utterances if u.session})
         if len(sessions) < 2:
@@ -228,7 +243,7 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: 
                 raise SpeakerLeakageError(
                     f"speaker(s) {', '.join(sorted(ses_speakers & other))} occur in session {ses} and in other "
                     "sessions, so a session split is not speaker-independent")
-            folds.append(_fold(f"session-{ses}", utterances, ses_speakers, val_speakers, seed + i))
+            folds.append(_fold(f"session-{ses}", utterances, ses_speakers, val_speakers, seed + i, val_min))
     elif protocol in ("speaker-kfold", "speaker-groups"):
         if k < 2 or k > len(speakers):
             raise ValueError(f"{protocol} needs 2 <= k <= number of speakers ({len(speakers)}), got {k}")
@@ -241,16 +256,16 @@ def make_folds(utterances: Sequence[Utterance], protocol: str, *, val_speakers: 
             random.Random(seed).shuffle(order)
             groups = [sorted(order[i::k]) for i in range(k)]
         for i, group in enumerate(groups):
-            folds.append(_fold(f"group-{i + 1}", utterances, set(group), val_speakers, seed + i))
+            folds.append(_fold(f"group-{i + 1}", utterances, set(group), val_speakers, seed + i, val_min))
     elif protocol == "all":
-        folds.append(_fold("all", utterances, set(), val_speakers, seed))
+        folds.append(_fold("all", utterances, set(), val_speakers, seed, val_min))
     else:  # predefined
         if not test_speakers:
             raise ValueError("protocol 'predefined' needs test_speakers")
         unknown = sorted(set(test_speakers) - set(speakers))
         if unknown:
             raise ValueError(f"test speaker(s) not in the manifest: {', '.join(unknown)}")
-        folds.append(_fold("predefined", utterances, set(test_speakers), val_speakers, seed))
+        folds.append(_fold("predefined", utterances, set(test_speakers), val_speakers, seed, val_min))
     for fold in folds:
         log.info("fold %s: %d train (%d speakers), %d val (%s), %d test (%s)", fold.name, len(fold.train),
                  len(fold.train_speakers), len(fold.val), ",".join(fold.val_speakers), len(fold.test),
@@ -270,11 +285,12 @@ class ProtocolSpec:
     only_folds: tuple[str, ...] | None = None  # compute these folds (names or test speakers); the report covers all
     corpus: str | None = None  # the corpus's name in titles and reports; None: from the utterances
 
-    def folds(self, utterances: Sequence[Utterance], *, val_speakers: int, seed: int) -> list[Fold]:
+    def folds(self, utterances: Sequence[Utterance], *, val_speakers: int, seed: int,
+              val_min: int = 0) -> list[Fold]:
         """Every fold of the protocol, in its order."""
         return make_folds(utterances, self.protocol, val_speakers=val_speakers, k=self.k, seed=seed,
                           test_session=self.test_session, test_speakers=self.test_speakers,
-                          test_corpus=self.test_corpus)
+                          test_corpus=self.test_corpus, val_min=val_min)
 
 
 def select_folds(folds: Sequence[Fold], wanted: Sequence[str] | None) -> list[Fold]:

@@ -455,7 +455,8 @@ def _run_cross_validation(utterances: Sequence[Utterance], cfg: RunConfig, out_d
                                           workers=feature_workers, progress=progress and main)
     if main:
         barrier(dist_info)
-    all_folds = spec.folds(utterances, val_speakers=cfg.train.val_speakers, seed=cfg.train.seed)
+    all_folds = spec.folds(utterances, val_speakers=cfg.train.val_speakers, seed=cfg.train.seed,
+                           val_min=cfg.train.val_min_utterances)
     folds = select_folds(all_folds, spec.only_folds)  # what this call computes; the report covers every fold
     for fold in folds:
         validate_fold(fold, utterances)

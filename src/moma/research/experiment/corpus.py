@@ -51,7 +51,7 @@ def experiment_folds(exp: Experiment, utterances: Sequence[Utterance]) -> list[F
     first = next(iter(exp.variants.values())).config
     folds = make_folds(utterances, p["name"], val_speakers=first.train.val_speakers, k=int(p.get("k", 5)),
                        seed=int(p.get("seed", 0)), test_session=p.get("test_session"),
-                       test_speakers=p.get("test_speakers"))
+                       test_speakers=p.get("test_speakers"), val_min=first.train.val_min_utterances)
     for fold in folds:
         validate_fold(fold, utterances)
     return folds
