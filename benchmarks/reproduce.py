@@ -8,9 +8,10 @@
 A suite is benchmarks/suites/SUITE.yaml: where its report lives, the data it reads, and its runs, each a
 recipe (a shipped one such as descriptors-reg-ens3-cpu, or a small file in benchmarks/recipes/ built on one with
 `base:`) on a manifest and protocol, a classical anchor, or a late fusion of two runs; then the paired
-comparisons of its README. Every `moma` command resumes where it stopped. Environment: EMODB and NEMO (corpus
-roots; default ../shared/corpora/emodb and ../local-corpora/nemo), OUT (default runs), JOBS (folds at once,
-default 1), DEVICE (default cpu), DRY_RUN=1 prints the commands instead of running them.
+comparisons of its README. Every `moma` command resumes where it stopped. Environment: EMODB, NEMO and
+RAVDESS (corpus roots; default ../shared/corpora/emodb, ../local-corpora/nemo, ../local-corpora/ravdess-dev),
+OUT (default runs), JOBS (folds at once, default 1), DEVICE (default cpu), DRY_RUN=1 prints the commands instead
+of running them.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def manifest_commands(runs: list[list[str]], out: str) -> list[list[str]]:
         commands.append(["prepare", "emodb", "--root", env("EMODB", "../shared/corpora/emodb"), "--out", f"{out}/emodb.jsonl"])
     if need("nemo.jsonl") or pooled:
         commands.append(["prepare", "nemo", "--root", env("NEMO", "../local-corpora/nemo"), "--out", f"{out}/nemo.jsonl"])
+    if need("ravdess-dev.jsonl"):  # actors 01-16 only: ../shared/corpora/README.md says how to extract them
+        commands.append(["prepare", "ravdess", "--root", env("RAVDESS", "../local-corpora/ravdess-dev"),
+                         "--out", f"{out}/ravdess-dev.jsonl"])
     for pool, labels in (("pool.jsonl", []), ("pool-shared.jsonl", ["--labels", "shared"])):
         if need(pool):
             commands.append(["pool", f"{out}/emodb.jsonl", f"{out}/nemo.jsonl", *labels, "--out", f"{out}/{pool}"])

@@ -68,7 +68,7 @@ def test_every_run_of_a_suite_is_a_valid_command_and_matches_its_committed_repor
     for run in runs:  # every run once (a seeded one once per seed), into its own folder
         assert outs.count(run) == 1, run
     assert any(shlex.split(line)[1] == "compare" for line in lines)
-    assert checked >= 3  # every suite's headline runs have committed reports
+    assert checked >= 1  # every suite's headline MOMA runs have committed reports
 
 
 def test_an_unknown_suite_or_run_is_one_line_and_exit_2(tmp_path):
