@@ -239,6 +239,10 @@ class Predictor:
         if backend == "torch-int8" and torch.device(device).type != "cpu":
             raise ValueError(f"backend 'torch-int8' runs on the CPU only, not on {device!r}")
         path = resolve_model(path)
+        from moma.inference.ensemble import is_ensemble_artefact, load_ensemble_predictor  # it builds on this one
+
+        if is_ensemble_artefact(path):  # `moma combine` or a linear functionals model: members combined
+            return load_ensemble_predictor(path, device=device, backend=backend, speech_check=speech_check)
         if backend in ("onnx", "onnx-int8"):
             from moma.inference.export import load_onnx_predictor_parts
 
