@@ -146,7 +146,8 @@ def test_segments_merge_windows_of_one_label(predictor):
     assert got == [(0.75, 1.75, "angry", 0.7), (2.25, 3.25, "happy", 0.6), (3.25, 3.75, "angry", 0.9)]
 
 
-def test_cli_timeline_formats_by_extension_and_plot_folder(ckpt, tmp_path):
+def test_cli_timeline_formats_by_extension_and_plot_folder(tiny_checkpoint, tmp_path):
+    ckpt = tiny_checkpoint
     wav = tmp_path / "long.wav"
     sf.write(str(wav), bursts([(1.0, 4.0)], 6.0), SR, subtype="PCM_16")
     base = ("timeline", str(wav), "--vad", "energy", "--checkpoint", str(ckpt))
@@ -169,7 +170,8 @@ def test_cli_timeline_formats_by_extension_and_plot_folder(ckpt, tmp_path):
     assert res.returncode == 0 and res.stdout.startswith("start_s,end_s,speech,label") and "\r" not in res.stdout
 
 
-def test_timeline_uses_silero_by_default(ckpt):
+def test_timeline_uses_silero_by_default(tiny_checkpoint):
+    ckpt = tiny_checkpoint
     """Noise bursts are loud but not speech: with the default VAD no window is classified."""
     from moma.inference.predictor import Predictor
     from moma.inference.timeline import timeline_for_signal

@@ -108,7 +108,7 @@ def artefact_format(path: str | Path) -> str | None:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as fh:
             return (fh.metadata() or {}).get("format")
-    except Exception:  # not a safetensors file: the checkpoint loader says so in its own words
+    except Exception:  # noqa: BLE001 (safetensors raises several types): the checkpoint loader names the problem
         return None
 
 
@@ -274,8 +274,9 @@ class EnsemblePredictor(Predictor):
         raise ValueError("an ensemble predicts signals and files (its members read different features), not one "
                          "model's feature arrays")
 
-    def combined(self, signals: Sequence[np.ndarray]) -> list[Prediction]:
-        """Predictions of mono signals at :attr:`sample_rate` (no speech check), one per signal."""
+    def predict_speech(self, signals: Sequence[np.ndarray]) -> list[Prediction]:
+        """The members' posteriors of mono signals at :attr:`sample_rate`, combined by the rule; one per signal
+        (:meth:`Predictor.predict_prepared` checks for speech first)."""
         if not signals:
             return []
         posts, temps, weights, shown = [], [], [], None
@@ -295,18 +296,6 @@ class EnsemblePredictor(Predictor):
                                   attention=first.attention if first else {},
                                   num_frames=first.num_frames if first else 0, frame_shift_ms=shift,
                                   calibrated=self.calibrated))
-        return out
-
-    def predict_prepared(self, signals: Sequence[np.ndarray], *, check_speech: bool = True) -> list[Prediction]:
-        checks = [self.speech_status(s) if check_speech else ("ok", None) for s in signals]
-        todo = [i for i, (status, _) in enumerate(checks) if status != "no-speech"]
-        preds = iter(self.combined([signals[i] for i in todo]))
-        out = []
-        for sig, (status, seconds) in zip(signals, checks):
-            pred = self.no_speech() if status == "no-speech" else next(preds)
-            pred.status, pred.speech_s = status, seconds
-            pred.duration_s = sig.shape[0] / self.sample_rate
-            out.append(pred)
         return out
 
     def _predict_chunk(self, paths: list[str], batch_size: int, on_error: str,

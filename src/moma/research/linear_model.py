@@ -11,8 +11,9 @@ predicts itself. ``DIR/<feature set>.safetensors`` holds coef, intercept and the
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
