@@ -292,8 +292,9 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
 def cmd_combine(args: argparse.Namespace) -> int:
     from moma.inference.ensemble import combine_members, summary_line
+    from moma.inference.predictor import resolve_model
 
-    path = combine_members(args.members, args.out, weights=args.weights)
+    path = combine_members([resolve_model(m) for m in args.members], args.out, weights=args.weights)
     print(f"wrote {path}: {summary_line(path)}")
     return 0
 
