@@ -150,12 +150,12 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
 
 def cmd_classical(args: argparse.Namespace) -> int:
-    from moma.features.functionals import OPENSMILE_SETS
     from moma.research.classical import (
         DEFAULT_CACHE,
         DEFAULT_NORMALISATIONS,
         FEATURE_SETS,
         NORMALISATIONS,
+        OPENSMILE_SETS,
         run_classical_report,
     )
 

@@ -41,7 +41,13 @@ from scipy.special import softmax
 
 from moma.corpora.base import Utterance, label_list, read_manifest
 from moma.evaluation.report_files import load_report_json, save_report_json
-from moma.features.functionals import DEFAULT_CACHE, FEATURE_SETS, count_cached, extract_functionals
+from moma.features.functionals import (
+    DEFAULT_CACHE,
+    FEATURE_SETS,
+    OPENSMILE_SETS,  # noqa: F401 (re-exported: `moma classical` and experiment specs read the sets here)
+    count_cached,
+    extract_functionals,
+)
 from moma.features.normalise import Normaliser
 from moma.files import write_json_atomic
 
