@@ -164,6 +164,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     check_cuda(str(device))  # one line for a GPU that is not there, before reading anything
     path = resolve_checkpoint_path(path)
     meta, tensors = read_checkpoint_file(path)
+    return checkpoint_from_parts(meta, tensors, device, str(path))
+
+
+def checkpoint_from_parts(meta: dict[str, str], tensors: dict[str, torch.Tensor], device: str | torch.device = "cpu",
+                          path: str = "") -> LoadedCheckpoint:
+    """A checkpoint rebuilt from its metadata and tensors (a file's, or an ensemble member's with its prefix
+    removed): what :func:`load_checkpoint` returns."""
     config = config_from_dict(RunConfig, json.loads(meta["config"]))
     labels = json.loads(meta["labels"])
     model = build_model(config.model)
@@ -180,7 +187,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         raise ValueError(f"{path}: a fusion model (model.functionals_dim {config.model.functionals_dim}) without "
                          "the statistics of its functionals")
     return LoadedCheckpoint(model=model, config=config, labels=labels, normaliser=normaliser, info=info,
-                            path=str(path), functionals_normaliser=functionals_normaliser)
+                            path=path, functionals_normaliser=functionals_normaliser)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any] | None:

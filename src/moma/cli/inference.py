@@ -60,8 +60,19 @@ def add_inference_commands(subparsers: Any) -> None:
     p.add_argument("--min-speech", type=float, default=0.3, help="speech fraction a window needs to be classified")
     p.set_defaults(func=cmd_timeline)
 
-    p = subparsers.add_parser("models", help="list the models bundled with the package")
+    p = subparsers.add_parser("models", help="list the models bundled with the package (or describe given ones)")
+    p.add_argument("paths", nargs="*", metavar="MODEL", help="describe these model files instead (an ensemble "
+                                                             "from `moma combine` lists its members)")
     p.set_defaults(func=cmd_models)
+
+    p = subparsers.add_parser("combine", help="one servable ensemble of MOMA checkpoints and linear functionals "
+                                              "models (late fusion, the rule of `moma fuse`)")
+    p.add_argument("members", nargs="+", metavar="MEMBER",
+                   help="MOMA checkpoints or run folders, and linear models from `moma classical --protocol all`")
+    p.add_argument("--out", required=True, metavar="FILE", help="the ensemble's .safetensors file")
+    p.add_argument("--weights", type=float, nargs="+", default=None, metavar="W",
+                   help="one positive weight per member, normalised to sum to 1 (default: equal)")
+    p.set_defaults(func=cmd_combine)
 
     p = subparsers.add_parser("export", help="export a checkpoint for onnxruntime (model.onnx + model.json)")
     p.add_argument("checkpoint", help="checkpoint file, run folder or bundled model name")
@@ -228,10 +239,15 @@ def _report(writer: _ResultWriter, pred: Any, counts: dict[str, int]) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from moma.checkpoint import read_checkpoint_file
-    from moma.inference.predictor import DEFAULT_MODEL, bundled_models
+    from moma.checkpoint import read_checkpoint_file, resolve_checkpoint_path
+    from moma.inference.ensemble import is_ensemble_artefact, summary_line
+    from moma.inference.predictor import DEFAULT_MODEL, bundled_models, resolve_model
 
-    for name, path in bundled_models().items():
+    models = {str(p): resolve_checkpoint_path(resolve_model(p)) for p in args.paths} if args.paths else bundled_models()
+    for name, path in models.items():
+        if is_ensemble_artefact(path):
+            print(f"{name}: {summary_line(path)}")
+            continue
         meta, _ = read_checkpoint_file(path)
         labels = json.loads(meta["labels"])
         card = path.with_suffix(".md")
@@ -271,6 +287,15 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     share = ", ".join(f"{k} {v:.0%}" for k, v in sorted(timeline.summary().items(), key=lambda kv: -kv[1]))
     print(f"{timeline.duration_s:.1f} s, {len(timeline.regions)} speech regions; {share or 'no speech found'}",
           file=sys.stderr)
+    return 0
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from moma.inference.ensemble import combine_members, summary_line
+    from moma.inference.predictor import resolve_model
+
+    path = combine_members([resolve_model(m) for m in args.members], args.out, weights=args.weights)
+    print(f"wrote {path}: {summary_line(path)}")
     return 0
 
 

@@ -105,8 +105,10 @@ def add_research_commands(subparsers: Any) -> None:
                         "statistics, the test speaker's unlabelled audio included (transductive); corpus: every "
                         "corpus of a pool by its own statistics (transductive) (default: global speaker)")
     p.add_argument("--protocol", default="loso", choices=["loso", "loso-session", "session-holdout",
-                                                         "speaker-kfold", "speaker-groups", "loco"],
-                   help="loco: leave one corpus out of a pooled manifest (moma pool)")
+                                                         "speaker-kfold", "speaker-groups", "loco", "all"],
+                   help="loco: leave one corpus out of a pooled manifest (moma pool); all: no test speakers, "
+                        "train one servable model per feature set on every speaker (global normalisation) and "
+                        "write OUT/<feature set>.safetensors for `moma combine` / `moma predict`")
     p.add_argument("--test-corpus", default=None, metavar="NAME",
                    help="loso on a pooled manifest: leave out this corpus's speakers, training on the rest of "
                         "the pool")
@@ -159,6 +161,9 @@ def cmd_classical(args: argparse.Namespace) -> int:
 
     args.cache = args.cache or DEFAULT_CACHE
     args.feature_sets = args.feature_sets or list(OPENSMILE_SETS)
+    if args.protocol == "all" and args.normalisations not in (None, ["global"]):
+        raise ValueError(f"--protocol all trains with global normalisation only (no test speaker to normalise by "
+                         f"its own statistics), not {' '.join(args.normalisations)}; drop --normalisations")
     args.normalisations = args.normalisations or list(DEFAULT_NORMALISATIONS)
     if args.test_corpus and args.protocol != "loso":
         raise ValueError(f"--test-corpus is for --protocol loso on a pooled manifest, not {args.protocol}")
@@ -172,6 +177,8 @@ def cmd_classical(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     require_extra("opensmile", "classical", "moma classical")
+    if args.protocol == "all":
+        return _classical_models(args)
     report = run_classical_report(args.manifest, args.out, feature_sets=args.feature_sets,
                                   normalisations=args.normalisations, cache_dir=args.cache, command=command_line(args),
                                   protocol=args.protocol, k=args.k, seed=args.seed, workers=args.workers,
@@ -184,6 +191,17 @@ def cmd_classical(args: argparse.Namespace) -> int:
               f"{s['uar']['std']:.3f}  accuracy {s['accuracy']['mean']:.3f} ± {s['accuracy']['std']:.3f}  "
               f"pooled UAR {s['pooled']['uar']:.3f}{part}")
     print(f"report:  {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _classical_models(args: argparse.Namespace) -> int:
+    """``moma classical --protocol all``: one servable linear model per feature set, no report."""
+    from moma.research.linear_model import write_linear_models
+
+    for model in write_linear_models(args.manifest, args.out, feature_sets=args.feature_sets, cache_dir=args.cache,
+                                     seed=args.seed, workers=args.workers, progress=not args.quiet):
+        print(f"{model['feature_set']:>13}: C {model['C']:g} (inner leave-one-speaker-out UAR "
+              f"{model['inner_uar']:.3f}), temperature {model['temperature']:.3f} -> {model['path']}")
     return 0
 
 

@@ -49,6 +49,24 @@ def fold_temperature(fold: dict[str, Any]) -> float | None:
     return float(np.exp(np.mean(np.log(temps)))) if temps else None
 
 
+def combine_posteriors(posteriors: Sequence[np.ndarray], weights: Sequence[float] | None = None,
+                       temperatures: Sequence[float | None] | None = None) -> np.ndarray:
+    """The late-fusion rule: the weighted geometric mean of each member's temperature-scaled posteriors,
+    renormalised. ``posteriors``: one (n, labels) array per member, columns in one label order (the classes all
+    members share); ``weights`` (default equal) are normalised to sum to 1; a temperature of None counts as 1.
+    ``moma fuse`` (stored posteriors) and served ensembles (:mod:`moma.inference.ensemble`) both use it."""
+    if not posteriors:
+        raise ValueError("nothing to combine")
+    weights = [1.0] * len(posteriors) if weights is None else [float(w) for w in weights]
+    temperatures = [1.0] * len(posteriors) if temperatures is None else [1.0 if t is None else float(t)
+                                                                          for t in temperatures]
+    total = sum(weights)
+    # (n, labels) per member -> weighted sum of log posteriors, each divided by its member's temperature
+    logits = sum((w / total / t) * np.log(np.clip(np.asarray(p, dtype=np.float64), LOG_FLOOR, None))
+                 for w, t, p in zip(weights, temperatures, posteriors))
+    return softmax(logits, axis=1)
+
+
 def _fold_posteriors(run: dict[str, Any], fold: dict[str, Any], labels: Sequence[str]) -> dict[str, np.ndarray]:
     """utterance id -> the fold's stored test posteriors, reordered to ``labels``."""
     order = [list(run["labels"]).index(name) for name in labels]
@@ -128,10 +146,7 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
             elif len(fold["calibration"]["temperatures"]) > 1:
                 ensembles.append(f"{run['name']} {name}")
             temps.append(1.0 if t is None else t)
-        # (n, labels) per run -> weighted sum of log posteriors, each divided by its run's temperature
-        logits = sum((w / t) * np.log(np.clip(np.stack([p[k] for k in ids]), LOG_FLOOR, None))
-                     for w, t, p in zip(weights, temps, posts))
-        fused = softmax(logits, axis=1)
+        fused = combine_posteriors([np.stack([p[k] for k in ids]) for p in posts], weights, temps)
         first = {p["id"]: p for p in members[0]["test"]["predictions"]}
         utts = {k: Utterance(id=k, path="", speaker=first[k]["speaker"], label=first[k]["label"]) for k in ids}
         # a fold's own scored classes (each test corpus's, on leave-one-corpus-out) stay its argmax's classes

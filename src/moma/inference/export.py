@@ -46,6 +46,7 @@ from moma.config import RunConfig, config_from_dict, config_to_dict
 from moma.features.normalise import Normaliser
 from moma.files import write_bytes_atomic, write_text_atomic
 from moma.inference.backends import OnnxBackend
+from moma.inference.ensemble import is_ensemble_artefact
 from moma.model import ExportWrapper, example_inputs
 from moma.version import __version__
 
@@ -218,6 +219,10 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, *, opset: int = OPS
 
     ``quantize="int8"`` writes onnxruntime's dynamic int8 quantisation of the graph instead of float32.
     """
+    if is_ensemble_artefact(checkpoint):
+        raise ValueError(f"{checkpoint}: an ensemble or linear functionals model cannot be exported to ONNX (its "
+                         "members read openSMILE functionals and combine outside any one graph); serve the file "
+                         "itself with moma serve / moma predict")
     onnx = require_extra("onnx", "export", "moma export")
     if quantize == "int8":
         require_extra("onnxruntime", "export", "int8 quantisation of an ONNX export")

@@ -239,6 +239,10 @@ class Predictor:
         if backend == "torch-int8" and torch.device(device).type != "cpu":
             raise ValueError(f"backend 'torch-int8' runs on the CPU only, not on {device!r}")
         path = resolve_model(path)
+        from moma.inference.ensemble import is_ensemble_artefact, load_ensemble_predictor  # it builds on this one
+
+        if is_ensemble_artefact(path):  # `moma combine` or a linear functionals model: members combined
+            return load_ensemble_predictor(path, device=device, backend=backend, speech_check=speech_check)
         if backend in ("onnx", "onnx-int8"):
             from moma.inference.export import load_onnx_predictor_parts
 
@@ -384,8 +388,7 @@ class Predictor:
         ``check_speech=False`` skips the check (the timeline has run its own VAD)."""
         checks = [self.speech_status(s) if check_speech else ("ok", None) for s in signals]
         todo = [i for i, (status, _) in enumerate(checks) if status != "no-speech"]
-        funcs = [self.functionals_of_prepared(signals[i]) for i in todo]  # all None without functionals
-        preds = iter(self.predict_batch([self.features_of_prepared(signals[i]) for i in todo], funcs))
+        preds = iter(self.predict_speech([signals[i] for i in todo]))
         out = []
         for sig, (status, seconds) in zip(signals, checks):
             pred = self.no_speech() if status == "no-speech" else next(preds)
@@ -393,6 +396,12 @@ class Predictor:
             pred.duration_s = sig.shape[0] / self.sample_rate
             out.append(pred)
         return out
+
+    def predict_speech(self, signals: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predict mono signals at :attr:`sample_rate` that were checked for speech, as one batch (an ensemble
+        combines its members here)."""
+        funcs = [self.functionals_of_prepared(s) for s in signals]  # all None without functionals
+        return self.predict_batch([self.features_of_prepared(s) for s in signals], funcs)
 
     def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
         """Predict an in-memory signal, shape (samples,) or (samples, channels), at any sampling rate."""

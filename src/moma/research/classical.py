@@ -41,8 +41,13 @@ from scipy.special import softmax
 
 from moma.corpora.base import Utterance, label_list, read_manifest
 from moma.evaluation.report_files import load_report_json, save_report_json
-from moma.features.functionals import (  # OPENSMILE_SETS: the CLI default, read from here
-    DEFAULT_CACHE, FEATURE_SETS, OPENSMILE_SETS, count_cached, extract_functionals)
+from moma.features.functionals import (
+    DEFAULT_CACHE,
+    FEATURE_SETS,
+    OPENSMILE_SETS,  # noqa: F401 (re-exported: `moma classical` and experiment specs read the sets here)
+    count_cached,
+    extract_functionals,
+)
 from moma.features.normalise import Normaliser
 from moma.files import write_json_atomic
 
@@ -121,6 +126,11 @@ def _fit(clf, x: np.ndarray, y: np.ndarray):
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         log.warning("LinearSVC(C=%g) did not converge in %d iterations", clf.C, MAX_ITER)
     return clf
+
+
+def fit_linear_svm(x: np.ndarray, y: np.ndarray, c: float, seed: int = 0):
+    """The anchor's LinearSVC (balanced class weights, ``dual="auto"``) fitted on standardised rows ``x``."""
+    return _fit(_make_svm(c, seed), x, y)
 
 
 def row_space(x_train: np.ndarray, x_other: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool | str]:

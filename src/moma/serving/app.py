@@ -115,6 +115,9 @@ class ModelInfo(BaseModel):
     card: dict[str, Any]
     moma_version: str
     source: str
+    kind: str = "model"  # "ensemble" for `moma combine` files and linear functionals models
+    rule: str = ""  # an ensemble's combination rule
+    members: list[dict[str, Any]] = []  # an ensemble's members: kind, source, labels, weight, temperature, ...
 
 
 class Health(BaseModel):

@@ -1,0 +1,360 @@
+"""Servable ensembles and late fusion: what ``moma fuse`` evaluates, as one file that ``moma predict`` runs.
+
+Two artefacts, both single safetensors files (no pickle) with JSON metadata:
+
+* a **linear functionals model** (``moma classical --protocol all --out DIR`` writes ``DIR/<set>.safetensors``):
+  the classical anchor's LinearSVC trained on every speaker, as coef (labels, D) and intercept (labels,), the
+  standardiser's mean and std (D,), and its softmax temperature;
+* an **ensemble** (``moma combine MEMBER... --out FILE``): MOMA checkpoints and linear models, each member's
+  tensors under the prefix ``m{i}.``, the metadata listing every member (kind, labels, config or feature set,
+  temperature, normaliser, weight) and the rule.
+
+The rule is :func:`moma.evaluation.fusion.combine_posteriors`, the one ``moma fuse`` applies to stored
+posteriors: the weighted geometric mean of the members' temperature-scaled posteriors over the labels every
+member shares, renormalised. :class:`EnsemblePredictor` serves it behind the :class:`Predictor` interface, so
+``moma predict``, ``moma timeline`` and ``moma serve`` run an ensemble unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from scipy.special import softmax
+
+from moma.audio.io import SAMPLE_RATE, AudioError, load_audio
+from moma.audio.vad import VadConfig
+from moma.checkpoint import checkpoint_from_parts, read_checkpoint_file, resolve_checkpoint_path
+from moma.config import RunConfig
+from moma.evaluation.fusion import combine_posteriors
+from moma.features.functionals import compute_functionals
+from moma.features.normalise import Normaliser
+from moma.files import replace_atomically
+from moma.inference.predictor import MIN_SPEECH_S, SPEECH_CHECK, Prediction, Predictor
+from moma.version import __version__
+
+log = logging.getLogger(__name__)
+
+LINEAR_FORMAT = "moma-linear/1"
+ENSEMBLE_FORMAT = "moma-ensemble/1"
+LINEAR_KIND = "linear-functionals"
+RULE = ("weighted geometric mean of the members' temperature-scaled posteriors over the labels every member "
+        "shares, renormalised (moma.evaluation.fusion.combine_posteriors, the rule of `moma fuse`)")
+LINEAR_TENSORS = ("coef", "intercept", "mean", "std")
+
+
+# --------------------------------------------------------------------------- linear functionals model
+
+
+@dataclass
+class LinearModel:
+    """A linear classifier on standardised utterance functionals (the classical anchor, servable)."""
+
+    coef: np.ndarray  # (labels, D) float32: one weight row per label (binary: [-w, w])
+    intercept: np.ndarray  # (labels,) float32
+    mean: np.ndarray  # (D,) float32, standardiser mean of the training utterances
+    std: np.ndarray  # (D,) float32, standardiser std (1 where a functional was constant)
+    labels: list[str]
+    feature_set: str
+    temperature: float | None  # softmax temperature of the decision values; None: uncalibrated
+    info: dict[str, Any] = field(default_factory=dict)  # C, training corpus and speakers, versions
+
+    def decision(self, values: np.ndarray) -> np.ndarray:
+        """Decision values (n, labels) of raw functionals (n, D)."""
+        x = (np.asarray(values, dtype=np.float64) - self.mean) / self.std  # (n, D) standardised
+        return x @ self.coef.astype(np.float64).T + self.intercept.astype(np.float64)
+
+    def raw_posteriors(self, values: np.ndarray) -> np.ndarray:
+        """Softmax of the decision values (n, labels), before the temperature (as the anchor's reports)."""
+        return softmax(self.decision(values), axis=1)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"kind": LINEAR_KIND, "feature_set": self.feature_set, "labels": list(self.labels),
+                "temperature": self.temperature, "moma_version": __version__, **self.info}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
+                for name in LINEAR_TENSORS}
+
+
+def save_linear_model(path: str | Path, model: LinearModel) -> Path:
+    """Write ``model`` as one safetensors file (tensors + JSON metadata), atomically."""
+    meta = {"format": LINEAR_FORMAT, "linear": json.dumps(model.metadata())}
+    return replace_atomically(Path(path), lambda tmp: save_file(model.tensors(), str(tmp), metadata=meta))
+
+
+def linear_from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LinearModel:
+    """A :class:`LinearModel` from its metadata (the ``linear`` JSON) and its four tensors."""
+    arrays = {name: tensors[name].numpy() for name in LINEAR_TENSORS}
+    info = {k: v for k, v in meta.items() if k not in ("kind", "feature_set", "labels", "temperature")}
+    return LinearModel(**arrays, labels=list(meta["labels"]), feature_set=meta["feature_set"],
+                       temperature=meta.get("temperature"), info=info)
+
+
+def artefact_format(path: str | Path) -> str | None:
+    """The ``format`` in a safetensors file's metadata, or None for anything else (a folder, another file)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            return (fh.metadata() or {}).get("format")
+    except Exception:  # noqa: BLE001 (safetensors raises several types): the checkpoint loader names the problem
+        return None
+
+
+def is_ensemble_artefact(path: str | Path) -> bool:
+    """True for an ensemble or a linear functionals model (both served by :class:`EnsemblePredictor`)."""
+    return artefact_format(path) in (ENSEMBLE_FORMAT, LINEAR_FORMAT)
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        return dict(fh.metadata() or {}), {k: fh.get_tensor(k) for k in fh.keys()}
+
+
+def read_linear_model(path: str | Path) -> LinearModel:
+    path = Path(path)
+    if artefact_format(path) != LINEAR_FORMAT:
+        raise ValueError(f"{path}: not a linear functionals model (written by `moma classical --protocol all`)")
+    meta, tensors = _read(path)
+    return linear_from_parts(json.loads(meta["linear"]), tensors)
+
+
+# --------------------------------------------------------------------------- combining members
+
+
+def _member_parts(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(member entry for the ensemble's metadata, its tensors without prefix) of one MEMBER argument."""
+    fmt = artefact_format(path)
+    if fmt == ENSEMBLE_FORMAT:
+        raise ValueError(f"{path}: already an ensemble; name its members instead (ensembles do not nest)")
+    if fmt == LINEAR_FORMAT:
+        model = read_linear_model(path)
+        return {**model.metadata(), "source": Path(path).name}, model.tensors()
+    file = resolve_checkpoint_path(path)
+    meta, tensors = read_checkpoint_file(file)
+    meta.pop("training_state", None)  # a served member needs no optimiser state
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("state.")}
+    info = json.loads(meta.get("info", "{}"))
+    temperature = (info.get("calibration") or {}).get("temperature")
+    source = file.parent.name if file.name in ("best.safetensors", "last.safetensors", "model.safetensors") \
+        else file.name
+    return {"kind": "moma", "labels": json.loads(meta["labels"]), "temperature": temperature,
+            "config": json.loads(meta["config"]), "source": source, "checkpoint": meta}, tensors
+
+
+def shared_labels(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """The labels every member has, in the first member's order; fewer than 2 is refused in one line."""
+    shared = [c for c in entries[0]["labels"] if all(c in e["labels"] for e in entries[1:])]
+    if len(shared) < 2:
+        listed = "; ".join(f"{e['source']}: {', '.join(e['labels'])}" for e in entries)
+        raise ValueError(f"the members share {len(shared)} class(es) ({', '.join(shared) or 'none'}); an ensemble "
+                         f"needs at least 2 in common ({listed})")
+    return shared
+
+
+def _sample_rate(entry: dict[str, Any]) -> int:
+    return int(entry["config"]["features"].get("sample_rate", SAMPLE_RATE)) if entry["kind"] == "moma" \
+        else SAMPLE_RATE
+
+
+def combine_members(members: Sequence[str | Path], out: str | Path,
+                    weights: Sequence[float] | None = None) -> Path:
+    """Write one ensemble file of ``members`` (MOMA checkpoints or run folders, linear functionals models)."""
+    if not members:
+        raise ValueError("no members given")
+    weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(members) or not all(w > 0 for w in weights):
+        raise ValueError(f"--weights: one positive weight per member ({len(members)}), got {weights}")
+    parts = [_member_parts(m) for m in members]
+    entries = [entry for entry, _ in parts]
+    labels = shared_labels(entries)
+    rates = sorted({_sample_rate(e) for e in entries})
+    if len(rates) > 1:
+        raise ValueError(f"the members read audio at different rates ({', '.join(map(str, rates))} Hz); combine "
+                         "models of one sample rate")
+    tensors: dict[str, torch.Tensor] = {}
+    for i, ((entry, its), w) in enumerate(zip(parts, weights)):
+        entry["weight"] = w / sum(weights)
+        tensors.update({f"m{i}.{k}": v.contiguous() for k, v in its.items()})
+    meta = {"format": ENSEMBLE_FORMAT,
+            "ensemble": json.dumps({"labels": labels, "rule": RULE, "members": entries}),
+            "info": json.dumps({"moma_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})}
+    return replace_atomically(Path(out), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+# --------------------------------------------------------------------------- serving
+
+
+@dataclass
+class Member:
+    """One loaded member: a MOMA :class:`Predictor` (no speech check of its own) or a :class:`LinearModel`."""
+
+    entry: dict[str, Any]  # its metadata entry (kind, labels, weight, temperature, source, ...)
+    columns: list[int]  # its output index of each shared label
+    predictor: Predictor | None = None
+    linear: LinearModel | None = None
+
+    @property
+    def temperature(self) -> float | None:
+        return self.entry.get("temperature")
+
+    def raw_posteriors(self, signals: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Prediction] | None]:
+        """(posteriors before the temperature (n, shared labels), a MOMA member's own predictions or None)."""
+        if self.linear is not None:
+            values = np.stack([compute_functionals(s, self.linear.feature_set, SAMPLE_RATE) for s in signals])
+            return self.linear.raw_posteriors(values)[:, self.columns], None
+        assert self.predictor is not None
+        preds = self.predictor.predict_prepared(list(signals), check_speech=False)
+        logits = np.stack([p.logits for p in preds]).astype(np.float64)  # (n, member labels)
+        return softmax(logits, axis=1)[:, self.columns], preds
+
+
+def _load_member(entry: dict[str, Any], tensors: dict[str, torch.Tensor], labels: Sequence[str],
+                 device: str) -> Member:
+    columns = [entry["labels"].index(c) for c in labels]
+    if entry["kind"] == LINEAR_KIND:
+        return Member(entry, columns, linear=linear_from_parts(entry, tensors))
+    loaded = checkpoint_from_parts(entry["checkpoint"], tensors, device, entry["source"])
+    return Member(entry, columns, predictor=Predictor.from_loaded(loaded, device=device, speech_check=None))
+
+
+def load_members(path: Path, device: str = "cpu") -> tuple[list[Member], list[str]]:
+    """The loaded members of an ensemble file (or of a linear model, an ensemble of one) and the shared labels."""
+    meta, tensors = _read(path)
+    if meta.get("format") == LINEAR_FORMAT:
+        entry = {**json.loads(meta["linear"]), "weight": 1.0, "source": path.name}
+        return [_load_member(entry, tensors, entry["labels"], device)], list(entry["labels"])
+    spec = json.loads(meta["ensemble"])
+    members = []
+    for i, entry in enumerate(spec["members"]):
+        prefix = f"m{i}."
+        its = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        members.append(_load_member(entry, its, spec["labels"], device))
+    return members, list(spec["labels"])
+
+
+class EnsemblePredictor(Predictor):
+    """A :class:`Predictor` over several members, combined by the late-fusion rule (:data:`RULE`).
+
+    Signals and files take the same path as a single model's (speech check, batching, statuses); each MOMA
+    member computes its own features with its own normaliser, each linear member its functionals of the
+    signal. The attention shown is the first MOMA member's.
+    """
+
+    def __init__(self, members: Sequence[Member], labels: Sequence[str], *, source: str = "",
+                 speech_check: VadConfig | None = SPEECH_CHECK, min_speech_s: float = MIN_SPEECH_S) -> None:
+        # not Predictor.__init__: there is no one backend; the first MOMA member's feature settings give the
+        # sample rate and minimum duration (a linear-only ensemble: the defaults, 16 kHz as openSMILE's input)
+        self.members = list(members)
+        moma = [m.predictor for m in self.members if m.predictor is not None]
+        self.config = moma[0].config if moma else RunConfig()
+        self.normaliser = moma[0].normaliser if moma else Normaliser("none")
+        self.functionals_normaliser = None
+        self.backend = moma[0].backend if moma else None
+        self.labels = list(labels)
+        self.info = {"moma_version": __version__}
+        self.source = source
+        self.temperature = 1.0  # each member's own temperature is applied inside the rule
+        self.calibrated = all(m.temperature is not None for m in self.members)
+        self.speech_check = speech_check
+        self.min_speech_s = min_speech_s
+
+    def predict_batch(self, feats: Sequence[np.ndarray], functionals: Any = None) -> list[Prediction]:
+        raise ValueError("an ensemble predicts signals and files (its members read different features), not one "
+                         "model's feature arrays")
+
+    def predict_speech(self, signals: Sequence[np.ndarray]) -> list[Prediction]:
+        """The members' posteriors of mono signals at :attr:`sample_rate`, combined by the rule; one per signal
+        (:meth:`Predictor.predict_prepared` checks for speech first)."""
+        if not signals:
+            return []
+        posts, temps, weights, shown = [], [], [], None
+        for member in self.members:
+            post, preds = member.raw_posteriors(signals)
+            posts.append(post)
+            temps.append(member.temperature)
+            weights.append(float(member.entry.get("weight", 1.0)))
+            shown = shown or preds
+        probs = combine_posteriors(posts, weights, temps)  # (n, shared labels)
+        shift = float(self.config.features.frame_shift_ms)
+        out = []
+        for i, row in enumerate(probs):
+            first = shown[i] if shown else None
+            out.append(Prediction(label=self.labels[int(row.argmax())],
+                                  probabilities={lab: float(p) for lab, p in zip(self.labels, row)},
+                                  attention=first.attention if first else {},
+                                  num_frames=first.num_frames if first else 0, frame_shift_ms=shift,
+                                  calibrated=self.calibrated))
+        return out
+
+    def _predict_chunk(self, paths: list[str], batch_size: int, on_error: str,
+                       adapt: str = "none") -> Iterator[Prediction]:
+        if adapt != "none":
+            raise ValueError(f"--adapt {adapt}: not available for an ensemble (its members normalise their own "
+                             "features); use --adapt none")
+        for start in range(0, len(paths), batch_size):
+            group, signals, results = paths[start:start + batch_size], [], {}
+            for i, path in enumerate(group):
+                try:
+                    signals.append((i, load_audio(path, self.sample_rate,
+                                                  min_duration=self.config.features.frame_length_ms / 1000.0)))
+                except AudioError as exc:
+                    if on_error == "raise":
+                        raise
+                    results[i] = Prediction(label="", probabilities={}, source=path, error=exc.reason)
+            for (i, _), pred in zip(signals, self.predict_prepared([s for _, s in signals])):
+                pred.source = group[i]
+                results[i] = pred
+            yield from (results[i] for i in range(len(group)))
+
+    def describe(self) -> dict[str, Any]:
+        """The model card of an ensemble: its labels, rule and members (kind, labels, weight, temperature,
+        architecture and normaliser, or feature set)."""
+        members = [describe_member(m) for m in self.members]
+        return {"kind": "ensemble", "labels": self.labels, "backend": "torch", "sample_rate": self.sample_rate,
+                "frame_shift_ms": float(self.config.features.frame_shift_ms), "architecture": "ensemble",
+                "normalisation": "each member its own: " + "; ".join(m["normalisation"] for m in members),
+                "config": {}, "card": {"calibrated": self.calibrated}, "rule": RULE, "members": members,
+                "moma_version": __version__, "source": Path(self.source).name if self.source else ""}
+
+
+def describe_member(member: Member) -> dict[str, Any]:
+    entry = member.entry
+    out = {"kind": entry["kind"], "source": entry.get("source", ""), "labels": entry["labels"],
+           "weight": round(float(entry.get("weight", 1.0)), 6), "temperature": member.temperature}
+    if member.predictor is not None:
+        out.update(architecture=member.predictor.config.model.arch,
+                   normalisation=member.predictor.normaliser.describe())
+    else:
+        out.update(feature_set=entry["feature_set"], C=entry.get("C"),
+                   normalisation="global mean/std of the training utterances' functionals")
+    return out
+
+
+def load_ensemble_predictor(path: str | Path, *, device: str = "cpu", backend: str = "torch",
+                            speech_check: VadConfig | None = SPEECH_CHECK) -> EnsemblePredictor:
+    """An :class:`EnsemblePredictor` for an ensemble file or a linear functionals model (torch backend only)."""
+    if backend != "torch":
+        raise ValueError(f"backend {backend!r}: an ensemble runs on the torch backend only (its linear members "
+                         "read openSMILE functionals, which have no ONNX graph); use --backend torch")
+    members, labels = load_members(Path(path), device)
+    return EnsemblePredictor(members, labels, source=str(path), speech_check=speech_check)
+
+
+def summary_line(path: str | Path) -> str:
+    """One line about an ensemble or linear file for ``moma models``-style listings: its labels and members."""
+    members, labels = load_members(Path(path))
+    parts = [f"{d['source']} ({d['kind']}{', ' + d['feature_set'] if 'feature_set' in d else ''}, "
+             f"weight {d['weight']:g})" for d in map(describe_member, members)]
+    return f"ensemble of {len(members)}: {len(labels)} classes ({', '.join(labels)}); members: {', '.join(parts)}"
