@@ -25,3 +25,11 @@ def test_adapt_speaks_the_normalisation_vocabulary_and_accepts_the_old_spelling(
     assert args.adapt == "global" and "now spelled --adapt global" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "m", "--manifest", "x", "--out", "o", "--adapt", "corpus"])
+
+
+def test_predict_speaks_the_same_adapt_vocabulary():
+    parser = build_parser()
+    assert parser.parse_args(["predict", "a.wav"]).adapt == "global"
+    assert parser.parse_args(["predict", "a.wav", "--adapt", "batch"]).adapt == "batch"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "a.wav", "--adapt", "speaker"])  # needs speaker labels predict does not have

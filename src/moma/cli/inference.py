@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from moma.cli.common import adapt_mode, add_adapt_arg
+
 TIMELINE_FORMATS = ("csv", "json", "srt", "vtt")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
 _GLOB_CHARS = set("*?[")
@@ -34,10 +36,7 @@ def add_inference_commands(subparsers: Any) -> None:
     p.add_argument("--out", default=None, help="results file: .csv or .jsonl (default: CSV on stdout)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write an attention plot per file into DIR")
     p.add_argument("--batch-size", type=int, default=16, help="files per model call (length-bucketed)")
-    p.add_argument("--adapt", choices=["none", "utterance", "batch"], default="none",
-                   help="normalise with the inputs' own statistics instead of the model's: utterance, each file "
-                        "by its own; batch, all the given files together (transductive; for many files from one "
-                        "source, e.g. one microphone or corpus)")
+    add_adapt_arg(p, ["utterance", "batch"])  # batch: many files from one source, e.g. one microphone or corpus
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (there is none anyway unless stderr is a terminal)")
     p.set_defaults(func=cmd_predict)
@@ -208,7 +207,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     bar.update(1)
             good = [p for p, e in inputs if not e]
             for pred in predictor.iter_predict_files(good, batch_size=args.batch_size, on_error="record",
-                                                     adapt=args.adapt):
+                                                     adapt=adapt_mode(args)):
                 _report(writer, pred, counts)
                 if args.plot and pred.ok and pred.status != "no-speech":
                     plot_prediction(predictor, pred.source, Path(args.plot) / f"{Path(pred.source).stem}.png",
