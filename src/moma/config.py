@@ -348,8 +348,7 @@ def load_run_config(paths: list[str | Path] | None = None, sets: list[str] | Non
         merged = merge_overrides(merged, _drop_derived(read_recipe(path), str(path)))
     for item in sets or []:
         override = parse_set_option(item)
-        if _derived_in(override):
-            key = _derived_in(override)[0]
+        for key in _derived_in(override)[:1]:
             raise ValueError(f"--set {item}: {key} is derived from {DERIVED_KEYS[key]} at training time and "
                              "cannot be set")
         merged = merge_overrides(merged, override)
