@@ -348,9 +348,10 @@ def load_run_config(paths: list[str | Path] | None = None, sets: list[str] | Non
         merged = merge_overrides(merged, _drop_derived(read_recipe(path), str(path)))
     for item in sets or []:
         override = parse_set_option(item)
-        for key in _derived_in(override)[:1]:
-            raise ValueError(f"--set {item}: {key} is derived from {DERIVED_KEYS[key]} at training time and "
-                             "cannot be set")
+        derived = _derived_in(override)
+        if derived:
+            raise ValueError(f"--set {item}: {derived[0]} is derived from {DERIVED_KEYS[derived[0]]} at training "
+                             "time and cannot be set")
         merged = merge_overrides(merged, override)
     return config_from_dict(RunConfig, merged)
 
