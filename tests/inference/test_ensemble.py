@@ -155,3 +155,23 @@ def test_members_must_share_two_classes():
         shared_labels(entries)
     assert shared_labels([{"source": "a", "labels": ["x", "y", "z"]}, {"source": "b", "labels": ["z", "x"]}]) == [
         "x", "z"]
+
+
+def test_classical_fuse_writes_the_late_fusion_of_its_models(corpus, tmp_path, capsys):
+    pytest.importorskip("opensmile")
+    from moma.cli.main import main
+
+    manifest, wavs = corpus
+    out = tmp_path / "anchors"
+    assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--protocol", "all", "--fuse",
+                 "--feature-sets", "eGeMAPSv02", "ComParE_2016", "--cache", str(tmp_path / "cache"), "-q"]) == 0
+    assert "fusion: eGeMAPSv02+ComParE_2016" in capsys.readouterr().out
+    fused = Predictor.from_checkpoint(out / "fusion.safetensors", speech_check=None)
+    singles = [Predictor.from_checkpoint(out / f"{fs}.safetensors", speech_check=None)
+               for fs in ("eGeMAPSv02", "ComParE_2016")]
+    posts = [np.array([[p.probabilities[c] for c in LABELS] for p in s.predict_files(wavs[:4])]) for s in singles]
+    got = [[p.probabilities[c] for c in LABELS] for p in fused.predict_files(wavs[:4])]
+    np.testing.assert_allclose(got, combine_posteriors(posts, [1.0, 1.0]), atol=1e-5)
+    assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--fuse", "--feature-sets",
+                 "eGeMAPSv02"]) == 2
+    assert "--fuse writes a servable fusion" in capsys.readouterr().err

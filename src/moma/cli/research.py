@@ -109,6 +109,9 @@ def add_research_commands(subparsers: Any) -> None:
                    help="loco: leave one corpus out of a pooled manifest (moma pool); all: no test speakers, "
                         "train one servable model per feature set on every speaker (global normalisation) and "
                         "write OUT/<feature set>.safetensors for `moma combine` / `moma predict`")
+    p.add_argument("--fuse", action="store_true",
+                   help="with --protocol all: also write OUT/fusion.safetensors, the late fusion of every feature "
+                        "set's model (what `moma fuse` scores), servable by `moma predict` and `moma serve`")
     p.add_argument("--test-corpus", default=None, metavar="NAME",
                    help="loso on a pooled manifest: leave out this corpus's speakers, training on the rest of "
                         "the pool")
@@ -165,6 +168,9 @@ def cmd_classical(args: argparse.Namespace) -> int:
         raise ValueError(f"--protocol all trains with global normalisation only (no test speaker to normalise by "
                          f"its own statistics), not {' '.join(args.normalisations)}; drop --normalisations")
     args.normalisations = args.normalisations or list(DEFAULT_NORMALISATIONS)
+    if args.fuse and args.protocol != "all":
+        raise ValueError(f"--fuse writes a servable fusion of --protocol all's models; for --protocol {args.protocol} "
+                         "score the fusion of the report's runs with `moma fuse`")
     if args.test_corpus and args.protocol != "loso":
         raise ValueError(f"--test-corpus is for --protocol loso on a pooled manifest, not {args.protocol}")
     for option, given, known in (("--feature-sets", args.feature_sets, FEATURE_SETS),
@@ -199,7 +205,10 @@ def _classical_models(args: argparse.Namespace) -> int:
     from moma.research.linear_model import write_linear_models
 
     for model in write_linear_models(args.manifest, args.out, feature_sets=args.feature_sets, cache_dir=args.cache,
-                                     seed=args.seed, workers=args.workers, progress=not args.quiet):
+                                     seed=args.seed, workers=args.workers, progress=not args.quiet, fuse=args.fuse):
+        if "C" not in model:  # the fusion of the others
+            print(f"{'fusion':>13}: {model['feature_set']} -> {model['path']}")
+            continue
         print(f"{model['feature_set']:>13}: C {model['C']:g} (inner leave-one-speaker-out UAR "
               f"{model['inner_uar']:.3f}), temperature {model['temperature']:.3f} -> {model['path']}")
     return 0

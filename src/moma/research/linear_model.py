@@ -21,7 +21,7 @@ from moma.corpora.base import label_list, read_manifest
 from moma.evaluation.calibration import fit_temperature
 from moma.features.functionals import DEFAULT_CACHE, extract_functionals
 from moma.features.normalise import Normaliser
-from moma.inference.ensemble import LinearModel, save_linear_model
+from moma.inference.ensemble import LinearModel, combine_members, save_linear_model
 from moma.research.classical import DEFAULT_C_GRID, fit_linear_svm, select_c
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,14 @@ def train_linear_model(x: np.ndarray, labels: Sequence[str], y: np.ndarray, spea
 
 def write_linear_models(manifest_path: str | Path, out_dir: str | Path, *, feature_sets: Sequence[str],
                         cache_dir: str | Path = DEFAULT_CACHE, c_grid: Sequence[float] = DEFAULT_C_GRID,
-                        seed: int = 0, workers: int = 1, progress: bool = False) -> list[dict[str, Any]]:
+                        seed: int = 0, workers: int = 1, progress: bool = False,
+                        fuse: bool = False) -> list[dict[str, Any]]:
     """Train one linear model per feature set on every utterance of the manifest; write
-    ``out_dir/<feature set>.safetensors`` each. Returns one summary per model (path, C, temperature)."""
+    ``out_dir/<feature set>.safetensors`` each. Returns one summary per model (path, C, temperature).
+    ``fuse``: also write ``out_dir/fusion.safetensors``, the late fusion of all of them with equal weights (the
+    rule of ``moma fuse``, served as an ensemble), and add its summary last."""
+    if fuse and len(feature_sets) < 2:
+        raise ValueError(f"fusing needs at least two feature sets, got {', '.join(feature_sets) or 'none'}")
     utterances = read_manifest(manifest_path)
     labels = label_list(utterances)
     index = {name: i for i, name in enumerate(labels)}
@@ -73,4 +78,7 @@ def write_linear_models(manifest_path: str | Path, out_dir: str | Path, *, featu
         path = save_linear_model(out / f"{fs}.safetensors", model)
         written.append({"path": str(path), "feature_set": fs, "C": model.info["C"],
                         "temperature": model.temperature, "inner_uar": model.info["inner_uar"]})
+    if fuse:
+        path = combine_members([w["path"] for w in written], out / "fusion.safetensors")
+        written.append({"path": str(path), "feature_set": "+".join(feature_sets)})
     return written
