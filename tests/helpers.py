@@ -17,8 +17,9 @@ LABELS = ["angry", "happy", "neutral"]
 LEVELS = {"angry": 0.5, "happy": 0.1, "neutral": 0.01}  # noise amplitude per class: a learnable cue
 
 
-def make_tiny_checkpoint(out_dir: Path, arch: str = "moma") -> Path:
-    """Train a tiny model on synthetic noise filterbanks and return its best.safetensors."""
+def make_tiny_checkpoint(out_dir: Path, arch: str = "moma", sets: Sequence[str] = ()) -> Path:
+    """Train a tiny model on synthetic noise filterbanks and return its best.safetensors (``sets``: more
+    ``--set`` overrides, e.g. ``data.segment_length_s=0.5`` for a segment-trained one)."""
     from moma.config import FeatureConfig, load_run_config
     from moma.features.frontend import compute_features
     from moma.features.normalise import Normaliser
@@ -37,7 +38,8 @@ def make_tiny_checkpoint(out_dir: Path, arch: str = "moma") -> Path:
     normed = {k: norm.transform(v) for k, v in feats.items()}
     cfg = load_run_config(sets=[f"model.arch={arch}", "model.hidden_size=8", "model.context_dim=8",
                                 "model.projection_dim=8", "train.lr=0.01", "train.max_epochs=2",
-                                "train.early_stop_patience=0", "train.tensorboard=false", "train.num_threads=1"])
+                                "train.early_stop_patience=0", "train.tensorboard=false", "train.num_threads=1",
+                                *sets])
     result = train_model(cfg, normed, LABELS, label_of, ids[:18], ids[18:], out_dir, norm)
     return result.best_checkpoint
 

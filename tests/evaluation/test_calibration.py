@@ -51,3 +51,25 @@ def test_temperature_of_a_calibrated_model_stays_near_one():
     probs, y = overconfident_posteriors(n=4000, seed=1)
     honest = scale_posteriors(probs, fit_temperature(probs, y))
     assert fit_temperature(honest, y) == pytest.approx(1.0, abs=0.05)
+
+
+def test_window_temperature_is_fitted_under_the_window_mean_and_equals_the_plain_fit_for_one_window():
+    """A segment model's served probabilities are the mean of its windows' softmax(z / T): the temperature is
+    fitted under that aggregation; with one window per utterance it is the plain fit on softmax(z)."""
+    from scipy.special import softmax
+
+    from moma.evaluation.calibration import fit_window_temperature
+    from moma.evaluation.posteriors import aggregate
+
+    probs, y = overconfident_posteriors(n=600, seed=2)
+    one = [np.log(p)[None, :] for p in probs]  # one window each, log posteriors as logits
+    assert fit_window_temperature(one, y) == pytest.approx(fit_temperature(probs, y), rel=1e-6)
+    rng = np.random.default_rng(3)
+    windows = [np.log(p)[None, :] + rng.normal(0, 2.0, (3, p.size)) for p in probs]  # three noisy windows
+    t = fit_window_temperature(windows, y)
+    nll = [-np.mean(np.log(aggregate(windows, s)[np.arange(y.size), y])) for s in (t / 1.2, t, t * 1.2)]
+    assert nll[1] < nll[0] and nll[1] < nll[2]  # a minimum of the served aggregation's likelihood
+    naive = fit_temperature(np.stack([softmax(w, axis=1).mean(0) for w in windows]), y)
+    assert abs(naive - t) > 0.05  # scaling the mean afterwards is another temperature
+    with pytest.raises(ValueError, match="labels"):
+        fit_window_temperature(windows[:3], y)

@@ -139,3 +139,19 @@ def test_moma_fuse_writes_a_report_and_refuses_bad_input_in_one_line(tmp_path, c
     assert err == ["moma fuse: error: late fusion needs at least two runs"]
     assert main(["fuse", str(tmp_path / "moma"), str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "no report.json" in capsys.readouterr().err
+
+
+def test_posteriors_stored_already_scaled_are_not_scaled_again():
+    """``moma cv`` of one model per fold stores the calibrated posteriors its checkpoint serves
+    (``calibration.posteriors_scaled``): fusion reads them as they are, and still reports the temperature."""
+    rows = [("u1", "s1", "angry", [0.6, 0.3, 0.1]), ("u2", "s1", "sad", [0.5, 0.1, 0.4])]
+    svm_rows = [("u1", "s1", "angry", [0.4, 0.35, 0.25]), ("u2", "s1", "sad", [0.3, 0.2, 0.5])]
+    served = _run("moma", {"f1": (2.0, rows)})
+    served["folds"][0]["calibration"]["posteriors_scaled"] = True
+    report = fuse_runs([served, _run("svm", {"f1": (0.5, svm_rows)})])
+    got = report["folds"][0]["test"]["predictions"][1]["posteriors"]
+    z = 0.5 * np.log([0.5, 0.1, 0.4]) + 0.5 / 0.5 * np.log([0.3, 0.2, 0.5])  # T = 1 for the scaled run
+    assert got == pytest.approx(np.exp(z) / np.exp(z).sum(), abs=1e-6)
+    assert report["folds"][0]["members"]["moma"]["temperature"] == 2.0
+    raw = fuse_runs([_run("moma", {"f1": (2.0, rows)}), _run("svm", {"f1": (0.5, svm_rows)})])
+    assert raw["folds"][0]["test"]["predictions"][1]["posteriors"] != pytest.approx(got, abs=1e-3)

@@ -152,11 +152,11 @@ def test_robustness_standardises_a_speaker_normalised_fusion_models_functionals_
     """Functionals of test speakers a speaker-normalised fusion model never met: `moma evaluate` fits each
     speaker's statistics on its own audio (transductive, as for the frames); the robustness harness used the
     training speakers' pooled statistics instead. The clean condition must feed the model what evaluate feeds it."""
-    import moma.inference.predictor as predictor_module
     from moma.evaluation import metrics
     from moma.features.functionals import compute_functionals
     from moma.features.normalise import Normaliser
-    from moma.inference.predictor import evaluate_checkpoint
+    from moma.inference.evaluate import evaluate_checkpoint
+    from moma.inference.predictor import Predictor
 
     _, utts = tiny_setup
     rng = np.random.default_rng(1)
@@ -165,14 +165,18 @@ def test_robustness_standardises_a_speaker_normalised_fusion_models_functionals_
     func_norm = Normaliser("speaker").fit([np.stack(rows[:3]), np.stack(rows[3:])], ["train-a", "train-b"])
     ckpt = make_fusion_checkpoint(tmp_path / "fusion-speaker.safetensors", functionals_normaliser=func_norm)
     fed: list[dict[str, np.ndarray]] = []
-    real = metrics.predict_posteriors
+    real, real_served = metrics.predict_posteriors, Predictor.posteriors
 
     def recording(*args, functionals=None, **kwargs):
         fed.append(functionals)
         return real(*args, functionals=functionals, **kwargs)
 
+    def recording_served(self, feats, functionals=None):  # moma evaluate scores what the Predictor serves
+        fed.append(dict(zip([u.id for u in utts], functionals)))
+        return real_served(self, feats, functionals)
+
     monkeypatch.setattr(metrics, "predict_posteriors", recording)  # the harness imports it when it runs
-    monkeypatch.setattr(predictor_module, "predict_posteriors", recording)
+    monkeypatch.setattr(Predictor, "posteriors", recording_served)
     rb.evaluate_robustness(ckpt, utts, ["clean"], seed=0)
     evaluated = evaluate_checkpoint(ckpt, utts, tmp_path / "eval", cache_dir=tmp_path / "cache")
     assert "functionals standardised with per-speaker" in evaluated["normalisation"]

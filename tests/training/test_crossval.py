@@ -55,6 +55,34 @@ def test_ensemble_members_average_and_validate_on_the_chosen_speakers(corpus, mo
     assert 0 <= cal["ece_before"] <= 1 and 0 <= cal["ece_after"] <= 1
     assert report["summary"]["calibration"]["ece_after"]["mean"] == pytest.approx(cal["ece_after"])
     assert "expected calibration error" in (out / "report.md").read_text()
+    # a seed ensemble stores its members' raw mean (moma fuse scales it), not calibrated posteriors
+    assert cal["posteriors_scaled"] is False
+
+
+def test_a_segment_model_s_fold_stores_what_evaluate_and_predict_give(corpus):
+    """One segment-trained model per fold: the fold stores the calibrated window mean its checkpoint serves
+    (``posteriors_scaled``), which `moma evaluate` and `moma predict` give again for the same test files."""
+    import numpy as np
+
+    from moma.inference.evaluate import evaluate_checkpoint
+    from moma.inference.predictor import Predictor
+
+    root, utts = corpus
+    cfg = load_run_config(sets=SINGLE + ["data.segment_length_s=0.4", "data.segment_hop_s=0.2"])
+    report = run_cross_validation(utts, cfg, root / "segments", ProtocolSpec("loso", only_folds=("spk-spk02",)),
+                                  cache_dir=root / "cache")
+    fold = report["folds"][0]
+    assert fold["calibration"]["posteriors_scaled"] is True
+    stored = {p["id"]: p["posteriors"] for p in fold["test"]["predictions"]}
+    test_utts = [u for u in utts if u.id in stored]
+    ckpt = root / "segments" / fold["name"] / "best.safetensors"
+    evaluated = evaluate_checkpoint(ckpt, test_utts, root / "segments-eval", cache_dir=root / "cache")
+    again = {p["id"]: p["posteriors"] for p in evaluated["folds"][0]["test"]["predictions"]}
+    np.testing.assert_allclose([again[u.id] for u in test_utts], [stored[u.id] for u in test_utts], atol=1e-5)
+    predictor = Predictor.from_checkpoint(ckpt, speech_check=None)
+    preds = predictor.predict_files([u.path for u in test_utts])
+    served = [[p.probabilities[c] for c in predictor.labels] for p in preds]
+    np.testing.assert_allclose(served, [stored[u.id] for u in test_utts], atol=1e-5)
 
 
 def test_unknown_ensemble_validation_is_refused(corpus):
@@ -216,7 +244,8 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
 
     from moma.checkpoint import load_checkpoint
     from moma.features.functionals import extract_functionals
-    from moma.inference.predictor import Predictor, evaluate_checkpoint
+    from moma.inference.evaluate import evaluate_checkpoint
+    from moma.inference.predictor import Predictor
 
     root, utts = corpus
     cfg = load_run_config(sets=TINY[:-1] + ["features.functionals=eGeMAPSv02"])
@@ -249,13 +278,13 @@ def test_fusion_fold_standardises_functionals_on_training_speakers_and_the_check
         adapted["normalisation"]
     assert not np.allclose([p["posteriors"] for p in adapted["folds"][0]["test"]["predictions"]],
                            [p["posteriors"] for p in evaluated["folds"][0]["test"]["predictions"]])
-    # moma predict computes the functionals of each file itself: the same logits as the fold's posteriors
+    # moma predict computes the functionals of each file itself: the same probabilities as the fold's posteriors
+    # (both the calibrated ones the checkpoint serves)
     predictor = Predictor.from_checkpoint(ckpt, speech_check=None)
-    from scipy.special import softmax
-
+    assert fold["calibration"]["posteriors_scaled"] is True and predictor.calibrated
     singles = [predictor.predict_file(u.path) for u in test_utts]
     for u, pred in zip(test_utts, singles):
-        np.testing.assert_allclose(softmax(pred.logits.astype(np.float64)), fold_post[u.id], atol=1e-4)
+        np.testing.assert_allclose([pred.probabilities[c] for c in predictor.labels], fold_post[u.id], atol=1e-5)
     batched = predictor.predict_files([u.path for u in test_utts], batch_size=3)
     np.testing.assert_allclose([b.logits for b in batched], [p.logits for p in singles], atol=1e-4)
     with pytest.raises(ValueError, match="needs the standardised functionals of every input"):

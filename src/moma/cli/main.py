@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from moma.inference.predictor import evaluate_checkpoint
+    from moma.inference.evaluate import evaluate_checkpoint
 
     utts, every = manifest_speakers(args.manifest, args.speakers)
     report = evaluate_checkpoint(args.checkpoint, utts, args.out, cache_dir=args.cache, device=args.device,

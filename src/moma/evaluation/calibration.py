@@ -14,12 +14,14 @@ constant per row, which the softmax removes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
+from scipy.special import log_softmax, softmax
+
+from moma.evaluation.posteriors import aggregate
 
 ECE_BINS = 15  # equal-width confidence bins (the usual choice since Guo et al.)
 TEMPERATURE_RANGE = (0.05, 20.0)  # the search interval for T; a fit at either end is reported as such
@@ -67,18 +69,37 @@ def fit_temperature(probs: np.ndarray, y_true: Sequence[int]) -> float:
     y = np.asarray(y_true, dtype=int)
     if y.size == 0:
         raise ValueError("cannot fit a temperature on zero utterances")
+    return _search(lambda t: float(-np.mean(log_softmax(logp / t, axis=-1)[np.arange(y.size), y])))
 
-    def nll(log_t: float) -> float:
-        return float(-np.mean(log_softmax(logp / np.exp(log_t), axis=-1)[np.arange(y.size), y]))
 
+def fit_window_temperature(window_logits: Sequence[np.ndarray], y_true: Sequence[int]) -> float:
+    """The temperature T that minimises the negative log-likelihood of ``y_true`` under the aggregation every
+    prediction path applies (:func:`moma.evaluation.posteriors.aggregate`: the mean over an utterance's windows
+    of ``softmax(z / T)``). With one window per utterance it is :func:`fit_temperature` of ``softmax(z)``."""
+    y = np.asarray(y_true, dtype=int)
+    if y.size == 0:
+        raise ValueError("cannot fit a temperature on zero utterances")
+    if len(window_logits) != y.size:
+        raise ValueError(f"{len(window_logits)} utterances' logits but {y.size} labels")
+    if all(len(z) == 1 for z in window_logits):  # one window each: the closed form of the mean, fast
+        return fit_temperature(softmax(np.concatenate(window_logits).astype(np.float64), axis=-1), y)
+    return _search(lambda t: negative_log_likelihood(aggregate(window_logits, t), y))
+
+
+def _search(nll: Callable[[float], float]) -> float:
+    """The temperature in :data:`TEMPERATURE_RANGE` that minimises ``nll`` (bounded search on log T)."""
     lo, hi = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
-    found = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    found = minimize_scalar(lambda log_t: nll(float(np.exp(log_t))), bounds=(lo, hi), method="bounded",
+                            options={"xatol": 1e-4})
     return float(np.exp(found.x))
 
 
-def calibration_summary(probs: np.ndarray, y_true: Sequence[int], temperature: float) -> dict[str, Any]:
-    """NLL and ECE of ``probs`` before and after scaling by ``temperature``, for reports and model cards."""
-    scaled = scale_posteriors(probs, temperature)
+def calibration_summary(probs: np.ndarray, y_true: Sequence[int], temperature: float,
+                        scaled: np.ndarray | None = None) -> dict[str, Any]:
+    """NLL and ECE of ``probs`` before and after scaling by ``temperature``, for reports and model cards.
+    ``scaled``: the scaled posteriors when they are not ``softmax(log probs / T)`` (a segment model's window
+    mean, :func:`moma.evaluation.posteriors.aggregate`)."""
+    scaled = scale_posteriors(probs, temperature) if scaled is None else scaled
     return {
         "temperature": round(float(temperature), 4),
         "n": len(y_true),

@@ -15,7 +15,9 @@ advance (equal unless told otherwise): nothing is fitted on a test speaker. A se
 its members' raw posteriors and one temperature per member, each fitted on that member's validation speakers;
 no held-out set is common to all members (with rotated validation each trained on the others' validation
 speakers), so the ensemble takes the geometric mean of its members' temperatures, and the report says so. A fold
-without any temperature (an older report) keeps T = 1, also said.
+without any temperature (an older report) keeps T = 1, also said. A fold of one model per fold whose stored
+posteriors are already the temperature-scaled ones (``calibration.posteriors_scaled``: ``moma cv`` stores what the
+checkpoint serves) is read as it is, not scaled twice.
 
 A run trained on a pool and tested on one of its corpora (``moma cv --test-corpus C``) fuses with runs made on C
 alone: its corpus namespace is matched away as ``moma compare`` does, and every run is read over the classes all
@@ -47,6 +49,12 @@ def fold_temperature(fold: dict[str, Any]) -> float | None:
     or None (no calibration)."""
     temps = (fold.get("calibration") or {}).get("temperatures") or []
     return float(np.exp(np.mean(np.log(temps)))) if temps else None
+
+
+def posteriors_scaled(fold: dict[str, Any]) -> bool:
+    """Whether the fold stored its test posteriors already temperature-scaled (``moma cv`` of one model per fold
+    since the posterior function was shared: what its checkpoint serves), so fusion must not scale them again."""
+    return bool((fold.get("calibration") or {}).get("posteriors_scaled"))
 
 
 def combine_posteriors(posteriors: Sequence[np.ndarray], weights: Sequence[float] | None = None,
@@ -138,7 +146,7 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
             if sorted(post) != ids:
                 raise ValueError(f"fold {name}: {run['name']} tested other utterances than {runs[0]['name']} "
                                  f"({len(post)} against {len(ids)}); fuse runs made on the same folds")
-        temps = []
+        temps, applied = [], []  # each run's fitted temperature, and the one still to apply to what it stored
         for run, fold in zip(runs, members):
             t = fold_temperature(fold)
             if t is None:
@@ -146,7 +154,8 @@ def fuse_runs(runs: Sequence[dict[str, Any]], weights: Sequence[float] | None = 
             elif len(fold["calibration"]["temperatures"]) > 1:
                 ensembles.append(f"{run['name']} {name}")
             temps.append(1.0 if t is None else t)
-        fused = combine_posteriors([np.stack([p[k] for k in ids]) for p in posts], weights, temps)
+            applied.append(1.0 if t is None or posteriors_scaled(fold) else t)
+        fused = combine_posteriors([np.stack([p[k] for k in ids]) for p in posts], weights, applied)
         first = {p["id"]: p for p in members[0]["test"]["predictions"]}
         utts = {k: Utterance(id=k, path="", speaker=first[k]["speaker"], label=first[k]["label"]) for k in ids}
         # a fold's own scored classes (each test corpus's, on leave-one-corpus-out) stay its argmax's classes

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-from moma.capabilities import bf16_unsupported_reason
 from moma.config import RunConfig
 from moma.corpora.base import Utterance
-from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
+from moma.evaluation.posteriors import Segmenting, aggregate, torch_forward, window_logits
 from moma.evaluation.report_files import save_report_json
 from moma.evaluation.stats import mean_std
 
@@ -58,41 +57,28 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
     }
 
 
-@torch.no_grad()
-def predict_posteriors(model: torch.nn.Module, features: dict[str, np.ndarray], keys: Sequence[str],
-                       cfg: RunConfig, device: torch.device | str = "cpu",
-                       max_frames: int | None = None,
-                       functionals: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Class posteriors per utterance.
+def predict_window_logits(model: torch.nn.Module, features: Mapping[str, np.ndarray], keys: Sequence[str],
+                          cfg: RunConfig, device: torch.device | str = "cpu", *,
+                          functionals: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Each utterance's window logits ``(windows, C)`` from a PyTorch model
+    (:func:`moma.evaluation.posteriors.window_logits`; one window unless the model is segment-trained), for
+    callers that need its posteriors at more than one temperature. A checkpoint trained with bf16 runs under bf16
+    autocast where the device supports it. ``functionals``: each utterance's standardised functionals (fusion)."""
+    forward = torch_forward(model, device, bf16=bool(cfg.train.bf16))
+    logits = window_logits(forward, [features[k] for k in keys],
+                           None if functionals is None else [functionals[k] for k in keys], segments=Segmenting.of(cfg))
+    return dict(zip(keys, logits))
 
-    With segment training (``data.segment_length_s`` > 0) an utterance is cut
-    into windows and its posterior is the mean of its windows' posteriors.
-    ``functionals``: each utterance's standardised functionals, for a fusion model.
-    """
-    model.eval()
-    frame_shift = cfg.features.frame_shift_ms
-    window = seconds_to_frames(cfg.data.segment_length_s, frame_shift) if cfg.data.segment_length_s > 0 else 0
-    hop = seconds_to_frames(cfg.data.segment_hop_s, frame_shift) if window else 0
-    items = make_items(features, keys, None, window, hop)
-    dataset = FeatureDataset(features, items, cfg.data, train=False, functionals=functionals)
-    loader = make_loader(dataset, cfg.data, shuffle=False, seed=0,
-                         max_frames=max_frames or 4 * cfg.data.max_frames_per_batch)
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = defaultdict(int)
-    dev = torch.device(device)
-    # A checkpoint trained with bf16 on another machine is scored in fp32 where bf16 cannot run:
-    # the figures move by rounding only, and the user gets them instead of an oneDNN error.
-    use_bf16 = bool(cfg.train.bf16) and bf16_unsupported_reason(dev.type) is None
-    if cfg.train.bf16 and not use_bf16:
-        log.info("scoring in fp32: %s", bf16_unsupported_reason(dev.type))
-    for batch in loader:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = model(*batch.model_inputs(dev))
-        probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
-        for key, p in zip(batch.keys, probs):
-            sums[key] = sums.get(key, 0.0) + p
-            counts[key] += 1
-    return {k: sums[k] / counts[k] for k in keys}
+
+def predict_posteriors(model: torch.nn.Module, features: Mapping[str, np.ndarray], keys: Sequence[str],
+                       cfg: RunConfig, device: torch.device | str = "cpu", *, temperature: float = 1.0,
+                       functionals: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Class posteriors per utterance of a PyTorch model, as every prediction path computes them
+    (:func:`moma.evaluation.posteriors.class_posteriors`: a segment-trained model averages its windows'
+    temperature-scaled posteriors). ``temperature``: the checkpoint's fitted one; 1, the default, gives the raw
+    posteriors validation and calibration need."""
+    logits = predict_window_logits(model, features, keys, cfg, device, functionals=functionals)
+    return dict(zip(keys, aggregate([logits[k] for k in keys], temperature)))
 
 
 def score_posteriors(posteriors: dict[str, np.ndarray], utterances: dict[str, Utterance],

@@ -1,6 +1,7 @@
 """What runs the model for a :class:`~moma.inference.predictor.Predictor`: PyTorch (float32, bf16 autocast,
 dynamic int8) or onnxruntime on an exported graph. Every backend maps padded features and their lengths to
-logits and attention arrays, so the Predictor around it does not care which one it has."""
+logits and attention arrays, so the Predictor around it does not care which one it has; the Predictor turns the
+logits into probabilities with :func:`moma.evaluation.posteriors.class_posteriors`, as every other path does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from moma.capabilities import check_bf16, require_extra
+from moma.evaluation.posteriors import run_torch
 
 
 class Backend(Protocol):
@@ -42,16 +44,9 @@ class TorchBackend:
             check_bf16(self.device.type, f"inference backend {name!r}")
         self.autocast = autocast
 
-    @torch.inference_mode()
     def run(self, features: np.ndarray, lengths: np.ndarray, functionals: np.ndarray | None = None
             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
-        lens = torch.from_numpy(np.asarray(lengths, dtype=np.int64)).to(self.device)
-        extra = () if functionals is None else (torch.from_numpy(np.asarray(functionals, np.float32)).to(self.device),)
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            out = self.model(x, lens, *extra)
-        attention = {k: v.detach().float().cpu().numpy() for k, v in (out.attention or {}).items() if v is not None}
-        return out.logits.detach().float().cpu().numpy(), attention
+        return run_torch(self.model, self.device, features, lengths, functionals, self.autocast)
 
 
 def quantize_torch_int8(model: torch.nn.Module) -> torch.nn.Module:

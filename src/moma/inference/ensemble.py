@@ -12,7 +12,10 @@ Two artefacts, both single safetensors files (no pickle) with JSON metadata:
 The rule is :func:`moma.evaluation.fusion.combine_posteriors`, the one ``moma fuse`` applies to stored
 posteriors: the weighted geometric mean of the members' temperature-scaled posteriors over the labels every
 member shares, renormalised. :class:`EnsemblePredictor` serves it behind the :class:`Predictor` interface, so
-``moma predict``, ``moma timeline`` and ``moma serve`` run an ensemble unchanged.
+``moma predict`` (``--adapt`` included: each member adapts its own inputs), ``moma timeline``, ``moma serve`` and
+``moma evaluate`` run an ensemble unchanged. Each member's probabilities are the ones it serves alone (a MOMA
+member's from :func:`moma.evaluation.posteriors.class_posteriors`, calibrated), so the rule applies no temperature
+of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +34,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from scipy.special import softmax
 
-from moma.audio.io import SAMPLE_RATE, AudioError, load_audio
+from moma.audio.io import SAMPLE_RATE
 from moma.audio.vad import VadConfig
 from moma.checkpoint import checkpoint_from_parts, read_checkpoint_file, resolve_checkpoint_path
 from moma.config import RunConfig
+from moma.corpora.base import Utterance
 from moma.evaluation.fusion import combine_posteriors
-from moma.features.functionals import compute_functionals
-from moma.features.normalise import Normaliser
+from moma.features.functionals import compute_functionals, extract_functionals, functionals_cache_dir
+from moma.features.normalise import (
+    Normaliser,
+    adapt_normaliser,
+    normalise_functionals,
+    standardise_functionals_for_checkpoint,
+)
 from moma.files import replace_atomically
 from moma.inference.predictor import MIN_SPEECH_S, SPEECH_CHECK, Prediction, Predictor
 from moma.version import __version__
@@ -50,6 +59,9 @@ LINEAR_KIND = "linear-functionals"
 RULE = ("weighted geometric mean of the members' temperature-scaled posteriors over the labels every member "
         "shares, renormalised (moma.evaluation.fusion.combine_posteriors, the rule of `moma fuse`)")
 LINEAR_TENSORS = ("coef", "intercept", "mean", "std")
+FEATURE_ARRAYS_REFUSED = ("an ensemble predicts signals and files (each member computes and normalises its own "
+                          "features), not one model's feature arrays: use predict_signal, predict_files or "
+                          "predict_speech")
 
 
 # --------------------------------------------------------------------------- linear functionals model
@@ -68,14 +80,20 @@ class LinearModel:
     temperature: float | None  # softmax temperature of the decision values; None: uncalibrated
     info: dict[str, Any] = field(default_factory=dict)  # C, training corpus and speakers, versions
 
-    def decision(self, values: np.ndarray) -> np.ndarray:
-        """Decision values (n, labels) of raw functionals (n, D)."""
-        x = (np.asarray(values, dtype=np.float64) - self.mean) / self.std  # (n, D) standardised
-        return x @ self.coef.astype(np.float64).T + self.intercept.astype(np.float64)
+    def standardiser(self) -> Normaliser:
+        """The training utterances' standardiser of the functionals, as a :class:`Normaliser` (so that ``--adapt``
+        can replace it with the inputs' own statistics, as it does a fusion model's)."""
+        norm = Normaliser("global")
+        norm.mean, norm.std = self.mean.astype(np.float64), self.std.astype(np.float64)
+        norm.frames, norm.num_speakers = int(self.info.get("n_train", 0)), len(self.info.get("train_speakers", []))
+        return norm
 
-    def raw_posteriors(self, values: np.ndarray) -> np.ndarray:
-        """Softmax of the decision values (n, labels), before the temperature (as the anchor's reports)."""
-        return softmax(self.decision(values), axis=1)
+    def posteriors(self, standardised: np.ndarray) -> np.ndarray:
+        """Temperature-scaled posteriors (n, labels) of standardised functionals (n, D): ``softmax(decision / T)``,
+        the probabilities this model serves (T = 1 when uncalibrated)."""
+        x = np.asarray(standardised, dtype=np.float64)  # (n, D)
+        decision = x @ self.coef.astype(np.float64).T + self.intercept.astype(np.float64)  # (n, labels)
+        return softmax(decision / (self.temperature or 1.0), axis=1)
 
     def metadata(self) -> dict[str, Any]:
         return {"kind": LINEAR_KIND, "feature_set": self.feature_set, "labels": list(self.labels),
@@ -209,15 +227,38 @@ class Member:
     def temperature(self) -> float | None:
         return self.entry.get("temperature")
 
-    def raw_posteriors(self, signals: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Prediction] | None]:
-        """(posteriors before the temperature (n, shared labels), a MOMA member's own predictions or None)."""
+    def speech_posteriors(self, signals: Sequence[np.ndarray], batch_size: int | None = None, adapt: str = "none"
+                          ) -> tuple[np.ndarray, list[Prediction] | None]:
+        """(the probabilities it serves of mono signals (n, shared labels), a MOMA member's own predictions or
+        None); ``adapt`` as :meth:`Predictor.predict_speech` (``batch``: a linear member's functionals are
+        standardised with the inputs' own statistics, as a fusion model's are; ``utterance`` leaves them)."""
         if self.linear is not None:
-            values = np.stack([compute_functionals(s, self.linear.feature_set, SAMPLE_RATE) for s in signals])
-            return self.linear.raw_posteriors(values)[:, self.columns], None
+            values = [compute_functionals(s, self.linear.feature_set, SAMPLE_RATE) for s in signals]  # (D,) each
+            standardiser = self.linear.standardiser()
+            if adapt == "batch" and values:
+                standardiser = adapt_normaliser(standardiser, [v[None, :] for v in values], "batch")
+            x = np.stack([normalise_functionals(standardiser, v) for v in values]) if values else \
+                np.zeros((0, self.linear.mean.shape[0]), dtype=np.float32)  # (n, D)
+            return self.linear.posteriors(x)[:, self.columns], None
         assert self.predictor is not None
-        preds = self.predictor.predict_prepared(list(signals), check_speech=False)
-        logits = np.stack([p.logits for p in preds]).astype(np.float64)  # (n, member labels)
-        return softmax(logits, axis=1)[:, self.columns], preds
+        preds = self.predictor.predict_speech(list(signals), batch_size=batch_size, adapt=adapt)
+        names = [self.entry["labels"][c] for c in self.columns]
+        return np.array([[p.probabilities[c] for c in names] for p in preds], dtype=np.float64), preds
+
+    def labelled_posteriors(self, utterances: Sequence[Utterance], cache_dir: str | Path, adapt: str = "none"
+                            ) -> tuple[np.ndarray, str]:
+        """(the probabilities it serves of a manifest's utterances (n, shared labels), how it normalised them),
+        as :meth:`Predictor.labelled_posteriors` (a linear member reads its functionals from the cache)."""
+        ids = [u.id for u in utterances]
+        if self.linear is not None:
+            raw = extract_functionals(utterances, self.linear.feature_set, cache_dir=functionals_cache_dir(cache_dir))
+            rows = standardise_functionals_for_checkpoint(self.linear.standardiser(), raw, utterances, adapt)
+            note = ("functionals standardised with the test data's own statistics (transductive)"
+                    if adapt in ("batch", "speaker") else "functionals standardised with its training statistics")
+            return self.linear.posteriors(np.stack([rows[k] for k in ids]))[:, self.columns], note
+        assert self.predictor is not None
+        post, note = self.predictor.labelled_posteriors(utterances, cache_dir, adapt)
+        return np.stack([post[k] for k in ids])[:, self.columns], note
 
 
 def _load_member(entry: dict[str, Any], tensors: dict[str, torch.Tensor], labels: Sequence[str],
@@ -249,7 +290,9 @@ class EnsemblePredictor(Predictor):
 
     Signals and files take the same path as a single model's (speech check, batching, statuses); each MOMA
     member computes its own features with its own normaliser, each linear member its functionals of the
-    signal. The attention shown is the first MOMA member's.
+    signal. ``--adapt`` adapts each member's own inputs (its frames, a fusion or linear member's functionals
+    under ``batch``). The attention shown is the first MOMA member's. Feature arrays (:meth:`predict_batch`) are
+    refused in one line: no one normalisation fits every member.
     """
 
     def __init__(self, members: Sequence[Member], labels: Sequence[str], *, source: str = "",
@@ -265,28 +308,27 @@ class EnsemblePredictor(Predictor):
         self.labels = list(labels)
         self.info = {"moma_version": __version__}
         self.source = source
-        self.temperature = 1.0  # each member's own temperature is applied inside the rule
+        self.temperature = 1.0  # each member's probabilities already carry its own temperature
         self.calibrated = all(m.temperature is not None for m in self.members)
         self.speech_check = speech_check
         self.min_speech_s = min_speech_s
 
     def predict_batch(self, feats: Sequence[np.ndarray], functionals: Any = None) -> list[Prediction]:
-        raise ValueError("an ensemble predicts signals and files (its members read different features), not one "
-                         "model's feature arrays")
+        raise ValueError(FEATURE_ARRAYS_REFUSED)
 
-    def predict_speech(self, signals: Sequence[np.ndarray]) -> list[Prediction]:
-        """The members' posteriors of mono signals at :attr:`sample_rate`, combined by the rule; one per signal
-        (:meth:`Predictor.predict_prepared` checks for speech first)."""
+    def posteriors(self, feats: Sequence[np.ndarray], functionals: Any = None) -> np.ndarray:
+        raise ValueError(FEATURE_ARRAYS_REFUSED)
+
+    def predict_speech(self, signals: Sequence[np.ndarray], *, batch_size: int | None = None,
+                       adapt: str = "none") -> list[Prediction]:
+        """The members' probabilities of mono signals at :attr:`sample_rate`, combined by the rule; one per
+        signal (:meth:`Predictor.predict_prepared` and :meth:`Predictor.predict_files` check for speech first).
+        ``adapt``: each member adapts its own inputs (:meth:`Member.speech_posteriors`)."""
         if not signals:
             return []
-        posts, temps, weights, shown = [], [], [], None
-        for member in self.members:
-            post, preds = member.raw_posteriors(signals)
-            posts.append(post)
-            temps.append(member.temperature)
-            weights.append(float(member.entry.get("weight", 1.0)))
-            shown = shown or preds
-        probs = combine_posteriors(posts, weights, temps)  # (n, shared labels)
+        parts = [member.speech_posteriors(signals, batch_size, adapt) for member in self.members]
+        shown = next((preds for _, preds in parts if preds), None)  # the first MOMA member's predictions
+        probs = self._combine([post for post, _ in parts])  # (n, shared labels)
         shift = float(self.config.features.frame_shift_ms)
         out = []
         for i, row in enumerate(probs):
@@ -298,25 +340,21 @@ class EnsemblePredictor(Predictor):
                                   calibrated=self.calibrated))
         return out
 
-    def _predict_chunk(self, paths: list[str], batch_size: int, on_error: str,
-                       adapt: str = "none") -> Iterator[Prediction]:
-        if adapt != "none":
-            raise ValueError(f"--adapt {adapt}: not available for an ensemble (its members normalise their own "
-                             "features); use --adapt none")
-        for start in range(0, len(paths), batch_size):
-            group, signals, results = paths[start:start + batch_size], [], {}
-            for i, path in enumerate(group):
-                try:
-                    signals.append((i, load_audio(path, self.sample_rate,
-                                                  min_duration=self.config.features.frame_length_ms / 1000.0)))
-                except AudioError as exc:
-                    if on_error == "raise":
-                        raise
-                    results[i] = Prediction(label="", probabilities={}, source=path, error=exc.reason)
-            for (i, _), pred in zip(signals, self.predict_prepared([s for _, s in signals])):
-                pred.source = group[i]
-                results[i] = pred
-            yield from (results[i] for i in range(len(group)))
+    def labelled_posteriors(self, utterances: Sequence[Utterance], cache_dir: str | Path, adapt: str = "none"
+                            ) -> tuple[dict[str, np.ndarray], str]:
+        """The members' probabilities of a manifest's utterances combined by the rule (what `moma evaluate`
+        scores), and how each member normalised its inputs."""
+        parts = [member.labelled_posteriors(utterances, cache_dir, adapt) for member in self.members]
+        probs = self._combine([post for post, _ in parts])
+        note = "each member its own: " + "; ".join(f"{m.entry.get('source', '?')}: {n}"
+                                                   for m, (_, n) in zip(self.members, parts))
+        return dict(zip([u.id for u in utterances], probs)), note
+
+    def _combine(self, posteriors: Sequence[np.ndarray]) -> np.ndarray:
+        """The rule over the members' served (already temperature-scaled) probabilities, each (n, shared labels):
+        ``combine_posteriors`` with T = 1, which equals the rule on raw posteriors with each member's temperature
+        for any member whose probabilities are ``softmax(z / T)`` (every non-segment model)."""
+        return combine_posteriors(list(posteriors), [float(m.entry.get("weight", 1.0)) for m in self.members])
 
     def describe(self) -> dict[str, Any]:
         """The model card of an ensemble: its labels, rule and members (kind, labels, weight, temperature,

@@ -1,11 +1,14 @@
-"""Using a trained model: the :class:`Predictor` API, scoring a manifest, plotting attention.
+"""Using a trained model: the :class:`Predictor` API (signals, files, a manifest's utterances), plotting attention.
 
 :class:`Predictor` is the one entry point for prediction from Python, the
 command line (``moma predict``), the HTTP service and the web page. It turns a
 signal or a file into features exactly as training did (the checkpoint's own
 feature configuration and normalisation statistics), runs a backend (PyTorch,
 or onnxruntime on an exported model) and returns a :class:`Prediction` with
-the label, the class probabilities and the attention weights.
+the label, the class probabilities and the attention weights. The probabilities
+come from :func:`moma.evaluation.posteriors.class_posteriors`, the function
+``moma evaluate`` and ``moma cv`` score with (the checkpoint's temperature; a
+segment-trained model's window mean), so a model predicts what it was scored on.
 
 Backends (``backend=``): ``torch`` (the float32 model), ``torch-int8``
 (PyTorch dynamic int8 quantisation of the LSTMs and linear layers, CPU only),
@@ -44,8 +47,6 @@ doctests below only check the shapes of what comes back.
 from __future__ import annotations
 
 import logging
-import time
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.special import softmax
 
 from moma.audio.io import AudioError, load_audio, prepare_signal
 from moma.audio.vad import VadConfig, speech_flags, speech_seconds
@@ -61,13 +61,7 @@ from moma.capabilities import UnsupportedHardwareError, check_cuda, int8_unsuppo
 from moma.checkpoint import LoadedCheckpoint, load_checkpoint
 from moma.config import RunConfig
 from moma.corpora.base import Utterance
-from moma.evaluation.metrics import (
-    aggregate_folds,
-    predict_posteriors,
-    score_posteriors,
-    shared_class_scoring,
-    write_report,
-)
+from moma.evaluation.posteriors import MAX_BATCH_FRAMES, Segmenting, aggregate, class_posteriors, window_logits
 from moma.features.cache import FeatureCache, extract_features
 from moma.features.encoders import check_identity, use_device
 from moma.features.frontend import compute_features
@@ -91,7 +85,6 @@ BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 ATTENTION_KEYS = ("layer1", "mixture", "blocks", "gammas")
 DEFAULT_BATCH_SIZE = 16  # files per batch in predict_files
 CHUNK_BATCHES = 8  # predict_files reads this many batches' worth of files, then sorts them by length
-MAX_BATCH_FRAMES = 60000  # frames (10 ms) per padded batch; long files get smaller batches
 # s of detected speech below which a prediction is flagged "too-short": about two syllables; less carries
 # too little pitch and energy movement for an emotion (docs/serving.md)
 MIN_SPEECH_S = 0.5
@@ -217,6 +210,7 @@ class Predictor:
         # softmax temperature fitted on validation speakers after training (1: an uncalibrated checkpoint)
         self.temperature = float((self.info.get("calibration") or {}).get("temperature", 1.0))
         self.calibrated = "temperature" in (self.info.get("calibration") or {})
+        self.segments = Segmenting.of(config)  # a segment-trained model's windows (moma.evaluation.posteriors)
         self.speech_check = speech_check  # None: every input is predicted, speech or not
         self.min_speech_s = min_speech_s
 
@@ -306,20 +300,12 @@ class Predictor:
 
     def raw_file_features(self, path: str | Path) -> tuple[np.ndarray, float]:
         """Features of one audio file before normalisation, and its duration in seconds; raises AudioError."""
-        feats, _, duration, _ = self._read_file(path, functionals=False, speech=False)
-        return feats, duration
+        sig = self._load(path)
+        return compute_features(sig, self.config.features), sig.shape[0] / self.sample_rate
 
-    def _read_file(self, path: str | Path, *, functionals: bool = True, speech: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray | None, float, tuple[str, float | None]]:
-        """(raw features, a fusion model's raw functionals or None, duration in s, speech status) of one
-        audio file; raises AudioError. A file without speech gets no features (an empty array)."""
-        sig = load_audio(path, self.sample_rate, min_duration=self.config.features.frame_length_ms / 1000.0)
-        duration = sig.shape[0] / self.sample_rate
-        check = self.speech_status(sig) if speech else ("ok", None)
-        if check[0] == "no-speech":
-            return np.zeros((0, 0), dtype=np.float32), None, duration, check
-        funcs = self._raw_functionals(sig) if functionals and self.functionals_normaliser is not None else None
-        return compute_features(sig, self.config.features), funcs, duration, check
+    def _load(self, path: str | Path) -> np.ndarray:
+        """One audio file as a mono signal at :attr:`sample_rate`; raises AudioError."""
+        return load_audio(path, self.sample_rate, min_duration=self.config.features.frame_length_ms / 1000.0)
 
     # ----------------------------------------------------------------- speech check
 
@@ -345,38 +331,57 @@ class Predictor:
     def predict_batch(self, feats: Sequence[np.ndarray],
                       functionals: Sequence[np.ndarray | None] | None = None) -> list[Prediction]:
         """Predict several normalised feature arrays as one padded batch (a fusion model also needs each
-        utterance's standardised ``functionals``, from :meth:`functionals_of_prepared`)."""
+        utterance's standardised ``functionals``, from :meth:`functionals_of_prepared`).
+
+        The probabilities come from :func:`moma.evaluation.posteriors.class_posteriors`, the function `moma
+        evaluate` and `moma cv` score with: the backend's logits divided by the checkpoint's temperature, and for
+        a segment-trained model the mean over its windows. ``attention`` and ``logits`` come from the same pass
+        for any other model; a segment-trained model's attention comes from one more pass over each whole
+        utterance (the weights the model gives the whole of it; its probabilities are the windows' mean), and its
+        ``logits`` are the log of its windows' mean untempered posteriors.
+        """
         if not feats:
             return []
-        funcs = None
-        if self.functionals_normaliser is not None:
-            if functionals is None or len(functionals) != len(feats) or any(f is None for f in functionals):
-                raise ValueError("this fusion model needs the standardised functionals of every input "
-                                 "(Predictor.functionals_of_prepared)")
-            funcs = np.stack([np.asarray(f, dtype=np.float32) for f in functionals])  # (B, D_f)
-        lengths = np.array([f.shape[0] for f in feats], dtype=np.int64)
-        dim = feats[0].shape[1]
-        batch = np.zeros((len(feats), int(lengths.max()), dim), dtype=np.float32)
-        for i, f in enumerate(feats):
-            batch[i, :f.shape[0]] = f
-        logits, attention = self.backend.run(batch, lengths, funcs)
-        probs = softmax(np.asarray(logits, dtype=np.float64) / self.temperature, axis=-1)
-        shift = float(self.config.features.frame_shift_ms)
-        out = []
-        for i, n in enumerate(lengths.tolist()):
-            att: dict[str, np.ndarray] = {}
-            for key, value in attention.items():
-                if key == "gammas":
-                    att[key] = np.asarray(value, dtype=np.float32)
-                elif value.ndim == 3:  # blocks (B, N, T)
-                    att[key] = value[i, :, :n].astype(np.float32)
-                else:  # (B, T)
-                    att[key] = value[i, :n].astype(np.float32)
-            out.append(Prediction(label=self.labels[int(probs[i].argmax())],
-                                  probabilities={lab: float(p) for lab, p in zip(self.labels, probs[i])},
-                                  attention=att, num_frames=int(n), logits=logits[i].astype(np.float32),
-                                  duration_s=0.0, frame_shift_ms=shift, calibrated=self.calibrated))
-        return out
+        funcs = self._stacked_functionals(feats, functionals)
+        seen: dict[str, dict[str, np.ndarray]] = {}
+
+        def forward(x: np.ndarray, lengths: np.ndarray, f: np.ndarray | None) -> np.ndarray:
+            logits, seen["attention"] = self.backend.run(x, lengths, f)
+            return logits
+
+        # max_frames=None: every window in one call, in input order (this is the batch)
+        windows = window_logits(forward, feats, funcs, segments=self.segments, max_frames=None)
+        probs = aggregate(windows, self.temperature)  # (B, C)
+        if self.segments.window:
+            logits = np.log(np.clip(aggregate(windows), 1e-12, None))  # (B, C) log mean window posterior
+            window_logits(forward, feats, funcs, max_frames=None)  # whole utterances, for the attention only
+        else:
+            logits = np.stack([z[0] for z in windows])  # (B, C): one window each
+        return [Prediction(label=self.labels[int(probs[i].argmax())],
+                           probabilities={lab: float(p) for lab, p in zip(self.labels, probs[i])},
+                           attention=_attention_row(seen["attention"], i, f.shape[0]), num_frames=int(f.shape[0]),
+                           logits=logits[i].astype(np.float32), duration_s=0.0,
+                           frame_shift_ms=float(self.config.features.frame_shift_ms), calibrated=self.calibrated)
+                for i, f in enumerate(feats)]
+
+    def posteriors(self, feats: Sequence[np.ndarray],
+                   functionals: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+        """Class probabilities ``(n, C)`` of normalised feature arrays, batched by length: what
+        :meth:`predict_batch` returns without the rest of a :class:`Prediction` (`moma evaluate` scores these)."""
+        funcs = self._stacked_functionals(feats, functionals)
+        return class_posteriors(lambda x, lengths, f: self.backend.run(x, lengths, f)[0], feats, funcs,
+                                segments=self.segments, temperature=self.temperature)
+
+    def _stacked_functionals(self, feats: Sequence[np.ndarray],
+                             functionals: Sequence[np.ndarray | None] | None) -> np.ndarray | None:
+        """A fusion model's functionals as one (B, D_f) array, refused in one line when any is missing; None
+        for any other model."""
+        if self.functionals_normaliser is None:
+            return None
+        if functionals is None or len(functionals) != len(feats) or any(f is None for f in functionals):
+            raise ValueError("this fusion model needs the standardised functionals of every input "
+                             "(Predictor.functionals_of_prepared)")
+        return np.stack([np.asarray(f, dtype=np.float32) for f in functionals])  # (B, D_f)
 
     def predict_features(self, feats: np.ndarray, functionals: np.ndarray | None = None) -> Prediction:
         """Predict one utterance's normalised features (frames, dims) [and a fusion model's functionals]."""
@@ -396,12 +401,6 @@ class Predictor:
             pred.duration_s = sig.shape[0] / self.sample_rate
             out.append(pred)
         return out
-
-    def predict_speech(self, signals: Sequence[np.ndarray]) -> list[Prediction]:
-        """Predict mono signals at :attr:`sample_rate` that were checked for speech, as one batch (an ensemble
-        combines its members here)."""
-        funcs = [self.functionals_of_prepared(s) for s in signals]  # all None without functionals
-        return self.predict_batch([self.features_of_prepared(s) for s in signals], funcs)
 
     def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
         """Predict an in-memory signal, shape (samples,) or (samples, channels), at any sampling rate."""
@@ -455,47 +454,94 @@ class Predictor:
     def _predict_chunk(self, paths: list[str], batch_size: int, on_error: str,
                        adapt: str = "none") -> Iterator[Prediction]:
         results: list[Prediction | None] = [None] * len(paths)
-        loaded: list[tuple[int, np.ndarray, float]] = []
-        funcs: dict[int, np.ndarray | None] = {}  # input index -> a fusion model's standardised functionals
-        checks: dict[int, tuple[str, float | None]] = {}  # input index -> (speech status, seconds of speech)
+        loaded: list[tuple[int, np.ndarray, float, tuple[str, float | None]]] = []  # (index, signal, s, speech)
         for i, path in enumerate(paths):
             try:
-                feats, funcs[i], duration, checks[i] = self._read_file(path)
+                sig = self._load(path)
             except AudioError as exc:
                 if on_error == "raise":
                     raise
                 results[i] = Prediction(label="", probabilities={}, source=path, error=exc.reason)
                 continue
-            if checks[i][0] == "no-speech":  # not run, and not part of batch statistics
-                results[i] = self.no_speech(path, duration)
+            check = self.speech_status(sig)
+            if check[0] == "no-speech":  # not run, and not part of batch statistics
+                results[i] = self.no_speech(path, sig.shape[0] / self.sample_rate)
                 continue
-            loaded.append((i, feats, duration))
-        normaliser, func_norm = self._adapted_normalisers([f for _, f, _ in loaded],
-                                                          [funcs[i] for i, _, _ in loaded], adapt)
-        loaded = [(i, normalise_features(normaliser, f), d) for i, f, d in loaded]
-        if func_norm is not None and loaded:  # a fusion model: standardise the functionals
-            funcs = {i: normalise_functionals(func_norm, funcs[i]) for i, _, _ in loaded}
-        loaded.sort(key=lambda item: item[1].shape[0])
-        batch: list[tuple[int, np.ndarray, float]] = []
-
-        def flush() -> None:
-            preds = self.predict_batch([f for _, f, _ in batch], [funcs[i] for i, _, _ in batch])
-            for (i, _, duration), pred in zip(batch, preds):
-                pred.source, pred.duration_s = paths[i], duration
-                pred.status, pred.speech_s = checks[i]
-                results[i] = pred
-            batch.clear()
-
-        for item in loaded:
-            longest = max(item[1].shape[0], batch[-1][1].shape[0] if batch else 0)
-            if batch and (len(batch) >= batch_size or longest * (len(batch) + 1) > MAX_BATCH_FRAMES):
-                flush()
-            batch.append(item)
-        if batch:
-            flush()
+            loaded.append((i, sig, sig.shape[0] / self.sample_rate, check))
+        preds = self.predict_speech([sig for _, sig, _, _ in loaded], batch_size=batch_size, adapt=adapt)
+        for (i, _, duration, (status, seconds)), pred in zip(loaded, preds):
+            pred.source, pred.duration_s, pred.status, pred.speech_s = paths[i], duration, status, seconds
+            results[i] = pred
         for pred in results:
             assert pred is not None  # every index was filled above
             yield pred
+
+    def predict_speech(self, signals: Sequence[np.ndarray], *, batch_size: int | None = None,
+                       adapt: str = "none") -> list[Prediction]:
+        """Predict mono signals at :attr:`sample_rate` that were checked for speech, in input order, in
+        length-bucketed batches of up to ``batch_size`` (None: one batch); ``adapt`` (``utterance``, ``batch``)
+        normalises them with their own statistics instead of the checkpoint's. An ensemble combines its members
+        here, each computing its own features."""
+        batch_size = batch_size or max(1, len(signals))
+        raw = [compute_features(s, self.config.features) for s in signals]
+        raw_funcs = [self._raw_functionals(s) if self.functionals_normaliser is not None else None for s in signals]
+        normaliser, func_norm = self._adapted_normalisers(raw, raw_funcs, adapt)
+        feats = [normalise_features(normaliser, f) for f in raw]
+        funcs = [None if func_norm is None else normalise_functionals(func_norm, f) for f in raw_funcs]
+        results: list[Prediction | None] = [None] * len(feats)
+        batch: list[int] = []
+
+        def flush() -> None:
+            for i, pred in zip(batch, self.predict_batch([feats[i] for i in batch], [funcs[i] for i in batch])):
+                results[i] = pred
+            batch.clear()
+
+        for i in sorted(range(len(feats)), key=lambda k: feats[k].shape[0]):  # by length: little padding
+            longest = max(feats[i].shape[0], feats[batch[-1]].shape[0] if batch else 0)
+            if batch and (len(batch) >= batch_size or longest * (len(batch) + 1) > MAX_BATCH_FRAMES):
+                flush()
+            batch.append(i)
+        if batch:
+            flush()
+        return [pred for pred in results if pred is not None]
+
+    def labelled_posteriors(self, utterances: Sequence[Utterance], cache_dir: str | Path, adapt: str = "none"
+                            ) -> tuple[dict[str, np.ndarray], str]:
+        """(class probabilities by utterance id, how the inputs were normalised) of a manifest's utterances: what
+        `moma evaluate` scores. The features come from the feature cache (the values :meth:`predict_files`
+        computes from the same files) and go through :meth:`posteriors`. ``adapt`` (``utterance``, ``batch``,
+        ``speaker``) normalises them with the data's own statistics (transductive); a speaker-normalised model
+        meets unseen speakers with statistics from their own unlabelled audio."""
+        feats = extract_features(utterances, FeatureCache(cache_dir, self.config.features))
+        normaliser = self.normaliser
+        if adapt != "none":  # fitted once here, so that the features and the report line use the same statistics
+            normaliser = adapt_normaliser(self.normaliser, [feats[u.id] for u in utterances], adapt,
+                                          [u.speaker for u in utterances])
+        normed = normalise_for_checkpoint(normaliser, feats, utterances)
+        funcs = None
+        if self.functionals_normaliser is not None:  # a fusion model: its functionals, standardised alike
+            raw = extract_run_functionals(self.config.features, utterances, cache_dir) or {}
+            funcs = standardise_functionals_for_checkpoint(self.functionals_normaliser, raw, utterances, adapt)
+        ids = [u.id for u in utterances]
+        probs = self.posteriors([normed[k] for k in ids], None if funcs is None else [funcs[k] for k in ids])
+        return dict(zip(ids, probs)), self._normalisation_note(normaliser, adapt)
+
+    def _normalisation_note(self, normaliser: Normaliser, adapt: str) -> str:
+        """How :meth:`labelled_posteriors` normalised its inputs (frames with ``normaliser``), for a report."""
+        note = self.normaliser.describe() + (
+            "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
+            if self.normaliser.mode == "speaker" else "")
+        if adapt != "none":
+            note = f"trained with {self.normaliser.describe()}; tested with {normaliser.describe()}"
+        if self.functionals_normaliser is not None:  # the functionals follow their own rule: say which
+            if adapt in ("batch", "speaker"):  # the rule of standardise_functionals_for_checkpoint
+                scope = "over all of it" if adapt == "batch" else "per speaker"
+                note += (f"; openSMILE functionals standardised with the test data's own statistics, {scope} "
+                         "(transductive: unlabelled test audio)")
+            else:
+                note += ("; openSMILE functionals standardised with "
+                         f"{self.functionals_normaliser.describe(rows='utterances')}")
+        return note
 
     def _adapted_normalisers(self, feats: list[np.ndarray], funcs: list[np.ndarray | None], adapt: str
                              ) -> tuple[Normaliser, Normaliser | None]:
@@ -533,6 +579,19 @@ class Predictor:
                 "moma_version": __version__, "source": Path(self.source).name if self.source else ""}
 
 
+def _attention_row(attention: dict[str, np.ndarray], i: int, n: int) -> dict[str, np.ndarray]:
+    """Row ``i`` of a batch's attention arrays, cut to its ``n`` frames (``gammas`` has no batch axis)."""
+    att: dict[str, np.ndarray] = {}
+    for key, value in attention.items():
+        if key == "gammas":
+            att[key] = np.asarray(value, dtype=np.float32)
+        elif value.ndim == 3:  # blocks (B, N, T)
+            att[key] = value[i, :, :n].astype(np.float32)
+        else:  # (B, T)
+            att[key] = value[i, :n].astype(np.float32)
+    return att
+
+
 def _model_card(info: dict[str, Any]) -> dict[str, Any]:
     """The provenance fields of a checkpoint that are safe and useful to show a client."""
     keep = ("moma_version", "torch_version", "created", "epoch", "corpus", "fold", "test_speakers",
@@ -541,94 +600,7 @@ def _model_card(info: dict[str, Any]) -> dict[str, Any]:
     return {k: info[k] for k in keep if k in info}
 
 
-# --------------------------------------------------------------------------- manifests and plots
-
-
-def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance], out_dir: str | Path, *,
-                        cache_dir: str | Path, device: str = "cpu", command: str = "",
-                        label_inventory: Sequence[str] | None = None, adapt: str = "none") -> dict[str, Any]:
-    # long: one report assembled top to bottom (scoring, cross-corpus notes, files); its docstring is a third
-    """Score a checkpoint on labelled utterances; writes report.json / report.md.
-
-    The data may hold other classes than the model (another corpus). Then the model is scored over the
-    classes both have, the argmax restricted to them; utterances of classes the model cannot output are
-    counted in the report, never dropped silently, and chance level is stated. ``label_inventory`` is the
-    data's class list (default: the labels of ``utterances``); pass the whole manifest's when ``utterances``
-    is a selection of speakers, so that the classes scored do not depend on which speakers were picked.
-    ``adapt`` (``batch`` or ``speaker``) normalises the data with its own statistics, over all of it or per
-    speaker, instead of the checkpoint's (transductive; :func:`moma.features.normalise.adapt_normaliser`).
-    """
-    t0 = time.time()
-    loaded = load_checkpoint(resolve_model(checkpoint), device=device)
-    labels = loaded.labels
-    inventory = sorted(set(label_inventory) if label_inventory is not None else {u.label for u in utterances})
-    scoring = shared_class_scoring(labels, inventory)
-    unscorable = Counter(u.label for u in utterances if u.label not in scoring["scored"])
-    scored_utts = [u for u in utterances if u.label in scoring["scored"]]
-    if not scored_utts:
-        raise ValueError(f"none of the {len(utterances)} utterances is of a class the model knows "
-                         f"({', '.join(labels)})")
-    trained_on = set(loaded.info.get("test_speakers", []))
-    check_identity(loaded.config.features, loaded.info.get("frontend"), loaded.path)  # its encoder's weights
-    use_device(str(device))  # a pretrained front end runs beside the model
-    feats = extract_features(scored_utts, FeatureCache(cache_dir, loaded.config.features))
-    utts = {u.id: u for u in scored_utts}
-    normaliser = loaded.normaliser
-    if adapt != "none":  # fitted once here, so that the features and the report line use the same statistics
-        normaliser = adapt_normaliser(loaded.normaliser, [feats[u.id] for u in scored_utts], adapt,
-                                      [u.speaker for u in scored_utts])
-    normed = normalise_for_checkpoint(normaliser, feats, scored_utts)
-    funcs = None
-    if loaded.functionals_normaliser is not None:  # a fusion model: its utterance functionals, standardised alike
-        raw = extract_run_functionals(loaded.config.features, scored_utts, cache_dir) or {}
-        funcs = standardise_functionals_for_checkpoint(loaded.functionals_normaliser, raw, scored_utts, adapt)
-    normalisation = loaded.normaliser.describe() + (
-        "; unseen test speakers normalised with statistics from their own unlabelled audio (transductive)"
-        if loaded.normaliser.mode == "speaker" else "")
-    if adapt != "none":
-        normalisation = f"trained with {loaded.normaliser.describe()}; tested with {normaliser.describe()}"
-    if funcs is not None:  # the functionals follow their own rule: say which, transductive ones included
-        if adapt in ("batch", "speaker"):  # the rule of standardise_functionals_for_checkpoint
-            scope = "over all of it" if adapt == "batch" else "per speaker"
-            normalisation += (f"; openSMILE functionals standardised with the test data's own statistics, {scope} "
-                              "(transductive: unlabelled test audio)")
-        else:
-            trained = loaded.functionals_normaliser.describe(rows="utterances")
-            normalisation += f"; openSMILE functionals standardised with {trained}"
-    posteriors = predict_posteriors(loaded.model, normed, list(normed), loaded.config, device, functionals=funcs)
-    scored_classes = scoring["scored"] if scoring["restricted"] else None
-    fold = {"name": "evaluation", "test_speakers": sorted({u.speaker for u in scored_utts}),
-            "val_speakers": [], "best_epoch": loaded.info.get("epoch", ""),
-            "test": score_posteriors(posteriors, utts, labels, scored_classes)}
-    notes = [f"The checkpoint's own test speakers were {', '.join(sorted(trained_on)) or 'not recorded'}."]
-    if scoring["restricted"] or unscorable:
-        notes.append(f"Cross-corpus scoring: the data's classes ({', '.join(inventory)}) differ from the model's "
-                     f"({', '.join(labels)}). Scored over the {len(scoring['scored'])} shared classes "
-                     f"({', '.join(scoring['scored'])}), each prediction the argmax over those classes only; "
-                     f"chance UAR {scoring['chance_uar']:.3f}.")
-    if unscorable:
-        notes.append("Not scored (classes the model cannot output): "
-                     + ", ".join(f"{c} {n}" for c, n in sorted(unscorable.items()))
-                     + f" utterances, {sum(unscorable.values())} of {len(utterances)}.")
-    report = {
-        "title": f"Evaluation of {checkpoint}",
-        "command": command,
-        "corpus": utterances[0].corpus if utterances else "",
-        "n_utterances": len(scored_utts),
-        "n_speakers": len({u.speaker for u in scored_utts}),
-        "labels": labels,
-        "protocol": "fixed checkpoint on the given manifest",
-        "normalisation": normalisation,
-        "model": loaded.config.model.arch,
-        "device": device,
-        "wall_time_s": time.time() - t0,
-        "scoring": {**scoring, "unscored": dict(sorted(unscorable.items()))},
-        "summary": aggregate_folds([fold], labels),
-        "folds": [fold],
-        "notes": notes,
-    }
-    write_report(report, out_dir)
-    return report
+# --------------------------------------------------------------------------- plots
 
 
 def plot_prediction(predictor: Predictor, audio: str | Path, out: str | Path, *, pred: Prediction | None = None,
@@ -663,5 +635,5 @@ def plot_attention_for_file(checkpoint: str | Path, audio: str | Path, out: str 
 
 
 __all__ = ["BACKENDS", "BUNDLED_CHECKPOINT", "DEFAULT_MODEL", "Prediction", "Predictor", "bundled_models",
-           "default_checkpoint", "resolve_model", "evaluate_checkpoint",
+           "default_checkpoint", "resolve_model",
            "plot_attention_for_file", "plot_prediction"]

@@ -118,7 +118,9 @@ def evaluate_robustness(checkpoint: Any, utterances: Sequence[Any],
         normed = normalise_for_checkpoint(loaded.normaliser, feats, utterances)
         if funcs is not None:
             funcs = standardise_functionals_for_checkpoint(loaded.functionals_normaliser, funcs, utterances)
-        post = predict_posteriors(loaded.model, normed, ids, loaded.config, device, functionals=funcs)
+        # the checkpoint's temperature, as evaluate and predict apply it (it moves a segment model's window mean)
+        post = predict_posteriors(loaded.model, normed, ids, loaded.config, device, functionals=funcs,
+                                  temperature=float((loaded.info.get("calibration") or {}).get("temperature", 1.0)))
         metrics = score_posteriors(post, utts, loaded.labels)
         metrics.pop("predictions", None)
         metrics["perturbation"] = {"mix_rescaled": ctx.counts.get("mix_rescaled", 0),

@@ -34,8 +34,9 @@ from moma.data.protocols import (
     select_folds,
     validate_fold,
 )
-from moma.evaluation.calibration import expected_calibration_error, negative_log_likelihood, scale_posteriors
-from moma.evaluation.metrics import aggregate_folds, predict_posteriors, score_posteriors, write_report
+from moma.evaluation.calibration import expected_calibration_error, negative_log_likelihood
+from moma.evaluation.metrics import aggregate_folds, predict_window_logits, score_posteriors, write_report
+from moma.evaluation.posteriors import aggregate
 from moma.features.cache import FeatureCache, pack_features
 from moma.features.encoders import use_device
 from moma.features.functionals import check_level, extract_run_functionals, functionals_dim
@@ -161,8 +162,9 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
     t0 = time.time()
     device = resolve_device(job.cfg.train.device)
     n_models = max(1, job.cfg.train.ensemble)
-    seeds, posteriors, trained = [], None, None
-    calibrated: dict[str, np.ndarray] | None = None  # temperature-scaled test posteriors, summed over members
+    seeds, trained = [], None
+    raw_sum: dict[str, np.ndarray] | None = None  # members' raw test posteriors, summed
+    scaled_sum: dict[str, np.ndarray] | None = None  # members' test posteriors as each one serves them, summed
     temperatures: list[float] = []
     rotate = job.cfg.train.ensemble_validation == "rotate"
     for i in range(n_models):
@@ -184,20 +186,17 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
         if not fold.test:  # protocol "all": a model to ship, nothing to score
             seeds.append(seed_row)
             continue
-        best = load_checkpoint(member.best_checkpoint, device=device)
-        post = predict_posteriors(best.model, feats, fold.test, best.config, device, functionals=funcs)
+        raw, post, temperature = _test_posteriors(member.best_checkpoint, feats, fold.test, device, funcs)
+        if temperature is not None:
+            temperatures.append(temperature)
         scored = score_posteriors(post, utts, job.labels, job.scored_classes)
         seeds.append({**seed_row, **{m: scored[m] for m in ("accuracy", "uar", "macro_f1")}})
-        posteriors = post if posteriors is None else {k: posteriors[k] + post[k] for k in post}
-        if "calibration" in best.info:  # the member's temperature, fitted on its validation speakers
-            temperatures.append(float(best.info["calibration"]["temperature"]))
-            scaled = dict(zip(post, scale_posteriors(np.stack(list(post.values())), temperatures[-1])))
-            calibrated = scaled if calibrated is None else {k: calibrated[k] + scaled[k] for k in scaled}
+        raw_sum = raw if raw_sum is None else {k: raw_sum[k] + raw[k] for k in raw}
+        scaled_sum = post if scaled_sum is None else {k: scaled_sum[k] + post[k] for k in post}
     if not main:
         barrier(dist_info)  # wait until rank 0 has written result.json
         return None
-    if posteriors is not None:
-        posteriors = {k: v / n_models for k, v in posteriors.items()}
+    test, calibration = _score_fold(raw_sum, scaled_sum, n_models, temperatures, job)
     result = {
         **fold.to_dict(),
         "best_epoch": trained.best_epoch,
@@ -206,18 +205,52 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
         "train_time_s": round(time.time() - t0, 1),
         "normalisation": norm.describe(),
         "seeds": seeds,
-        "test": (score_posteriors(posteriors, utts, job.labels, job.scored_classes)
-                 if posteriors is not None else None),
+        "test": test,
     }
-    if posteriors is not None and calibrated is not None and len(temperatures) == n_models:
-        result["calibration"] = test_calibration(posteriors, {k: v / n_models for k, v in calibrated.items()},
-                                                 utts, job.labels, temperatures)
+    if calibration is not None:
+        result["calibration"] = calibration
     write_json_atomic(result_path, result)
     if result["test"] is not None:
         log.info("fold %s: test accuracy %.3f UAR %.3f (best epoch %d)", fold.name, result["test"]["accuracy"],
                  result["test"]["uar"], trained.best_epoch)
     barrier(dist_info)
     return result
+
+
+def _score_fold(raw_sum: dict[str, np.ndarray] | None, scaled_sum: dict[str, np.ndarray] | None, n_models: int,
+                temperatures: Sequence[float], job: FoldJob) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the fold's test scores, its test calibration or None) from its members' summed raw and served posteriors
+    (None: nothing tested)."""
+    if raw_sum is None or scaled_sum is None:
+        return None, None
+    raw = {k: v / n_models for k, v in raw_sum.items()}
+    served = {k: v / n_models for k, v in scaled_sum.items()}
+    # One model: the stored probabilities are what its checkpoint serves (moma evaluate / predict), the calibrated
+    # ones when it has a temperature; the temperature never moves a non-segment model's argmax, so results made
+    # before the change keep their predictions. A seed ensemble keeps the mean of its members' raw posteriors (a
+    # mean of differently scaled posteriors could move an argmax), and `moma fuse` scales it by the members'
+    # temperatures as before. ``calibration.posteriors_scaled`` says which.
+    stored = served if n_models == 1 else raw
+    test = score_posteriors(stored, job.utterances, job.labels, job.scored_classes)
+    if len(temperatures) != n_models:
+        return test, None
+    return test, {**test_calibration(raw, served, job.utterances, job.labels, temperatures),
+                  "posteriors_scaled": n_models == 1}
+
+
+def _test_posteriors(checkpoint: Path, feats: Mapping[str, np.ndarray], test_ids: Sequence[str], device: Any,
+                     funcs: Mapping[str, np.ndarray] | None
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float | None]:
+    """(raw test posteriors, the posteriors the checkpoint serves, its temperature or None) of one trained model:
+    the posterior function of every prediction path (moma.evaluation.posteriors) run once, read raw and at the
+    temperature fitted on its validation speakers (the served ones are the raw ones without a temperature)."""
+    best = load_checkpoint(checkpoint, device=device)
+    logits = predict_window_logits(best.model, feats, test_ids, best.config, device, functionals=funcs)
+    windows = [logits[k] for k in test_ids]  # (windows, classes) each: one window unless segment-trained
+    temperature = (best.info.get("calibration") or {}).get("temperature")
+    raw = dict(zip(test_ids, aggregate(windows)))
+    served = raw if temperature is None else dict(zip(test_ids, aggregate(windows, float(temperature))))
+    return raw, served, None if temperature is None else float(temperature)
 
 
 def test_calibration(raw: Mapping[str, np.ndarray], scaled: Mapping[str, np.ndarray],

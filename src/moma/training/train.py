@@ -24,9 +24,10 @@ from torch import nn
 from moma.capabilities import check_bf16, check_cuda
 from moma.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from moma.config import ModelConfig, RunConfig, TrainConfig, replace, save_config
-from moma.data.batching import FeatureDataset, make_items, make_loader, seconds_to_frames
-from moma.evaluation.calibration import calibration_summary, fit_temperature
-from moma.evaluation.metrics import compute_metrics, predict_posteriors
+from moma.data.batching import FeatureDataset, make_items, make_loader
+from moma.evaluation.calibration import calibration_summary, fit_window_temperature
+from moma.evaluation.metrics import compute_metrics, predict_posteriors, predict_window_logits
+from moma.evaluation.posteriors import Segmenting, aggregate
 from moma.features.encoders import frame_layers
 from moma.features.functionals import functionals_dim
 from moma.features.normalise import Normaliser
@@ -363,9 +364,8 @@ def _build_run(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[str
         save_config(cfg, out_dir / "config.yaml")
     model, adversary, net, speaker_index = _build_model(cfg, device, dist_info, train_ids, speaker_of)
     frame_shift = cfg.features.frame_shift_ms
-    window = seconds_to_frames(dc.segment_length_s, frame_shift) if dc.segment_length_s > 0 else 0
-    hop = seconds_to_frames(dc.segment_hop_s, frame_shift) if window else 0
-    train_items = make_items(features, train_ids, label_of, window, hop)
+    segments = Segmenting.of(cfg)  # the windows every prediction path cuts too (moma.evaluation.posteriors)
+    train_items = make_items(features, train_ids, label_of, segments.window, segments.hop)
     train_set = FeatureDataset(features, train_items, dc, train=True, seed=tc.seed,
                                frames_per_second=1000.0 / frame_shift,
                                functionals=functionals if cfg.model.functionals_dim else None)
@@ -616,11 +616,14 @@ def calibrate_checkpoint(path: Path, features: dict[str, np.ndarray], val_ids: S
     optimistic; test-fold figures come from cross-validation (``result.json`` ``calibration``).
     """
     best = load_checkpoint(path, device=device)
-    post = predict_posteriors(best.model, features, val_ids, best.config, device, functionals=functionals)
-    probs = np.stack([post[k] for k in val_ids])  # (n_val, classes)
+    logits = predict_window_logits(best.model, features, val_ids, best.config, device, functionals=functionals)
+    windows = [logits[k] for k in val_ids]  # (windows, classes) each: one window unless segment-trained
     y_true = [label_of[k] for k in val_ids]
+    # fitted under the aggregation every prediction path applies: the mean of the windows' scaled posteriors
+    temperature = fit_window_temperature(windows, y_true)
+    probs, scaled = aggregate(windows), aggregate(windows, temperature)  # (n_val, classes), raw and scaled
     val_speakers = list(best.info.get("val_speakers") or [])
-    summary = {**calibration_summary(probs, y_true, fit_temperature(probs, y_true)),
+    summary = {**calibration_summary(probs, y_true, temperature, scaled),
                "fitted_on": f"validation speakers {', '.join(val_speakers)}" if val_speakers else "validation set"}
     save_checkpoint(path, best.model, best.config, best.labels, best.normaliser,
                     info={**best.info, "calibration": summary}, functionals_normaliser=best.functionals_normaliser)
