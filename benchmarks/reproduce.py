@@ -82,17 +82,21 @@ def manifest_commands(runs: list[list[str]], out: str) -> list[list[str]]:
     reads = {a for cmd in runs for a in cmd if a.endswith(".jsonl")}
     need = lambda f: f"{out}/{f}" in reads and not Path(out, f).is_file()  # noqa: E731
     pooled = need("pool.jsonl") or need("pool-shared.jsonl")
+    with_ravdess = need("pool-emodb-ravdess.jsonl")
     commands = []
-    if need("emodb.jsonl") or pooled:
+    if need("emodb.jsonl") or pooled or with_ravdess:
         commands.append(["prepare", "emodb", "--root", env("EMODB", "../shared/corpora/emodb"), "--out", f"{out}/emodb.jsonl"])
     if need("nemo.jsonl") or pooled:
         commands.append(["prepare", "nemo", "--root", env("NEMO", "../local-corpora/nemo"), "--out", f"{out}/nemo.jsonl"])
-    if need("ravdess-dev.jsonl"):  # actors 01-16 only: ../shared/corpora/README.md says how to extract them
+    if need("ravdess-dev.jsonl") or with_ravdess:  # actors 01-16 only: ../shared/corpora/README.md says how to extract them
         commands.append(["prepare", "ravdess", "--root", env("RAVDESS", "../local-corpora/ravdess-dev"),
                          "--out", f"{out}/ravdess-dev.jsonl"])
     for pool, labels in (("pool.jsonl", []), ("pool-shared.jsonl", ["--labels", "shared"])):
         if need(pool):
             commands.append(["pool", f"{out}/emodb.jsonl", f"{out}/nemo.jsonl", *labels, "--out", f"{out}/{pool}"])
+    if with_ravdess:
+        commands.append(["pool", f"{out}/emodb.jsonl", f"{out}/ravdess-dev.jsonl", "--labels", "shared",
+                         "--out", f"{out}/pool-emodb-ravdess.jsonl"])
     return commands
 
 
