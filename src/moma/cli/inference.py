@@ -140,9 +140,9 @@ def progress_bar(show: bool, **options: Any) -> Iterator[Any]:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    with tqdm(disable=not show, file=sys.stderr, **options) as bar:
-        with logging_redirect_tqdm() if show else contextlib.nullcontext():
-            yield bar
+    with tqdm(disable=not show, file=sys.stderr, **options) as bar, \
+            logging_redirect_tqdm() if show else contextlib.nullcontext():
+        yield bar
 
 
 def _jobs(args: argparse.Namespace) -> int:
