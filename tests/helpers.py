@@ -113,6 +113,47 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def run_cli_on_a_terminal(*args: str, columns: int = 100, timeout: float = 120) -> tuple[int, str]:
+    """Run ``moma ARGS`` with stdout and stderr on a pseudo-terminal ``columns`` wide, as a user at a terminal
+    would; (exit status, everything it wrote, progress bars' carriage returns included)."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "moma", *args], stdout=follower, stderr=follower,
+                            stdin=subprocess.DEVNULL)
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([leader], [], [], 1.0)[0]:
+                continue
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(leader)
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+    return proc.wait(timeout=10), b"".join(chunks).decode("utf-8", "replace")
+
+
+def on_screen(written: str) -> list[str]:
+    """The lines a terminal shows for ``written``: of each line, what follows its last carriage return (a
+    progress bar redraws itself over one line with them)."""
+    return [line.rstrip("\r").rsplit("\r", 1)[-1] for line in written.split("\n") if line.strip("\r")]
+
+
 # --------------------------------------------------------------------------- signals for the perturbation tests
 
 SR = 16000

@@ -234,3 +234,35 @@ def test_protocol_flags_that_the_protocol_ignores_are_refused(flag, value, manif
 def test_demo_refuses_a_root_for_the_synthetic_corpus(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--root", str(tmp_path)]) == 2
     one_line_error(capsys, "--root is for a real corpus")
+
+
+def test_the_inference_thread_policy_holds_whatever_loads_first():
+    """In a fresh process: loading the Silero VAD leaves torch's threads as they were (it used to import the
+    silero_vad package, whose import sets them to one); the policy's default is INFERENCE_THREADS; 0 leaves
+    torch's own count; a negative count is refused."""
+    import importlib.util
+    import subprocess
+
+    code = ("import torch\n"
+            "from moma.audio.vad import silero_session\n"
+            "from moma.capabilities import INFERENCE_THREADS, inference_threads, set_inference_threads\n"
+            "torch.set_num_threads(2)\n"
+            "silero_session()\n"
+            "print(torch.get_num_threads())\n"
+            "print(set_inference_threads(None), torch.get_num_threads(), inference_threads(), INFERENCE_THREADS)\n"
+            "torch.set_num_threads(2)\n"
+            "print(set_inference_threads(0), torch.get_num_threads(), inference_threads())\n")
+    if importlib.util.find_spec("silero_vad") is None:
+        pytest.skip("silero-vad is not installed")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["2", "1 1 1 1", "0 2 0"]
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        capabilities.set_inference_threads(-1)
+
+
+def test_usable_cores_is_the_affinity_mask():
+    import os
+
+    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert capabilities.usable_cores() == expected >= 1

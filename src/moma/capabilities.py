@@ -17,6 +17,9 @@ Two kinds of question come up everywhere in the pipeline:
 
 Both error classes are subclasses of the exceptions callers already catch
 (``ImportError``, ``RuntimeError``), so library users can handle them as before.
+
+It also holds the inference thread policy (:data:`INFERENCE_THREADS`, :func:`set_inference_threads`) and the
+number of cores this process may use (:func:`usable_cores`), which sets the default of ``moma predict --jobs``.
 """
 
 from __future__ import annotations
@@ -24,18 +27,23 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
 from types import ModuleType
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "INFERENCE_THREADS",
     "MissingExtraError",
     "UnsupportedHardwareError",
     "bf16_unsupported_reason",
     "check_bf16",
     "check_cuda",
+    "inference_threads",
     "int8_unsupported_reason",
     "require_extra",
+    "set_inference_threads",
+    "usable_cores",
 ]
 
 
@@ -124,3 +132,41 @@ def check_cuda(name: str) -> None:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UnsupportedHardwareError(f"device {name!r} requested but CUDA is not available on this machine "
                                        "(no GPU, or a CPU-only torch build); use --device cpu / train.device=cpu")
+
+
+# --------------------------------------------------------------------------- inference threads
+
+# Threads per inference process (torch intra-op and onnxruntime sessions: `moma predict/timeline/serve --threads`,
+# Predictor.from_checkpoint's num_threads). One, by measurement: FIGURES (reports/bench-cpu/README.md, "Threads
+# and jobs"). More cores are used by more processes (`moma predict --jobs`), never by more threads per process.
+INFERENCE_THREADS = 1
+_threads = INFERENCE_THREADS  # the count this process was last set to (0: the libraries' own defaults)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask (a container's or taskset's limit), else
+    ``os.cpu_count()``."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def inference_threads() -> int:
+    """Threads an inference session of this process should use (0: the library's own default)."""
+    return _threads
+
+
+def set_inference_threads(threads: int | None = None) -> int:
+    """Apply the thread policy to this process and return the count: ``None`` means :data:`INFERENCE_THREADS`,
+    0 leaves torch's and onnxruntime's own defaults (torch's is one per physical core), n sets n. torch's
+    count is process-wide; onnxruntime sessions created afterwards read :func:`inference_threads`."""
+    global _threads
+    threads = INFERENCE_THREADS if threads is None else int(threads)
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: the libraries' defaults), got {threads}")
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    _threads = threads
+    return threads

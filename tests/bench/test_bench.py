@@ -177,6 +177,25 @@ def test_targets_and_linear_fit_from_results():
     assert "| onnx-int8 |" in render_markdown(inference_only)
 
 
+def test_other_benchmarks_sections_survive_a_rewrite_of_the_readme(tmp_path):
+    """benchmarks/folder_predict.py writes its section into the bench README; replacing it changes only that
+    section, and moma bench's rewrite of the README keeps it."""
+    from moma.bench.report import replace_section, write_report
+
+    results = {"options": {"command": "moma bench --quick"}, "machine": {}, "sections": {}, "targets": []}
+    readme = write_report(results, tmp_path)
+    replace_section(readme, "folder-predict", "## Folder prediction\n\n| a |\n|---|\n| 1 |\n")
+    replace_section(readme, "other", "## Other\n")
+    replace_section(readme, "folder-predict", "## Folder prediction\n\n| a |\n|---|\n| 2 |\n")
+    text = readme.read_text()
+    assert text.count("## Folder prediction") == 1 and "| 2 |" in text and "| 1 |" not in text
+    assert text.index("## Folder prediction") < text.index("## Other")  # replaced in place
+    write_report(results, tmp_path)
+    again = readme.read_text()
+    assert again.startswith("# moma bench") and again.count("<!-- begin folder-predict -->") == 1
+    assert "| 2 |" in again and "## Other" in again
+
+
 def test_plan_quick_and_full(tmp_path):
     """The full plan has the issue's rows (paper and small configuration, 1 and 2 threads, fp32 and bf16,
     batch 1 and 32, 1-30 s, 0.5/2/8 h); the accuracy case only with a checkpoint, manifest and speakers;

@@ -24,6 +24,8 @@ from helpers import (  # noqa: F401
     make_tiny_checkpoint,
     make_webm_opus,
     run_cli,
+    on_screen,
+    run_cli_on_a_terminal,
     write_tone,
 )
 
@@ -238,6 +240,33 @@ def test_cli_predict_stdout_is_clean_csv_and_each_problem_is_said_once(tiny_chec
     assert float(rows[0]["confidence"]) == max(float(rows[0][f"p_{lab}"]) for lab in LABELS)
     assert err.count(str(missing)) == 1, err
     assert "1 of 2 failed" in err
+
+
+@pytest.mark.slow
+def test_cli_predict_jobs_write_one_process_rows_under_one_bar_on_a_terminal(tiny_checkpoint, audio_dir, tmp_path):
+    """--jobs 2 writes the rows --jobs 1 writes; at a terminal there is one progress bar when the rows go to
+    --out, none when they go to the terminal too (never a bar spliced into CSV)."""
+    (audio_dir / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")
+    common = ["--vad", "energy", "--checkpoint", str(tiny_checkpoint), "--batch-size", "2"]
+    code, shown = run_cli_on_a_terminal("predict", str(audio_dir), *common, "--jobs", "2",
+                                        "--out", str(tmp_path / "two.csv"))
+    assert code == 1, shown  # the broken file
+    seen = on_screen(shown)
+    bar_lines = [line for line in seen if "%|" in line]
+    assert len(bar_lines) == 1 and "predict: 100%" in bar_lines[0] and "6/6" in bar_lines[0], shown
+    assert "broken.wav: not a recognised audio format" in seen[0], shown  # said above the bar, not inside it
+    piped = run_cli("predict", str(audio_dir), *common, "--jobs", "1", "--out", str(tmp_path / "one.csv"))
+    assert piped.returncode == 1 and "%|" not in piped.stderr
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    code, shown = run_cli_on_a_terminal("predict", str(audio_dir), *common, "--jobs", "2")
+    assert code == 1 and "%|" not in shown and "\r" not in shown.replace("\r\n", "\n"), shown
+    assert shown.count("f3.wav") == 1 and "path,label,status" in shown
+
+
+def test_cli_predict_refuses_bad_thread_and_job_counts_in_one_line(tiny_checkpoint, audio_dir):
+    for flag in (["--jobs", "0"], ["--threads", "-1"]):
+        res = run_cli("predict", str(audio_dir / "f1.wav"), "--checkpoint", str(tiny_checkpoint), *flag)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1 and flag[0] in res.stderr, res.stderr
 
 
 def test_cli_predict_empty_folder_says_why(tiny_checkpoint, tmp_path):

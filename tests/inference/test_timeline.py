@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import LABELS, run_cli  # noqa: E402
+from helpers import LABELS, on_screen, run_cli, run_cli_on_a_terminal  # noqa: E402
 
 SR = 16000
 
@@ -129,6 +130,22 @@ def test_cli_timeline(tiny_checkpoint, tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 5000
     assert len(json.loads((tmp_path / "t.json").read_text())["regions"]) == 2
     assert "2 speech regions" in res.stderr
+
+
+@pytest.mark.slow
+def test_cli_timeline_shows_one_progress_bar_on_a_terminal_unless_quiet(tiny_checkpoint, tmp_path):
+    wav = tmp_path / "long.wav"
+    sf.write(str(wav), bursts([(1.0, 4.0), (6.0, 9.0)], 10.0), SR, subtype="PCM_16")
+    common = ["--vad", "energy", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "t.csv")]
+    code, shown = run_cli_on_a_terminal("timeline", str(wav), *common)
+    seen = on_screen(shown)
+    bars = [line for line in seen if "%|" in line]
+    assert code == 0 and len(bars) == 1 and "timeline: 100%" in bars[0] and "10/10 s of audio" in bars[0], shown
+    segment = re.compile(r"[\d.]+-[\d.]+ s: \w+ [\d.]+")  # "1.0-4.0 s: angry 0.53", one per merged segment
+    assert any(segment.fullmatch(line) for line in seen), shown
+    code, shown = run_cli_on_a_terminal("timeline", str(wav), *common, "-q")
+    assert code == 0 and "%|" not in shown and not any(segment.fullmatch(line) for line in on_screen(shown)), shown
+    assert "2 speech regions" in shown
 
 
 def test_segments_merge_windows_of_one_label(predictor):

@@ -28,13 +28,17 @@ in blocks gives exactly the frames it gives in one piece. Memory is bounded
 
 from __future__ import annotations
 
+import importlib.util
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from moma.capabilities import inference_threads
 
 FRAME_S = 0.01  # s, VAD frame length (non-overlapping)
 _EPS = 1e-10  # energy floor so log10 of digital silence is finite (-100 dBFS)
@@ -150,25 +154,37 @@ class MissingVadModelError(RuntimeError):
     """The silero-vad package (which carries the model file) or onnxruntime is not installed."""
 
 
-@lru_cache(maxsize=1)
 def silero_session() -> Any:
-    """The onnxruntime session of Silero's sequence model, loaded once from the installed wheel (no download).
+    """The onnxruntime session of Silero's sequence model, loaded once per process and thread count from the
+    installed wheel (no download), with the process's inference threads (:func:`moma.capabilities.
+    inference_threads`, one by default: a VAD call is small, and more cores are used by more processes)."""
+    return _silero_session(inference_threads())
 
-    One thread: a VAD call is small, and the service runs several predictions side by side.
-    """
-    import importlib.resources
 
+@lru_cache(maxsize=2)
+def _silero_session(threads: int) -> Any:
     try:
         import onnxruntime
-        path = importlib.resources.files("silero_vad.data").joinpath(_SILERO_MODEL)
     except ModuleNotFoundError as exc:
-        raise MissingVadModelError(
-            f"the speech check needs the package '{exc.name}', which is not installed: pip install silero-vad "
-            "onnxruntime (or VadConfig(engine='energy'))") from None
+        raise MissingVadModelError(f"the speech check needs the package '{exc.name}', which is not installed: "
+                                   "pip install onnxruntime (or VadConfig(engine='energy'))") from None
     opts = onnxruntime.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
     opts.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(silero_model_path()), sess_options=opts,
+                                        providers=["CPUExecutionProvider"])
+
+
+def silero_model_path() -> Path:
+    """The ONNX file inside the installed silero-vad wheel, found without importing the package: importing it
+    sets torch's threads to one for the whole process (silero_vad/model.py, 6.2.3), whatever the caller chose."""
+    spec = importlib.util.find_spec("silero_vad")
+    path = Path(spec.submodule_search_locations[0]) / "data" / _SILERO_MODEL if spec and \
+        spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise MissingVadModelError("the speech check needs the package 'silero-vad' (its ONNX model), which is not "
+                                   "installed: pip install silero-vad (or VadConfig(engine='energy'))")
+    return path
 
 
 class SileroVad(RegionTracker):

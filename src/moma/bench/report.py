@@ -2,11 +2,15 @@
 
 Pure functions of the results dict that :func:`moma.bench.run_benchmarks`
 also writes to ``bench.json``, so a report can be re-rendered from the JSON.
+Other benchmarks add their own sections to the same README between
+``<!-- begin NAME -->`` and ``<!-- end NAME -->`` (:func:`replace_section`,
+e.g. ``benchmarks/folder_predict.py``); rewriting the README keeps them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -413,9 +417,28 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``README.md`` into ``out_dir``; returns its path."""
+    """Write ``README.md`` into ``out_dir``, keeping the sections other benchmarks wrote there; returns its path."""
     path = Path(out_dir) / "README.md"
-    path.write_text(render_markdown(results), encoding="utf-8")
+    kept = [m.group(0) for m in _SECTION.finditer(path.read_text(encoding="utf-8"))] if path.is_file() else []
+    path.write_text(render_markdown(results) + "".join(f"\n{block}\n" for block in kept), encoding="utf-8")
+    return path
+
+
+_SECTION = re.compile(r"<!-- begin (\S+) -->\n.*?<!-- end \1 -->", re.DOTALL)
+
+
+def replace_section(readme: str | Path, name: str, markdown: str) -> Path:
+    """Put ``markdown`` into ``readme`` as the section ``name`` (between its begin and end markers): in place
+    of the section's earlier text, else at the end (the file is made if missing). Returns the path."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    block = f"<!-- begin {name} -->\n{markdown.strip()}\n<!-- end {name} -->"
+    old = next((m for m in _SECTION.finditer(text) if m.group(1) == name), None)
+    if old is not None:
+        text = text[:old.start()] + block + text[old.end():]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    path.write_text(text, encoding="utf-8")
     return path
 
 

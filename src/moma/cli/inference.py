@@ -13,6 +13,7 @@ Library errors (AudioError, FileNotFoundError, ValueError) propagate to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import json
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from moma.capabilities import INFERENCE_THREADS
 from moma.cli.common import adapt_mode, add_adapt_arg
 
 TIMELINE_FORMATS = ("csv", "json", "srt", "vtt")
@@ -37,8 +39,12 @@ def add_inference_commands(subparsers: Any) -> None:
     p.add_argument("--plot", default=None, metavar="DIR", help="write an attention plot per file into DIR")
     p.add_argument("--batch-size", type=int, default=16, help="files per model call (length-bucketed)")
     add_adapt_arg(p, ["utterance", "batch"])  # batch: many files from one source, e.g. one microphone or corpus
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes, one thread and one loaded model each (default: the usable CPU cores; "
+                        "--adapt batch and a GPU use one)")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bar (there is none anyway unless stderr is a terminal)")
+                   help="no progress bar (there is none anyway unless stdout and stderr are a terminal and the "
+                        "results go to --out)")
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("timeline", help="emotion over time for a long recording (VAD + sliding windows)")
@@ -52,7 +58,9 @@ def add_inference_commands(subparsers: Any) -> None:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the full timeline as JSON")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="plot of the smoothed probabilities over time (a folder: FOLDER/<audio name>.png)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary of the merged segments on stderr")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary of the merged segments on stderr (there is no bar anyway "
+                        "unless stdout and stderr are a terminal and the timeline goes to --out)")
     p.add_argument("--window", type=float, default=2.0, help="window length in seconds")
     p.add_argument("--hop", type=float, default=0.5, help="hop between windows in seconds")
     p.add_argument("--smooth", type=int, default=5, help="windows in the moving average (1 = none)")
@@ -105,19 +113,50 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="speech detector: silero (default; tells speech from noise and music, reports/vad) or "
                         "energy (any loud sound is speech); inputs without speech get no emotion")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (0: library default)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help=f"CPU threads per process for inference (default: {INFERENCE_THREADS}, measured fastest "
+                        "alone and beside other work; 0: torch's and onnxruntime's own defaults)")
 
 
 def _predictor(args: argparse.Namespace):
     from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
 
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 0:
+        raise ValueError(f"--threads {args.threads}: give 1 or more, or 0 for the libraries' defaults")
     return Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend,
                                      num_threads=args.threads, speech_check=VadConfig(engine=args.vad))
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """A progress bar only on a terminal: stdout and stderr both one, results to --out (never over CSV rows on
+    stdout), and no -q."""
+    return not args.quiet and args.out is not None and sys.stdout.isatty() and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def progress_bar(show: bool, **options: Any) -> Iterator[Any]:
+    """One tqdm bar on stderr (a disabled one unless ``show``); log lines meanwhile are written above it."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with tqdm(disable=not show, file=sys.stderr, **options) as bar, \
+            logging_redirect_tqdm() if show else contextlib.nullcontext():
+        yield bar
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    """--jobs, or the usable cores; one for --adapt batch (said once) and on a GPU."""
+    from moma.capabilities import usable_cores
+
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: give 1 or more worker processes")
+    jobs = args.jobs or (usable_cores() if args.device == "cpu" else 1)
+    if jobs > 1 and args.adapt == "batch":
+        print("moma predict: note: --adapt batch reads every file's statistics before the first prediction, so it "
+              "predicts in one process", file=sys.stderr)
+        return 1
+    return jobs
 
 
 def expand_inputs(items: list[str]) -> Iterator[tuple[str, str]]:
@@ -189,31 +228,31 @@ class _ResultWriter:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from moma.inference.predictor import Prediction, plot_prediction
 
     predictor = _predictor(args)
     inputs = list(expand_inputs(args.paths))
     writer = _ResultWriter(args.out, predictor.labels)
-    # progress only to a terminal, and never over CSV rows printed to that same terminal
-    show_bar = not args.quiet and sys.stderr.isatty() and (args.out is not None or not sys.stdout.isatty())
     counts = {"failed": 0, "no-speech": 0, "too-short": 0}
+    preds = None
     try:
-        with tqdm(total=len(inputs), unit="file", desc="predict", disable=not show_bar, file=sys.stderr) as bar:
+        # started before the bar: worker processes are forked before any thread of the bar's exists
+        preds = predictor.iter_predict_files([p for p, e in inputs if not e], batch_size=args.batch_size,
+                                             on_error="record", adapt=adapt_mode(args), jobs=_jobs(args))
+        with progress_bar(show_progress(args), total=len(inputs), unit="file", desc="predict") as bar:
             for path, error in inputs:
                 if error:
                     _report(writer, Prediction(label="", probabilities={}, source=path, error=error), counts)
                     bar.update(1)
-            good = [p for p, e in inputs if not e]
-            for pred in predictor.iter_predict_files(good, batch_size=args.batch_size, on_error="record",
-                                                     adapt=adapt_mode(args)):
+            for pred in preds:
                 _report(writer, pred, counts)
                 if args.plot and pred.ok and pred.status != "no-speech":
                     plot_prediction(predictor, pred.source, Path(args.plot) / f"{Path(pred.source).stem}.png",
                                     pred=pred)
                 bar.update(1)
     finally:
+        if preds is not None:
+            preds.close()  # worker processes stop here, also on Ctrl-C
         writer.close()
     failed = counts["failed"]
     flagged = ", ".join(f"{n} {k}" for k, n in counts.items() if k != "failed" and n)
@@ -228,11 +267,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _report(writer: _ResultWriter, pred: Any, counts: dict[str, int]) -> None:
-    """Write one result; an unusable input is also said once on stderr."""
+    """Write one result; an unusable input is also said once on stderr (above the progress bar, if any)."""
+    from tqdm import tqdm
+
     writer.write(pred)
     if pred.error:
         counts["failed"] += 1
-        print(f"moma predict: {pred.source}: {pred.error}", file=sys.stderr)
+        tqdm.write(f"moma predict: {pred.source}: {pred.error}", file=sys.stderr)
     elif pred.status in counts:
         counts[pred.status] += 1
 
@@ -256,6 +297,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
+    from moma.audio.io import audio_info
     from moma.inference.timeline import (
         TimelineConfig,
         plot_timeline,
@@ -267,7 +309,15 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     fmt = timeline_format(args.out, args.format)  # checked before the model loads
     predictor = _predictor(args)
     cfg = TimelineConfig(window_s=args.window, hop_s=args.hop, smooth=args.smooth, min_speech=args.min_speech)
-    timeline = timeline_for_source(predictor, args.audio, cfg)
+    show = show_progress(args)
+    total = audio_info(args.audio)[0] if show else 0.0  # seconds of audio: the bar's unit
+    with progress_bar(show, total=round(total), unit="s", desc="timeline",
+                      bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]") as bar:
+
+        def advance(done_s: float) -> None:
+            bar.update(round(min(done_s, total)) - bar.n)
+
+        timeline = timeline_for_source(predictor, args.audio, cfg, progress=advance if show else None)
     write_timeline(timeline, args.out or sys.stdout, fmt)
     if args.out:
         print(f"wrote {args.out} ({fmt}): {len(timeline.rows)} windows, {len(timeline.segments())} segments",

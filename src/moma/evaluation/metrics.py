@@ -16,7 +16,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 from moma.config import RunConfig
 from moma.corpora.base import Utterance
@@ -43,6 +42,9 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequen
     y_pred = np.asarray(y_pred, dtype=int)
     if y_true.size == 0:
         raise ValueError("no predictions to score")
+    # imported here: scikit-learn takes a second to import, which every `moma predict` would pay otherwise
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
     present = sorted(set(y_true.tolist()))
     cm = confusion_matrix(y_true, y_pred, labels=list(range(len(labels))))
     recalls = recall_score(y_true, y_pred, labels=present, average=None, zero_division=0)

@@ -57,7 +57,8 @@ import torch
 
 from moma.audio.io import AudioError, load_audio, prepare_signal
 from moma.audio.vad import VadConfig, speech_flags, speech_seconds
-from moma.capabilities import UnsupportedHardwareError, check_cuda, int8_unsupported_reason, require_extra
+from moma.capabilities import (UnsupportedHardwareError, check_cuda, int8_unsupported_reason, require_extra,
+                               set_inference_threads)
 from moma.checkpoint import LoadedCheckpoint, load_checkpoint
 from moma.config import RunConfig
 from moma.corpora.base import Utterance
@@ -190,6 +191,8 @@ class Predictor:
     threads at once (the service does), as it holds no per-call state.
     """
 
+    recipe: dict[str, str] | None = None  # how from_checkpoint loaded it: worker processes (jobs > 1) load the same
+
     def __init__(self, backend: Backend, config: RunConfig, labels: Sequence[str], normaliser: Normaliser, *,
                  info: dict[str, Any] | None = None, source: str = "",
                  functionals_normaliser: Normaliser | None = None,
@@ -216,7 +219,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: str = "cpu", backend: str = "torch",
-                        num_threads: int = 0, speech_check: VadConfig | None = SPEECH_CHECK) -> Predictor:
+                        num_threads: int | None = None, speech_check: VadConfig | None = SPEECH_CHECK) -> Predictor:
         """Load a model.
 
         ``path``: a checkpoint (``.safetensors``), a run folder holding one, or
@@ -224,8 +227,9 @@ class Predictor:
         means the default bundled model, and a bundled model's name (see
         :func:`bundled_models`) that model. The onnx backends on a checkpoint export it in
         memory first; ``onnx-int8`` and ``torch-int8`` quantise in memory (a
-        second or two). ``num_threads`` > 0 pins onnxruntime's intra-op
-        threads (torch's are process-wide and left to the caller). ``speech_check``: the VAD that decides
+        second or two). ``num_threads``: inference threads (torch's, which are process-wide, and onnxruntime's):
+        None, one (:data:`moma.capabilities.INFERENCE_THREADS`, the measured best); 0, the libraries' own
+        defaults; n, n. ``speech_check``: the VAD that decides
         whether an input holds speech (None: no check, every input gets an emotion).
         """
         if backend not in BACKENDS:
@@ -233,6 +237,14 @@ class Predictor:
         if backend == "torch-int8" and torch.device(device).type != "cpu":
             raise ValueError(f"backend 'torch-int8' runs on the CPU only, not on {device!r}")
         path = resolve_model(path)
+        threads = set_inference_threads(num_threads)
+        predictor = cls._load(path, device, backend, threads, speech_check)
+        predictor.recipe = {"path": str(path), "device": device, "backend": backend}
+        return predictor
+
+    @classmethod
+    def _load(cls, path: Path, device: str, backend: str, threads: int,
+              speech_check: VadConfig | None) -> Predictor:
         from moma.inference.ensemble import is_ensemble_artefact, load_ensemble_predictor  # it builds on this one
 
         if is_ensemble_artefact(path):  # `moma combine` or a linear functionals model: members combined
@@ -241,7 +253,7 @@ class Predictor:
             from moma.inference.export import load_onnx_predictor_parts
 
             onnx_backend, config, labels, normaliser, info, func_norm = load_onnx_predictor_parts(
-                path, num_threads=num_threads, quantize="int8" if backend == "onnx-int8" else "none")
+                path, num_threads=threads, quantize="int8" if backend == "onnx-int8" else "none")
             return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path),
                        functionals_normaliser=func_norm, speech_check=speech_check)
         check_cuda(str(device))
@@ -415,7 +427,7 @@ class Predictor:
         return next(self._predict_chunk([str(path)], 1, "raise"))
 
     def iter_predict_files(self, paths: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                           on_error: str = "raise", adapt: str = "none") -> Iterator[Prediction]:
+                           on_error: str = "raise", adapt: str = "none", jobs: int = 1) -> Iterator[Prediction]:
         """Predictions for ``paths`` in input order, produced a chunk of files at a time.
 
         Inside each chunk (``CHUNK_BATCHES`` batches' worth of files) files are
@@ -426,7 +438,9 @@ class Predictor:
         together instead of the checkpoint's (transductive: for many files from
         one source, e.g. one microphone or one corpus); it reads every file
         before the first prediction. ``adapt="utterance"`` normalises each file
-        by its own statistics.
+        by its own statistics. ``jobs`` > 1 predicts in that many worker processes, one thread and one loaded
+        model each (:mod:`moma.inference.parallel`): the same predictions in the same order, started here
+        (a predictor from :meth:`from_checkpoint` only); ``adapt="batch"`` and a GPU run in this process.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -434,6 +448,14 @@ class Predictor:
             raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
         if adapt not in ("none", "utterance", "batch"):
             raise ValueError(f"adapt must be 'none', 'utterance' or 'batch' for files, got {adapt!r}")
+        if jobs != 1:
+            from moma.inference.parallel import iter_in_workers  # it builds on this module
+
+            return iter_in_workers(self, paths, jobs=jobs, batch_size=batch_size, on_error=on_error, adapt=adapt)
+        return self._iter_files(paths, batch_size, on_error, adapt)
+
+    def _iter_files(self, paths: Iterable[str | Path], batch_size: int, on_error: str,
+                    adapt: str) -> Iterator[Prediction]:
         if adapt == "batch":
             yield from self._predict_chunk([str(p) for p in paths], batch_size, on_error, adapt)
             return
@@ -447,9 +469,11 @@ class Predictor:
             yield from self._predict_chunk(chunk, batch_size, on_error, adapt)
 
     def predict_files(self, paths: Iterable[str | Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                      on_error: str = "raise", adapt: str = "none") -> list[Prediction]:
-        """Predictions for many files (in input order), in length-bucketed batches of up to ``batch_size``."""
-        return list(self.iter_predict_files(paths, batch_size=batch_size, on_error=on_error, adapt=adapt))
+                      on_error: str = "raise", adapt: str = "none", jobs: int = 1) -> list[Prediction]:
+        """Predictions for many files (in input order), in length-bucketed batches of up to ``batch_size``
+        (``jobs``: worker processes, as :meth:`iter_predict_files`)."""
+        return list(self.iter_predict_files(paths, batch_size=batch_size, on_error=on_error, adapt=adapt,
+                                            jobs=jobs))
 
     def _predict_chunk(self, paths: list[str], batch_size: int, on_error: str,
                        adapt: str = "none") -> Iterator[Prediction]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -121,8 +121,10 @@ class Timeline:
 
 
 def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.ndarray]],
-                         config: TimelineConfig | None = None) -> Timeline:
-    """Build a timeline from ``(start s, mono float32 block at predictor.sample_rate)`` pairs in order."""
+                         config: TimelineConfig | None = None,
+                         progress: Callable[[float], None] | None = None) -> Timeline:
+    """Build a timeline from ``(start s, mono float32 block at predictor.sample_rate)`` pairs in order.
+    ``progress`` is called with the seconds of audio done after each model call and at the end."""
     cfg = config or TimelineConfig()
     cfg.validate()
     sr = predictor.sample_rate
@@ -148,6 +150,8 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
             rows[idx].raw_label = pred.label
             rows[idx].raw_probabilities = pred.probabilities
         pending.clear()
+        if progress is not None:
+            progress(rows[-1].end_s)
 
     def emit(start: int, end: int) -> None:
         window = buf[start - buf_start:end - buf_start]
@@ -189,6 +193,8 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
     flags = np.concatenate([flags, tail])
     windows(final=True)
     flush()
+    if progress is not None:
+        progress(total / sr)
     _smooth(rows, predictor.labels, cfg.smooth)
     log.info("timeline: %.1f s, %d windows (%d with speech), %d speech regions", total / sr, len(rows),
              sum(bool(r.label) for r in rows), len(regions))
@@ -210,10 +216,13 @@ def _smooth(rows: list[TimelineRow], labels: list[str], width: int) -> None:
         rows[i].label = labels[int(mean.argmax())]
 
 
-def timeline_for_source(predictor: Predictor, source: AudioSource, config: TimelineConfig | None = None) -> Timeline:
-    """Timeline of a file (path, bytes or file object libsndfile reads), read block by block."""
+def timeline_for_source(predictor: Predictor, source: AudioSource, config: TimelineConfig | None = None,
+                        progress: Callable[[float], None] | None = None) -> Timeline:
+    """Timeline of a file (path, bytes or file object libsndfile reads), read block by block; ``progress``
+    as :func:`timeline_from_blocks`."""
     cfg = config or TimelineConfig()
-    return timeline_from_blocks(predictor, iter_audio_blocks(source, cfg.block_s, predictor.sample_rate), cfg)
+    return timeline_from_blocks(predictor, iter_audio_blocks(source, cfg.block_s, predictor.sample_rate), cfg,
+                                progress)
 
 
 def timeline_for_signal(predictor: Predictor, signal: np.ndarray, config: TimelineConfig | None = None) -> Timeline:
