@@ -238,12 +238,12 @@ class Predictor:
             raise ValueError(f"backend 'torch-int8' runs on the CPU only, not on {device!r}")
         path = resolve_model(path)
         threads = set_inference_threads(num_threads)
-        predictor = cls._load(path, device, backend, threads, speech_check)
+        predictor = cls._from_path(path, device, backend, threads, speech_check)
         predictor.recipe = {"path": str(path), "device": device, "backend": backend}
         return predictor
 
     @classmethod
-    def _load(cls, path: Path, device: str, backend: str, threads: int,
+    def _from_path(cls, path: Path, device: str, backend: str, threads: int,
               speech_check: VadConfig | None) -> Predictor:
         from moma.inference.ensemble import is_ensemble_artefact, load_ensemble_predictor  # it builds on this one
 
