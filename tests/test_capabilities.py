@@ -99,7 +99,7 @@ def no_bf16(monkeypatch):
     """Pretend this CPU has no bf16 LSTM kernel, whatever it really has."""
     reason = "this CPU has no bf16 LSTM kernel (faked by the test)"
     monkeypatch.setattr(capabilities, "bf16_unsupported_reason", lambda device_type="cpu": reason)
-    monkeypatch.setattr("moma.evaluation.metrics.bf16_unsupported_reason", lambda device_type="cpu": reason)
+    monkeypatch.setattr("moma.evaluation.posteriors.bf16_unsupported_reason", lambda device_type="cpu": reason)
     return reason
 
 
