@@ -35,6 +35,7 @@ THRESHOLD_QUANTILE = 0.95  # of held-out training speakers' distances (reports/o
 MAX_DIM = 128  # representations wider than this are projected onto their principal components first
 PCA_DIM = 64  # components kept then (at most the number of training utterances - 1)
 MIN_UTTERANCES = 5  # fewer training utterances give no density
+MIN_CV_ROWS = 2  # the fewest rows a held-out fit of the threshold rule may have
 STD_FLOOR = 1e-8  # a dimension constant over the training utterances is centred, not scaled
 CV_FOLDS = 5  # utterance folds for the threshold when the training set has a single speaker
 MAX_SPEAKER_GROUPS = 10  # more training speakers than this are held out in this many groups, not one at a time
@@ -132,24 +133,31 @@ def _fit_density(reps: np.ndarray) -> OodModel:
                     precision=lw.precision_, threshold=float("inf"))
 
 
-def held_out_distances(reps: np.ndarray, speakers: Sequence[str] | None, seed: int = 0) -> np.ndarray:
-    """Each utterance's distance under a density fitted without its speaker (leave one speaker out; over
-    ``MAX_SPEAKER_GROUPS`` speakers, without its group of speakers: sorted speakers dealt round-robin); with a
-    single speaker (or none given), without its fold of ``CV_FOLDS`` shuffled utterance folds (``seed``)."""
-    n = reps.shape[0]
+def cv_groups(speakers: Sequence[str] | None, n: int, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(group of each of ``n`` rows, what the groups are) for the ``speaker-cv`` rule: one group per speaker; over
+    ``MAX_SPEAKER_GROUPS`` speakers, that many groups of speakers (sorted speakers dealt round-robin); with a
+    single speaker (or none given), or a speaker so big that too few rows are left without it, ``CV_FOLDS``
+    shuffled utterance folds drawn with ``seed``."""
     groups = np.asarray(list(speakers) if speakers is not None else [""] * n)
     names = sorted(set(groups.tolist()))
-    if len(names) < 2:
-        groups = np.random.default_rng(seed).permutation(n) % min(CV_FOLDS, n)
-    elif len(names) > MAX_SPEAKER_GROUPS:
+    if len(names) > MAX_SPEAKER_GROUPS:
         group_of = {name: i % MAX_SPEAKER_GROUPS for i, name in enumerate(names)}
         groups = np.array([group_of[g] for g in groups.tolist()])
-    out = np.empty(n, dtype=np.float64)
+        kind = f"{MAX_SPEAKER_GROUPS} groups of held-out speakers"
+    else:
+        kind = "held-out speakers"
+    counts = np.unique(groups, return_counts=True)[1]
+    if len(names) < 2 or n - counts.max() < MIN_CV_ROWS:
+        return np.random.default_rng(seed).permutation(n) % min(CV_FOLDS, n), f"{min(CV_FOLDS, n)} utterance folds"
+    return groups, kind
+
+
+def held_out_distances(reps: np.ndarray, speakers: Sequence[str] | None, seed: int = 0) -> np.ndarray:
+    """Each utterance's distance under a density fitted without its group of :func:`cv_groups` (its speaker)."""
+    groups, _ = cv_groups(speakers, reps.shape[0], seed)
+    out = np.empty(reps.shape[0], dtype=np.float64)
     for g in np.unique(groups):
         held = groups == g
-        if (~held).sum() < MIN_UTTERANCES:
-            raise ValueError(f"OOD threshold: {(~held).sum()} utterances outside group {g!r}, need "
-                             f"{MIN_UTTERANCES}")
         out[held] = _fit_density(reps[~held]).distances(reps[held])
     return out
 
@@ -181,7 +189,9 @@ def fit_ood(reps: np.ndarray, speakers: Sequence[str] | None = None, *, represen
     model.threshold = float(np.quantile(ref, quantile))
     model.info = {"representation": representation, "dims": int(x.shape[1]),
                   "projected_dims": None if model.components is None else int(model.components.shape[0]),
-                  "rule": rule, "quantile": quantile, "utterances": int(x.shape[0]),
+                  "rule": rule, "quantile": quantile,
+                  **({"held_out": cv_groups(speakers, x.shape[0], seed)[1]} if rule == "speaker-cv" else {}),
+                  "utterances": int(x.shape[0]),
                   "speakers": len(set(speakers)) if speakers is not None else 0,
                   "reference_quantiles": {f"p{q}": round(float(np.quantile(ref, q / 100)), 4)
                                           for q in (50, 90, 95, 99)},
@@ -190,4 +200,4 @@ def fit_ood(reps: np.ndarray, speakers: Sequence[str] | None = None, *, represen
 
 
 __all__ = ["MAX_DIM", "NO_OOD_NOTE", "OodModel", "PCA_DIM", "REPRESENTATIONS", "RULES", "THRESHOLD_QUANTILE", "THRESHOLD_RULE",
-           "fit_ood", "held_out_distances", "ood_description", "utterance_statistics"]
+           "cv_groups", "fit_ood", "held_out_distances", "ood_description", "utterance_statistics"]

@@ -49,6 +49,7 @@ from moma.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from moma.training.ood import fit_training_ood
 from moma.training.train import check_train_options, resolve_device, train_model
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
     feats = NormalisedFeatures(job.features, norm, speaker_of, ids)
     label_of = {k: job.labels.index(utts[k].label) for k in ids}
     func_norm, funcs = _fold_functionals(job, speaker_of)
+    ood = fit_training_ood(job.features, fold.train + fold.val, speaker_of,
+                           fitted_on=f"training and validation speakers of fold {fold.name} ({job.corpus})")
     info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
             "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
     if main:
@@ -175,7 +178,7 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
                              resume=job.resume, info={**info, "val_speakers": split.val_speakers},
                              progress=job.progress, speaker_of={k: utts[k].speaker for k in split.train},
                              corpus_of={k: utts[k].corpus for k in split.train},
-                             functionals=funcs, functionals_normaliser=func_norm)
+                             functionals=funcs, functionals_normaliser=func_norm, ood=ood)
         seed_row = {"seed": cfg.train.seed, "val_speakers": split.val_speakers, "best_epoch": member.best_epoch,
                     "epochs_run": member.epochs_run}
         trained = trained or member
