@@ -80,6 +80,7 @@ from moma.features.normalise import (
     normalise_functionals,
     standardise_functionals_for_checkpoint,
 )
+from moma.features.ood import OodModel, ood_description, utterance_statistics
 from moma.inference.backends import Backend, TorchBackend, quantize_torch_int8
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,9 @@ class Prediction:
     when ``predict_files(..., on_error="record")`` could not use a file.
     ``status`` is ``ok``, ``too-short`` (less than ``MIN_SPEECH_S`` of speech: predicted, but do not trust
     it) or ``no-speech`` (no label, no probabilities); ``speech_s`` is the speech the VAD found (None when
-    the predictor runs without a speech check).
+    the predictor runs without a speech check). ``ood_score`` is the input's distance from the training recordings
+    and ``in_domain`` whether it is within the model's threshold (:mod:`moma.features.ood`); both None when the
+    model carries no such statistics or nothing was predicted.
     """
 
     label: str
@@ -156,6 +159,8 @@ class Prediction:
     status: str = "ok"  # "ok" | "too-short" | "no-speech"
     speech_s: float | None = None  # s of speech found by the VAD
     calibrated: bool = False  # True when the probabilities went through a fitted temperature
+    ood_score: float | None = None  # Mahalanobis distance from the training utterances (moma.features.ood)
+    in_domain: bool | None = None  # ood_score at most the model's threshold; False: do not trust the label
 
     @property
     def ok(self) -> bool:
@@ -179,7 +184,9 @@ class Prediction:
         out: dict[str, Any] = {"source": self.source, "label": self.label, "status": self.status,
                                "confidence": round(self.confidence, 6), "calibrated": self.calibrated,
                                "probabilities": dict(self.probabilities), "duration_s": self.duration_s,
-                               "speech_s": self.speech_s, "num_frames": self.num_frames, "error": self.error}
+                               "speech_s": self.speech_s, "num_frames": self.num_frames, "error": self.error,
+                               "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+                               "in_domain": self.in_domain}
         if attention:
             out["frame_shift_ms"] = self.frame_shift_ms
             out["attention"] = {k: np.asarray(v, dtype=np.float64).round(6).tolist()
@@ -200,7 +207,8 @@ class Predictor:
     def __init__(self, backend: Backend, config: RunConfig, labels: Sequence[str], normaliser: Normaliser, *,
                  info: dict[str, Any] | None = None, source: str = "",
                  functionals_normaliser: Normaliser | None = None,
-                 speech_check: VadConfig | None = SPEECH_CHECK, min_speech_s: float = MIN_SPEECH_S) -> None:
+                 speech_check: VadConfig | None = SPEECH_CHECK, min_speech_s: float = MIN_SPEECH_S,
+                 ood: OodModel | None = None) -> None:
         if config.features.functionals != "none":  # a fusion model: its functionals are computed per input
             if functionals_normaliser is None:
                 raise ValueError(f"{source or 'this model'}: a fusion model without the statistics of its functionals")
@@ -219,6 +227,7 @@ class Predictor:
         self.calibrated = "temperature" in (self.info.get("calibration") or {})
         self.speech_check = speech_check  # None: every input is predicted, speech or not
         self.min_speech_s = min_speech_s
+        self.ood = ood  # the training utterances' density; None: predictions carry no ood_score
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: str = "cpu", backend: str = "torch",
@@ -271,7 +280,7 @@ class Predictor:
             raise ValueError(f"from_loaded builds the torch backends only, not {backend!r}")
         return cls(torch_backend, loaded.config, loaded.labels, loaded.normaliser, info=loaded.info,
                    source=loaded.path, functionals_normaliser=loaded.functionals_normaliser,
-                   speech_check=speech_check)
+                   speech_check=speech_check, ood=loaded.ood)
 
     # ----------------------------------------------------------------- features
 
@@ -401,7 +410,15 @@ class Predictor:
         """Predict mono signals at :attr:`sample_rate` that were checked for speech, as one batch (an ensemble
         combines its members here)."""
         funcs = [self.functionals_of_prepared(s) for s in signals]  # all None without functionals
-        return self.predict_batch([self.features_of_prepared(s) for s in signals], funcs)
+        raw = [compute_features(s, self.config.features) for s in signals]
+        preds = self.predict_batch([normalise_features(self.normaliser, f) for f in raw], funcs)
+        return [self.score_ood(pred, f) for pred, f in zip(preds, raw)]
+
+    def score_ood(self, pred: Prediction, frames: np.ndarray) -> Prediction:
+        """``pred`` with the out-of-domain score of its input's raw front-end frames (unchanged without a density)."""
+        if self.ood is not None and frames.shape[0] > 0:
+            pred.ood_score, pred.in_domain = self.ood.score(utterance_statistics(frames))
+        return pred
 
     def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
         """Predict an in-memory signal, shape (samples,) or (samples, channels), at any sampling rate."""
@@ -472,6 +489,7 @@ class Predictor:
             loaded.append((i, feats, duration))
         normaliser, func_norm = self._adapted_normalisers([f for _, f, _ in loaded],
                                                           [funcs[i] for i, _, _ in loaded], adapt)
+        raw = {i: f for i, f, _ in loaded}  # the out-of-domain score reads the frames before normalisation
         loaded = [(i, normalise_features(normaliser, f), d) for i, f, d in loaded]
         if func_norm is not None and loaded:  # a fusion model: standardise the functionals
             funcs = {i: normalise_functionals(func_norm, funcs[i]) for i, _, _ in loaded}
@@ -483,7 +501,7 @@ class Predictor:
             for (i, _, duration), pred in zip(batch, preds):
                 pred.source, pred.duration_s = paths[i], duration
                 pred.status, pred.speech_s = checks[i]
-                results[i] = pred
+                results[i] = self.score_ood(pred, raw[i])
             batch.clear()
 
         for item in loaded:
@@ -529,7 +547,7 @@ class Predictor:
         return {"labels": self.labels, "backend": self.backend.name, "sample_rate": self.sample_rate,
                 "frame_shift_ms": float(self.config.features.frame_shift_ms),
                 "architecture": self.config.model.arch, "normalisation": self.normaliser.describe(),
-                "config": config_to_dict(self.config), "card": _model_card(self.info),
+                "config": config_to_dict(self.config), "card": _model_card(self.info), **ood_description(self.ood),
                 "moma_version": __version__, "source": Path(self.source).name if self.source else ""}
 
 
