@@ -255,10 +255,10 @@ class Predictor:
         if backend in ("onnx", "onnx-int8"):
             from moma.inference.export import load_onnx_predictor_parts
 
-            onnx_backend, config, labels, normaliser, info, func_norm = load_onnx_predictor_parts(
+            onnx_backend, config, labels, normaliser, info, func_norm, ood = load_onnx_predictor_parts(
                 path, num_threads=num_threads, quantize="int8" if backend == "onnx-int8" else "none")
             return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path),
-                       functionals_normaliser=func_norm, speech_check=speech_check)
+                       functionals_normaliser=func_norm, speech_check=speech_check, ood=ood)
         check_cuda(str(device))
         loaded = load_checkpoint(path, device=device)
         return cls.from_loaded(loaded, device=device, backend=backend, speech_check=speech_check)
