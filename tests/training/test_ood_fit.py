@@ -3,6 +3,8 @@ of its training side, and `moma ood fit` adds it to a checkpoint made without it
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -44,6 +46,9 @@ def test_every_checkpoint_of_a_fold_carries_the_density_of_its_training_side(cor
         assert "spk-spk01" in ood.info["fitted_on"]
     best = load_checkpoint(out / fold["name"] / "best.safetensors")
     assert "calibration" in best.info  # the temperature was written after training, and the density kept
+    flags = json.loads((out / fold["name"] / "result.json").read_text())["ood"]  # the test speaker's files
+    assert flags["n"] == fold["n_test"] and 0.0 <= flags["flagged"] <= 1.0
+    assert flags["threshold"] == pytest.approx(best.ood.threshold, abs=1e-4)
 
 
 def test_ood_fit_adds_the_density_to_an_old_checkpoint_and_nothing_else(corpus, tiny_checkpoint, tmp_path):

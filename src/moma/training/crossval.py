@@ -49,7 +49,7 @@ from moma.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from moma.training.ood import fit_training_ood
+from moma.training.ood import fit_training_ood, test_flags
 from moma.training.train import check_train_options, resolve_device, train_model
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,7 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
         "parameters": trained.parameters,
         "train_time_s": round(time.time() - t0, 1),
         "normalisation": norm.describe(),
+        "ood": test_flags(ood, job.features, fold.test),  # test files against the training side's density
         "seeds": seeds,
         "test": (score_posteriors(posteriors, utts, job.labels, job.scored_classes)
                  if posteriors is not None else None),
