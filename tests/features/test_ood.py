@@ -11,7 +11,16 @@ from helpers import speech_like, tone
 from moma.audio.perturb import synthetic_music
 from moma.config import FeatureConfig
 from moma.features.frontend import compute_features
-from moma.features.ood import MAX_DIM, PCA_DIM, OodModel, fit_ood, held_out_distances, utterance_statistics
+from moma.features.ood import (
+    MAX_DIM,
+    PCA_DIM,
+    OodModel,
+    fit_ood,
+    held_out_distances,
+    score_summary,
+    summary_note,
+    utterance_statistics,
+)
 
 SPEAKERS = 6
 PER_SPEAKER = 8
@@ -91,3 +100,15 @@ def test_bad_input_is_one_clear_error(domain):
         fit_ood(train, speakers[:-1])
     with pytest.raises(ValueError, match="46"):
         fit_ood(train, speakers).distances(np.zeros(10))
+
+
+def test_score_summary_counts_the_share_above_the_threshold(domain):
+    train, speakers, _, _ = domain
+    model = fit_ood(train, speakers)
+    kin = [compute_features(speech_like(700 + i, 1.5, amp=0.25), FeatureConfig()) for i in range(3)]
+    foreign = [compute_features(tone(300.0, 1.5, amp=0.3), FeatureConfig())]
+    summary = score_summary(model, kin + foreign)
+    assert summary["n"] == 4 and summary["flagged"] == pytest.approx(0.25)
+    assert summary["threshold"] == pytest.approx(model.threshold, abs=1e-4)
+    assert "25.0% of the 4 utterances" in summary_note(summary)
+    assert score_summary(None, kin) is None and score_summary(model, []) is None

@@ -354,6 +354,15 @@ def test_evaluate_on_another_corpus_scores_the_shared_classes(tiny_checkpoint, t
     md = (tmp_path / "e" / "report.md").read_text()
     assert "Scored over the 2 shared classes (angry, neutral)" in md and "sad 3 utterances, 3 of 7" in md
     assert "chance UAR 0.500" in capsys.readouterr().out
+    assert report["ood"] is None  # a model made without out-of-domain statistics
+    from helpers import add_test_ood
+
+    ckpt = add_test_ood(tiny_checkpoint, tmp_path / "ood.safetensors")  # fitted on speech-like noise: tones are far
+    assert main(["evaluate", str(ckpt), "--manifest", str(tmp_path / "other.csv"), "--out", str(tmp_path / "o"),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    report = load_report_json(tmp_path / "o")
+    assert report["ood"]["n"] == 4 and report["ood"]["flagged"] == 1.0
+    assert "Out of domain: 100.0% of the 4 utterances" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_batch_adaptation_normalises_files_with_their_own_statistics(predictor, audio_dir, tmp_path, capsys):

@@ -114,6 +114,22 @@ def ood_description(ood: OodModel | None) -> dict[str, Any]:
     return {"ood": ood.describe()} if ood is not None else {"ood": None, "ood_note": NO_OOD_NOTE}
 
 
+def score_summary(ood: OodModel | None, frames: Sequence[np.ndarray]) -> dict[str, Any] | None:
+    """How utterances (their raw frames) score against ``ood``: the threshold, the share above it, the median
+    score and the count; None without a density or utterances (a test fold's, or a manifest's)."""
+    if ood is None or not frames:
+        return None
+    scores = ood.distances(np.stack([utterance_statistics(f) for f in frames]))
+    return {"threshold": round(ood.threshold, 4), "flagged": round(float(np.mean(scores > ood.threshold)), 4),
+            "median_score": round(float(np.median(scores)), 4), "n": len(frames)}
+
+
+def summary_note(summary: dict[str, Any]) -> str:
+    """One report line for a :func:`score_summary`."""
+    return (f"Out of domain: {summary['flagged']:.1%} of the {summary['n']} utterances score above the checkpoint's "
+            f"threshold {summary['threshold']:.2f} (median {summary['median_score']:.2f}; docs/serving.md).")
+
+
 def _fit_density(reps: np.ndarray) -> OodModel:
     """The density of ``reps`` (n, D) without a threshold (threshold +inf)."""
     from sklearn.covariance import LedoitWolf
@@ -200,4 +216,5 @@ def fit_ood(reps: np.ndarray, speakers: Sequence[str] | None = None, *, represen
 
 
 __all__ = ["MAX_DIM", "NO_OOD_NOTE", "OodModel", "PCA_DIM", "REPRESENTATIONS", "RULES", "THRESHOLD_QUANTILE", "THRESHOLD_RULE",
-           "cv_groups", "fit_ood", "held_out_distances", "ood_description", "utterance_statistics"]
+           "cv_groups", "fit_ood", "held_out_distances", "ood_description", "score_summary", "summary_note",
+           "utterance_statistics"]

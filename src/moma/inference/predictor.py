@@ -80,7 +80,7 @@ from moma.features.normalise import (
     normalise_functionals,
     standardise_functionals_for_checkpoint,
 )
-from moma.features.ood import OodModel, ood_description, utterance_statistics
+from moma.features.ood import OodModel, ood_description, score_summary, summary_note, utterance_statistics
 from moma.inference.backends import Backend, TorchBackend, quantize_torch_int8
 
 log = logging.getLogger(__name__)
@@ -624,6 +624,8 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
                      f"({', '.join(labels)}). Scored over the {len(scoring['scored'])} shared classes "
                      f"({', '.join(scoring['scored'])}), each prediction the argmax over those classes only; "
                      f"chance UAR {scoring['chance_uar']:.3f}.")
+    if (ood := score_summary(loaded.ood, [feats[u.id] for u in scored_utts])) is not None:
+        notes.append(summary_note(ood))
     if unscorable:
         notes.append("Not scored (classes the model cannot output): "
                      + ", ".join(f"{c} {n}" for c, n in sorted(unscorable.items()))
@@ -641,6 +643,7 @@ def evaluate_checkpoint(checkpoint: str | Path, utterances: Sequence[Utterance],
         "device": device,
         "wall_time_s": time.time() - t0,
         "scoring": {**scoring, "unscored": dict(sorted(unscorable.items()))},
+        "ood": ood,
         "summary": aggregate_folds([fold], labels),
         "folds": [fold],
         "notes": notes,

@@ -40,6 +40,7 @@ from moma.features.cache import FeatureCache, pack_features
 from moma.features.encoders import use_device
 from moma.features.functionals import check_level, extract_run_functionals, functionals_dim
 from moma.features.normalise import NormalisedFeatures, Normaliser, check_normalisation, normalise_functionals
+from moma.features.ood import score_summary
 from moma.files import claim_directory, write_json_atomic
 from moma.training.distributed import (
     DistInfo,
@@ -49,7 +50,7 @@ from moma.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from moma.training.ood import fit_training_ood, test_flags
+from moma.training.ood import fit_training_ood
 from moma.training.train import check_train_options, resolve_device, train_model
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
         "parameters": trained.parameters,
         "train_time_s": round(time.time() - t0, 1),
         "normalisation": norm.describe(),
-        "ood": test_flags(ood, job.features, fold.test),  # test files against the training side's density
+        "ood": score_summary(ood, [job.features[k] for k in fold.test]),  # against the training side's density
         "seeds": seeds,
         "test": (score_posteriors(posteriors, utts, job.labels, job.scored_classes)
                  if posteriors is not None else None),

@@ -44,16 +44,6 @@ def fit_representations(reps: Mapping[str, np.ndarray], speaker_of: Mapping[str,
     return model
 
 
-def test_flags(ood: OodModel | None, features: Mapping[str, np.ndarray], ids: Sequence[str]) -> dict | None:
-    """How a fold's test utterances ``ids`` score against its training side's density: the threshold, the share
-    above it and the median score (None without a density or test utterances)."""
-    if ood is None or not ids:
-        return None
-    scores = ood.distances(np.stack([utterance_statistics(features[k]) for k in ids]))
-    return {"threshold": round(ood.threshold, 4), "flagged": round(float(np.mean(scores > ood.threshold)), 4),
-            "median_score": round(float(np.median(scores)), 4), "n": len(ids)}
-
-
 def _speaker_key(u: Utterance, several: bool) -> str:
     return f"{u.corpus}.{u.speaker}" if several and not u.speaker.startswith(f"{u.corpus}.") else u.speaker
 
