@@ -58,6 +58,8 @@ from moma.features.frontend import compute_features
 from moma.features.functionals import compute_functionals, extract_functionals
 from moma.features.ood import fit_ood, held_out_distances, utterance_statistics
 
+log = logging.getLogger("ood_protocol")
+
 SR = 16000
 MAX_FALSE_FLAGS = 0.10  # the largest mean in-domain false-flag rate a chosen threshold may have
 # name -> a candidate for every model's score (True), or shown for comparison only (False)
@@ -114,11 +116,11 @@ def representations(utts: dict[str, list[Utterance]], cache: Path) -> dict[str, 
         reps[corpus] = {"frames": frames, "frames-level-invariant": level_invariant(frames),
                         "ge2e-stats": np.stack([ge2e[u.id] for u in us]).astype(np.float64),
                         "frames-pitch": np.stack([utterance_statistics(pcache.get(u)) for u in us])}
-        logging.info("%s: %d utterances in %.1f s", corpus, len(us), time.time() - t0)
+        log.info("%s: %d utterances in %.1f s", corpus, len(us), time.time() - t0)
     sigs = synthetic_signals()
     frames = np.stack([utterance_statistics(compute_features(s, cfg)) for s in sigs])
     reps["synthetic"] = {"frames": frames, "frames-level-invariant": level_invariant(frames),
-                         "ge2e-stats": np.stack([compute_functionals(s, "ge2e-stats") for s in sigs]).astype(np.float64),
+                         "ge2e-stats": np.stack([compute_functionals(s, "ge2e-stats") for s in sigs]).astype(float),
                          "frames-pitch": np.stack([utterance_statistics(compute_features(s, pitch)) for s in sigs])}
     return reps
 
@@ -154,15 +156,16 @@ def score_fold(train: np.ndarray, speakers: Sequence[str], held: np.ndarray, ood
     d_in = model.distances(held)
     d_ood = {k: model.distances(v) for k, v in ood.items()}
     pooled = np.concatenate(list(d_ood.values()))
-    auroc = lambda a, b: float(roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b]))  # noqa: E731
+    auroc = lambda a, b: float(roc_auc_score(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b]))
     row: dict = {"n_train": int(train.shape[0]), "n_in": int(held.shape[0]), "auroc": auroc(d_in, pooled),
                  "auroc_by_set": {k: auroc(d_in, v) for k, v in d_ood.items()},
-                 "median_distance": {"in": float(np.median(d_in)), **{k: float(np.median(v)) for k, v in d_ood.items()}},
+                 "median_distance": {"in": float(np.median(d_in)),
+                                     **{k: float(np.median(v)) for k, v in d_ood.items()}},
                  "rules": {}}
     for rule, q in RULES:
         threshold = float(np.quantile(reference[rule], q))
-        by_corpus = {c: float(np.mean(d_in[np.asarray(held_corpus) == c] > threshold)) for c in sorted(set(held_corpus))} \
-            if held_corpus is not None else {}
+        corpus_of = np.asarray(held_corpus if held_corpus is not None else [])
+        by_corpus = {c: float(np.mean(d_in[corpus_of == c] > threshold)) for c in sorted(set(corpus_of.tolist()))}
         row["rules"][f"{rule}@{q}"] = {"threshold": threshold, "false_flags": float(np.mean(d_in > threshold)),
                                        "false_flags_by_corpus": by_corpus,
                                        "recall": float(np.mean(pooled > threshold)),
@@ -193,12 +196,12 @@ def run_pairing(name: str, spec: dict, utts: dict[str, list[Utterance]], reps: d
             row["held_out"] = {c: fold[c] for c in spec["train"]}
             folds.append(row)
         out["representations"][rep] = {"folds": folds, "summary": summarise(folds)}
-        logging.info("%s %s: AUROC %.3f", name, rep, out["representations"][rep]["summary"]["auroc"])
+        log.info("%s %s: AUROC %.3f", name, rep, out["representations"][rep]["summary"]["auroc"])
     return out
 
 
 def summarise(folds: list[dict]) -> dict:
-    mean = lambda xs: float(np.mean(xs))  # noqa: E731
+    mean = lambda xs: float(np.mean(xs))
     rules = {r: {m: mean([f["rules"][r][m] for f in folds]) for m in ("false_flags", "recall", "threshold")}
              for r in folds[0]["rules"]}
     for r in rules:
@@ -223,8 +226,8 @@ def choose(result: dict) -> dict:
 
 
 def tables(results: dict, chosen: dict) -> str:
-    lines = ["| pairing (fitted on) | OOD sets | representation | AUROC (mean ± sd over folds) | "
-             f"false flags at {chosen['rule']} | OOD recall at {chosen['rule']} | recall per OOD set |",
+    lines = [("| pairing (fitted on) | OOD sets | representation | AUROC (mean ± sd over folds) | "
+              f"false flags at {chosen['rule']} | OOD recall at {chosen['rule']} | recall per OOD set |"),
              "|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         for rep, r in res["representations"].items():
@@ -234,14 +237,16 @@ def tables(results: dict, chosen: dict) -> str:
             flags = f"{c['false_flags']:.3f}"
             if len(c["false_flags_by_corpus"]) > 1:
                 flags += " (" + ", ".join(f"{k} {v:.3f}" for k, v in c["false_flags_by_corpus"].items()) + ")"
-            lines.append(f"| {name} | {' + '.join(res['ood'])} | {rep}{' (chosen)' if rep == chosen['representation'] else ''} | "
+            mark = " (chosen)" if rep == chosen["representation"] else ""
+            lines.append(f"| {name} | {' + '.join(res['ood'])} | {rep}{mark} | "
                          f"{s['auroc']:.3f} ± {s['auroc_sd']:.3f} | {flags} | {c['recall']:.3f} | {per} |")
     lines += ["", f"Threshold rules on {CHOICE_PAIRING} (frames):", "",
               "| rule | mean threshold | false flags | OOD recall |", "|---|---|---|---|"]
     for rule, v in results[CHOICE_PAIRING]["representations"][chosen["representation"]]["summary"]["rules"].items():
         lines.append(f"| {rule}{' (chosen)' if rule == chosen['rule'] else ''} | {v['threshold']:.2f} | "
                      f"{v['false_flags']:.3f} | {v['recall']:.3f} |")
-    lines += ["", f"Channel shifts of the held-out {CHOICE_PAIRING} speakers (informational; flagged at {chosen['rule']}):",
+    lines += ["", (f"Channel shifts of the held-out {CHOICE_PAIRING} speakers (informational; flagged at "
+                   f"{chosen['rule']}):"),
               "", "| representation | condition | AUROC against the clean files | flagged |", "|---|---|---|---|"]
     for rep, r in results[CHOICE_PAIRING]["representations"].items():
         folds = [f["channel"] for f in r["folds"] if "channel" in f]
@@ -273,7 +278,8 @@ def bundled_flags(utts: dict[str, list[Utterance]], cache: Path) -> dict[str, di
 
 
 def bundled_table(bundled: dict[str, dict]) -> str:
-    lines = ["| bundled model | threshold | fitted on | EmoDB | nEMO | RAVDESS-dev | synthetic |", "|---|---|---|---|---|---|---|"]
+    lines = ["| bundled model | threshold | fitted on | EmoDB | nEMO | RAVDESS-dev | synthetic |",
+             "|---|---|---|---|---|---|---|"]
     for name, b in bundled.items():
         f = b["flagged"]
         lines.append(f"| {name} | {b['threshold']:.2f} | {b['fitted_on']} | {f['emodb']:.3f} | {f['nemo']:.3f} | "
@@ -324,7 +330,8 @@ def main() -> None:
         results[name] = run_pairing(name, spec, utts, reps, channel)
     chosen = choose(results[CHOICE_PAIRING])
     bundled = bundled_flags(utts, Path(args.cache))
-    table = tables(results, chosen) + "\n\nShare flagged by the bundled models' own statistics:\n\n" + bundled_table(bundled)
+    table = (tables(results, chosen) + "\n\nShare flagged by the bundled models' own statistics:\n\n"
+             + bundled_table(bundled))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"chosen": {**chosen, "on": CHOICE_PAIRING}, "max_false_flags": MAX_FALSE_FLAGS,

@@ -238,7 +238,8 @@ def test_the_service_returns_the_out_of_domain_score_and_the_model_its_threshold
         for name, signal in (("kin", speech_like(40, 1.5, amp=0.2)), ("tone", tone(600.0, 1.5, amp=0.3))):
             buf = io.BytesIO()
             sf.write(buf, signal, 16000, format="WAV")
-            results[name] = c.post("/v1/predict?attention=false", files={"file": (f"{name}.wav", buf.getvalue())}).json()
+            upload = {"file": (f"{name}.wav", buf.getvalue())}
+            results[name] = c.post("/v1/predict?attention=false", files=upload).json()
     assert results["kin"]["in_domain"] is True and results["tone"]["in_domain"] is False
     assert results["tone"]["ood_score"] > info["ood"]["threshold"] > results["kin"]["ood_score"]
     schema = client.get("/openapi.json").json()["components"]["schemas"]

@@ -33,8 +33,8 @@ def corpus(tmp_path_factory):
 def test_every_checkpoint_of_a_fold_carries_the_density_of_its_training_side(corpus):
     root, utts, _ = corpus
     out = root / "cv"
-    report = run_cross_validation(utts, load_run_config(sets=TINY), out, ProtocolSpec("loso", only_folds=("spk-spk01",)),
-                                  cache_dir=root / "cache")
+    report = run_cross_validation(utts, load_run_config(sets=TINY), out,
+                                  ProtocolSpec("loso", only_folds=("spk-spk01",)), cache_dir=root / "cache")
     fold = report["folds"][0]
     train_side = set(fold["train_speakers"]) | set(fold["val_speakers"])
     for name in ("best.safetensors", "last.safetensors"):

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-REPRESENTATIONS = ("frames", "functionals")  # "functionals" is written "functionals:<set>" (eGeMAPSv02, ge2e-stats, ...)
+# "functionals" is written "functionals:<set>" (eGeMAPSv02, ge2e-stats, ...)
+REPRESENTATIONS = ("frames", "functionals")
 RULES = ("speaker-cv", "in-sample")
 THRESHOLD_RULE = "speaker-cv"  # chosen on EmoDB vs nEMO (reports/ood)
 THRESHOLD_QUANTILE = 0.95  # of held-out training speakers' distances (reports/ood)
@@ -215,6 +216,20 @@ def fit_ood(reps: np.ndarray, speakers: Sequence[str] | None = None, *, represen
     return model
 
 
-__all__ = ["MAX_DIM", "NO_OOD_NOTE", "OodModel", "PCA_DIM", "REPRESENTATIONS", "RULES", "THRESHOLD_QUANTILE", "THRESHOLD_RULE",
-           "cv_groups", "fit_ood", "held_out_distances", "ood_description", "score_summary", "summary_note",
-           "utterance_statistics"]
+__all__ = [
+    "MAX_DIM",
+    "NO_OOD_NOTE",
+    "PCA_DIM",
+    "REPRESENTATIONS",
+    "RULES",
+    "THRESHOLD_QUANTILE",
+    "THRESHOLD_RULE",
+    "OodModel",
+    "cv_groups",
+    "fit_ood",
+    "held_out_distances",
+    "ood_description",
+    "score_summary",
+    "summary_note",
+    "utterance_statistics",
+]
