@@ -32,9 +32,10 @@ def main() -> int:
     info = {k: v for k, v in loaded.info.items() if k not in ("moma_version", "torch_version", "python", "created")}
     info.update(description=args.description, intended_use=args.intended_use, limitations=args.limitations,
                 trained=loaded.info.get("trained") or loaded.info.get("created", ""))  # rebundling keeps the first
-    # a fusion model (features.functionals) is unusable without the statistics of its functionals
+    # a fusion model (features.functionals) is unusable without the statistics of its functionals; the
+    # out-of-domain statistics (moma train fits them) are kept too
     save_checkpoint(out, loaded.model, loaded.config, loaded.labels, loaded.normaliser, info=info,
-                    functionals_normaliser=loaded.functionals_normaliser)
+                    functionals_normaliser=loaded.functionals_normaliser, ood=loaded.ood)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); card: {Path(out).with_suffix('.md')}")
     return 0
 

@@ -196,3 +196,21 @@ def schroeder_rt60(h: np.ndarray, sr: int) -> float:
     sel = (edc_db <= -5) & (edc_db >= -25)
     slope = np.polyfit(t[sel], edc_db[sel], 1)[0]  # dB per second
     return -60.0 / slope
+
+
+# --------------------------------------------------------------------------- out-of-domain statistics
+
+
+def add_test_ood(checkpoint: Path, out: Path) -> Path:
+    """A copy of ``checkpoint`` carrying an out-of-domain density fitted on 24 speech-like signals of 4 "speakers"
+    (:func:`speech_like`, each speaker its own level): their kin score in domain, tones and white noise do not."""
+    from moma.checkpoint import load_checkpoint, save_checkpoint
+    from moma.features.frontend import compute_features
+    from moma.features.ood import fit_ood, utterance_statistics
+
+    loaded = load_checkpoint(checkpoint)
+    signals = [speech_like(i, 1.5, amp=0.1 + 0.05 * (i % 4)) for i in range(24)]
+    reps = np.stack([utterance_statistics(compute_features(s, loaded.config.features)) for s in signals])
+    ood = fit_ood(reps, [f"s{i % 4}" for i in range(24)], fitted_on="24 speech-like test signals")
+    return save_checkpoint(out, loaded.model, loaded.config, loaded.labels, loaded.normaliser, info=loaded.info,
+                           functionals_normaliser=loaded.functionals_normaliser, ood=ood)

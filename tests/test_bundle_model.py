@@ -46,3 +46,18 @@ def test_bundling_keeps_weights_normalisers_and_calibration_and_adds_the_card_fi
     assert again.returncode == 0, again.stderr
     rebundled = load_checkpoint(tmp_path / "pkg2" / "tiny-fusion.safetensors")
     assert rebundled.info["trained"] == before.info["created"] and rebundled.info["description"] == "d2"
+
+
+def test_bundling_keeps_the_out_of_domain_statistics(tiny_checkpoint, tmp_path):
+    from helpers import add_test_ood
+
+    from moma.checkpoint import load_checkpoint
+
+    trained = add_test_ood(tiny_checkpoint, tmp_path / "best.safetensors")
+    res = subprocess.run([sys.executable, str(SCRIPT), str(trained), "tiny", "--out-dir", str(tmp_path / "pkg"),
+                          "--description", "d", "--intended-use", "u", "--limitations", "l"],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    bundled, before = load_checkpoint(tmp_path / "pkg" / "tiny.safetensors").ood, load_checkpoint(trained).ood
+    assert bundled.threshold == before.threshold and bundled.info == before.info
+    np.testing.assert_array_equal(bundled.precision, before.precision)

@@ -28,6 +28,7 @@ from moma.capabilities import check_cuda
 from moma.config import RunConfig, config_from_dict, config_to_dict
 from moma.features.encoders import frontend_identity
 from moma.features.normalise import Normaliser
+from moma.features.ood import OodModel
 from moma.files import replace_atomically
 from moma.model import build_model
 from moma.version import __version__
@@ -45,6 +46,9 @@ class LoadedCheckpoint:
     path: str = ""
     # fusion models (features.functionals): the training statistics of the utterance functionals; else None
     functionals_normaliser: Normaliser | None = None
+    # the out-of-domain density fitted on the training utterances (moma.features.ood); None in checkpoints made
+    # before it existed (`moma ood fit` adds it)
+    ood: OodModel | None = None
 
 
 def _flatten(prefix: str, obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -83,9 +87,10 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: RunConfig, labels: list[str],
                     normaliser: Normaliser, info: dict[str, Any] | None = None,
                     training_state: dict[str, Any] | None = None,
-                    functionals_normaliser: Normaliser | None = None) -> Path:
+                    functionals_normaliser: Normaliser | None = None, ood: OodModel | None = None) -> Path:
     """Write a checkpoint; ``training_state`` (optimizer, scheduler, RNG, counters) makes it resumable;
-    ``functionals_normaliser`` standardises a fusion model's utterance functionals."""
+    ``functionals_normaliser`` standardises a fusion model's utterance functionals; ``ood`` is the density of the
+    training utterances that scores how unlike them an input is."""
     path = Path(path)
     frontend = frontend_identity(config.features)  # {} for fbank
     tensors: dict[str, torch.Tensor] = {}
@@ -109,6 +114,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: RunConfig,
     if functionals_normaliser is not None:
         meta["functionals_normaliser"] = json.dumps(_flatten("functionals_normaliser",
                                                              functionals_normaliser.state_dict(), tensors))
+    if ood is not None:
+        meta["ood"] = json.dumps(_flatten("ood", ood.state_dict(), tensors))
     if training_state is not None:
         meta["training_state"] = json.dumps(_flatten("state", training_state, tensors))
     _atomic_save(tensors, meta, path)
@@ -186,8 +193,9 @@ def checkpoint_from_parts(meta: dict[str, str], tensors: dict[str, torch.Tensor]
     elif config.model.functionals_dim > 0:
         raise ValueError(f"{path}: a fusion model (model.functionals_dim {config.model.functionals_dim}) without "
                          "the statistics of its functionals")
+    ood = OodModel.from_state(_unflatten(json.loads(meta["ood"]), tensors, as_numpy=True)) if "ood" in meta else None
     return LoadedCheckpoint(model=model, config=config, labels=labels, normaliser=normaliser, info=info,
-                            path=path, functionals_normaliser=functionals_normaliser)
+                            path=path, functionals_normaliser=functionals_normaliser, ood=ood)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any] | None:

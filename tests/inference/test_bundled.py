@@ -51,6 +51,10 @@ def test_bundled_model_is_small_packaged_and_described(name):
     loaded = load_checkpoint(path)
     assert {"description", "intended_use", "limitations"} <= set(loaded.info)
     assert loaded.info["test_speakers"] == [] and len(loaded.info["val_speakers"]) >= 2
+    # out-of-domain statistics (moma ood fit on the training manifests): a few KB, threshold and AUROC on the card
+    assert loaded.ood is not None and loaded.ood.info["rule"] == "speaker-cv"
+    assert sum(v.size for v in loaded.ood.state_dict().values() if isinstance(v, np.ndarray)) * 4 < 20_000
+    assert f"threshold {loaded.ood.threshold:.2f}" in text and "AUROC" in text
 
 
 def test_default_model_is_the_pooled_one_and_calibrated(predictor):

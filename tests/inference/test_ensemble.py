@@ -175,3 +175,43 @@ def test_classical_fuse_writes_the_late_fusion_of_its_models(corpus, tmp_path, c
     assert main(["classical", "--manifest", str(manifest), "--out", str(out), "--fuse", "--feature-sets",
                  "eGeMAPSv02"]) == 2
     assert "--fuse writes a servable fusion" in capsys.readouterr().err
+
+
+def test_an_ensemble_reports_the_out_of_domain_score_of_its_first_member_that_has_one(tiny_checkpoint,
+                                                                                      second_checkpoint, corpus,
+                                                                                      tmp_path):
+    from helpers import add_test_ood
+
+    _, wavs = corpus
+    with_ood = add_test_ood(tiny_checkpoint, tmp_path / "ood.safetensors")
+    single = Predictor.from_checkpoint(with_ood, speech_check=None).predict_files(wavs[:3])
+    for order, index in (([with_ood, second_checkpoint], 0), ([second_checkpoint, with_ood], 1)):
+        ensemble = Predictor.from_checkpoint(combine_members(order, tmp_path / f"ens{index}.safetensors"),
+                                             speech_check=None)
+        got = ensemble.predict_files(wavs[:3])
+        assert [p.ood_score for p in got] == pytest.approx([p.ood_score for p in single], rel=1e-6)
+        assert [p.in_domain for p in got] == [p.in_domain for p in single]
+        card = ensemble.describe()
+        assert card["ood"]["threshold"] == pytest.approx(ensemble.ood.threshold, abs=1e-4)
+        assert card["ood_member"] == ensemble.members[index].entry["source"]
+        assert [m["ood_threshold"] is None for m in card["members"]] == [index == 1, index == 0]
+    plain = Predictor.from_checkpoint(combine_members([tiny_checkpoint, second_checkpoint], tmp_path / "p.safetensors"),
+                                      speech_check=None)
+    assert plain.ood is None and plain.predict_files(wavs[:1])[0].ood_score is None
+    assert "moma ood fit" in plain.describe()["ood_note"]
+
+
+def test_a_linear_model_scores_its_functionals_out_of_domain(linear_model, corpus, tmp_path):
+    from helpers import tone
+
+    from moma.inference.ensemble import read_linear_model
+
+    _, wavs = corpus
+    model = read_linear_model(linear_model)
+    assert model.ood is not None and model.ood.representation == "functionals:eGeMAPSv02"
+    assert model.ood.info["speakers"] == 4 and model.ood.info["utterances"] == 24
+    predictor = Predictor.from_checkpoint(linear_model, speech_check=None)
+    sf.write(tmp_path / "tone.wav", tone(900.0, 1.5, amp=0.3), 16000)
+    preds = predictor.predict_files(wavs + [str(tmp_path / "tone.wav")])
+    assert sum(p.in_domain for p in preds[:-1]) >= 20 and preds[-1].in_domain is False
+    assert predictor.describe()["ood"]["representation"] == "functionals:eGeMAPSv02"

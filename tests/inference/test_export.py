@@ -172,3 +172,22 @@ def test_unknown_quantization_is_rejected(tiny_checkpoint, tmp_path):
 
     with pytest.raises(ValueError, match="quantization"):
         export_onnx(tiny_checkpoint, tmp_path / "x", quantize="int4")
+
+
+def test_an_export_keeps_the_out_of_domain_statistics(tiny_checkpoint, exported, tmp_path):
+    from helpers import add_test_ood
+
+    from moma.inference.predictor import Predictor
+
+    assert "ood" not in json.loads((exported / "model.json").read_text())  # a model made without them
+    assert Predictor.from_checkpoint(exported, backend="onnx", speech_check=None).ood is None
+    ckpt = add_test_ood(tiny_checkpoint, tmp_path / "ood.safetensors")
+    res = run_cli("export", str(ckpt), "--out", str(tmp_path / "onnx"))
+    assert res.returncode == 0, res.stderr
+    paths = [write_tone(tmp_path / f"t{i}.wav", s, seed=i) for i, s in enumerate([0.6, 1.4])]
+    torch_p = Predictor.from_checkpoint(ckpt, speech_check=None)
+    for source in (tmp_path / "onnx", ckpt):  # an export folder, and a checkpoint exported in memory
+        onnx_p = Predictor.from_checkpoint(source, backend="onnx", speech_check=None)
+        assert onnx_p.ood.threshold == pytest.approx(torch_p.ood.threshold)
+        for a, b in zip(torch_p.predict_files(paths), onnx_p.predict_files(paths)):
+            assert b.ood_score == pytest.approx(a.ood_score, rel=1e-5) and a.in_domain == b.in_domain

@@ -383,6 +383,15 @@ def test_evaluate_on_another_corpus_scores_the_shared_classes(tiny_checkpoint, t
     md = (tmp_path / "e" / "report.md").read_text()
     assert "Scored over the 2 shared classes (angry, neutral)" in md and "sad 3 utterances, 3 of 7" in md
     assert "chance UAR 0.500" in capsys.readouterr().out
+    assert report["ood"] is None  # a model made without out-of-domain statistics
+    from helpers import add_test_ood
+
+    ckpt = add_test_ood(tiny_checkpoint, tmp_path / "ood.safetensors")  # fitted on speech-like noise: tones are far
+    assert main(["evaluate", str(ckpt), "--manifest", str(tmp_path / "other.csv"), "--out", str(tmp_path / "o"),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    report = load_report_json(tmp_path / "o")
+    assert report["ood"]["n"] == 4 and report["ood"]["flagged"] == 1.0
+    assert "Out of domain: 100.0% of the 4 utterances" in (tmp_path / "o" / "report.md").read_text()
 
 
 def test_batch_adaptation_normalises_files_with_their_own_statistics(predictor, audio_dir, tmp_path, capsys):
@@ -451,3 +460,36 @@ def test_a_fusion_model_with_functionals_level_predicts_alike_at_any_recording_g
         probs[level] = [np.log(list(predictor.predict_file(p).probabilities.values())) for p in (loud, quiet)]
     assert np.abs(probs[0.0][0] - probs[0.0][1]).max() > 0.1
     np.testing.assert_allclose(probs[-26.0][0], probs[-26.0][1], rtol=1e-3, atol=1e-3)
+
+
+def test_predictions_carry_the_out_of_domain_score_of_a_model_that_has_one(tiny_checkpoint, predictor, tmp_path):
+    """`moma predict` writes ood_score and in_domain (empty, with one note, for a model made without them) and says
+    how many files were out of domain; the Python API and to_dict carry the same."""
+    import soundfile as sf
+    from helpers import add_test_ood, speech_like, tone
+
+    from moma.inference.predictor import Predictor
+
+    sf.write(tmp_path / "kin.wav", speech_like(30, 1.5, amp=0.15), 16000)
+    sf.write(tmp_path / "tone.wav", tone(700.0, 1.5, amp=0.3), 16000)
+    files = [str(tmp_path / "kin.wav"), str(tmp_path / "tone.wav")]
+    old = predictor.predict_file(files[0])
+    assert (old.ood_score, old.in_domain) == (None, None) and old.to_dict()["in_domain"] is None
+    assert predictor.describe()["ood"] is None and "moma ood fit" in predictor.describe()["ood_note"]
+    ckpt = add_test_ood(tiny_checkpoint, tmp_path / "ood.safetensors")
+    with_ood = Predictor.from_checkpoint(ckpt, speech_check=None)
+    kin, foreign = with_ood.predict_files(files)
+    assert kin.in_domain is True and foreign.in_domain is False
+    assert kin.ood_score < with_ood.ood.threshold < foreign.ood_score
+    assert kin.label == old.label  # the score changes nothing else
+    assert kin.to_dict()["ood_score"] == pytest.approx(kin.ood_score, abs=1e-4)
+    res = run_cli("predict", *files, "--vad", "energy", "--checkpoint", str(ckpt))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["in_domain"] for r in rows] == ["true", "false"]
+    assert float(rows[1]["ood_score"]) == pytest.approx(foreign.ood_score, abs=1e-3)
+    assert "1 out of domain" in res.stderr
+    res = run_cli("predict", files[0], "--vad", "energy", "--checkpoint", str(tiny_checkpoint))
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert (rows[0]["ood_score"], rows[0]["in_domain"]) == ("", "")
+    assert res.stderr.count("no out-of-domain statistics") == 1

@@ -6,6 +6,7 @@ one-hour recording under 1 GB peak RSS.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import subprocess
@@ -230,3 +231,31 @@ def test_one_hour_recording_under_1gb(tiny_checkpoint, tmp_path):
     assert duration == 3600 and rows >= 3599
     assert maxrss_kb < 1024 * 1024, f"peak RSS {maxrss_kb / 1024:.0f} MiB"
     print(f"1-hour timeline peak RSS: {maxrss_kb / 1024:.0f} MiB")
+
+
+def test_windows_carry_the_out_of_domain_score(tiny_checkpoint, predictor, tmp_path):
+    from helpers import add_test_ood
+
+    from moma.audio.vad import VadConfig
+    from moma.inference.predictor import Predictor
+    from moma.inference.timeline import TimelineConfig, timeline_for_signal, write_timeline
+
+    sig = bursts([(1.0, 4.0)], 5.0)
+    cfg = TimelineConfig(window_s=1.0, hop_s=0.5, smooth=1)
+    plain = timeline_for_signal(predictor, sig, cfg)
+    assert all(r.ood_score is None and r.in_domain is None for r in plain.rows)
+    with_ood = Predictor.from_checkpoint(add_test_ood(tiny_checkpoint, tmp_path / "ood.safetensors"),
+                                         speech_check=VadConfig(engine="energy"))
+    tl = timeline_for_signal(with_ood, sig, cfg)
+    for r in tl.rows:
+        assert (r.ood_score is not None) == bool(r.label)  # every classified window, and only those
+        if r.label:
+            window = sig[int(r.start_s * SR):int(r.end_s * SR)]
+            assert r.ood_score == pytest.approx(with_ood.predict_prepared([window], check_speech=False)[0].ood_score,
+                                                abs=1e-3)
+            assert r.in_domain == (r.ood_score <= with_ood.ood.threshold)
+    out = io.StringIO()
+    write_timeline(tl, out, "csv")
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [r["ood_score"] != "" for r in rows] == [bool(r.label) for r in tl.rows]
+    assert "ood_score" in tl.to_dict()["windows"][0]

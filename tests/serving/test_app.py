@@ -216,3 +216,32 @@ def test_schemathesis_fuzz_no_server_errors(predictor):
             check()
     assert failures == []
     assert len(statuses) >= 40 and 422 in statuses  # the fuzzer really called the API, bad inputs included
+
+
+def test_the_service_returns_the_out_of_domain_score_and_the_model_its_threshold(client, tiny_checkpoint, tmp_path):
+    from helpers import add_test_ood, speech_like, tone
+
+    from moma.audio.vad import VadConfig
+    from moma.inference.predictor import Predictor
+
+    info = client.get("/v1/model").json()  # the tiny model was made without out-of-domain statistics
+    assert info["ood"] is None and "moma ood fit" in info["ood_note"]
+    body = client.post("/v1/predict", files={"file": ("a.wav", audio_bytes(1.0))}).json()
+    assert body["ood_score"] is None and body["in_domain"] is None
+    predictor = Predictor.from_checkpoint(add_test_ood(tiny_checkpoint, tmp_path / "ood.safetensors"),
+                                          speech_check=VadConfig(engine="energy"))
+    with TestClient(make_app(predictor)) as c:
+        info = c.get("/v1/model").json()
+        assert info["ood"]["threshold"] == pytest.approx(predictor.ood.threshold, abs=1e-4)
+        assert info["ood"]["rule"] == "speaker-cv" and info["ood_note"] == ""
+        results = {}
+        for name, signal in (("kin", speech_like(40, 1.5, amp=0.2)), ("tone", tone(600.0, 1.5, amp=0.3))):
+            buf = io.BytesIO()
+            sf.write(buf, signal, 16000, format="WAV")
+            upload = {"file": (f"{name}.wav", buf.getvalue())}
+            results[name] = c.post("/v1/predict?attention=false", files=upload).json()
+    assert results["kin"]["in_domain"] is True and results["tone"]["in_domain"] is False
+    assert results["tone"]["ood_score"] > info["ood"]["threshold"] > results["kin"]["ood_score"]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert {"ood_score", "in_domain"} <= set(schema["PredictResponse"]["properties"])
+    assert "ood" in schema["ModelInfo"]["properties"]

@@ -37,16 +37,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    """A real uvicorn server on loopback, in a thread, stopped after the module."""
+@contextlib.contextmanager
+def running_server(checkpoint):
+    """A real uvicorn server on loopback for ``checkpoint``, in a thread: yields (url, predictor)."""
     import uvicorn
 
     from moma.audio.vad import VadConfig
     from moma.inference.predictor import Predictor
     from moma.serving.app import create_app
 
-    predictor = Predictor.from_checkpoint(tiny_checkpoint,
+    predictor = Predictor.from_checkpoint(checkpoint,
                                           speech_check=VadConfig(engine="energy"))  # noise stands in for speech
     port = _free_port()
     config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
@@ -57,9 +57,18 @@ def server(tiny_checkpoint):
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", predictor
-    srv.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}", predictor
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    """A real uvicorn server on loopback, in a thread, stopped after the module."""
+    with running_server(tiny_checkpoint) as running:
+        yield running
 
 
 @pytest.fixture()
@@ -200,3 +209,27 @@ def test_record_button_records_the_microphone_and_shows_the_services_answer(serv
         assert shown[label] == pytest.approx(p, abs=1e-5)
     assert page.get_attribute("#label", "data-label") == answer["label"]
     assert f"{answer['duration_s']:.2f} s analysed" in page.text_content("#status")
+
+
+def test_an_out_of_domain_recording_shows_a_warning(tiny_checkpoint, page, tmp_path):
+    import soundfile as sf
+    from helpers import add_test_ood, speech_like, tone
+
+    sf.write(tmp_path / "kin.wav", speech_like(50, 1.5, amp=0.2), 16000)
+    sf.write(tmp_path / "tone.wav", tone(800.0, 1.5, amp=0.3), 16000)
+    with running_server(add_test_ood(tiny_checkpoint, tmp_path / "ood.safetensors")) as (url, predictor):
+        page.goto(url + "/")
+        page.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')")
+        assert "no out-of-domain check" not in page.text_content("#model-info")
+        for name, shown in (("tone", True), ("kin", False)):
+            page.set_input_files("#file", str(tmp_path / f"{name}.wav"))
+            page.click("#upload")
+            page.wait_for_function(f"document.getElementById('status').textContent.startsWith('{name}.wav:')")
+            assert page.is_visible("#ood") == shown, name
+            score = float(page.get_attribute("#ood", "data-score"))
+            assert score == pytest.approx(predictor.predict_file(tmp_path / f"{name}.wav").ood_score, abs=2e-3)
+        page.set_input_files("#file", str(tmp_path / "tone.wav"))
+        page.click("#upload")
+        page.wait_for_selector("#ood", state="visible")
+        assert "unlike anything the model was trained on" in page.text_content("#ood")
+        assert f"threshold {predictor.ood.threshold:.2f}" in page.text_content("#ood")

@@ -79,7 +79,7 @@ def adapt_mode(args: argparse.Namespace) -> str:
 
 # `moma --help` lists the everyday commands first, then the research ones (the order of each group is its own)
 COMMAND_GROUPS = {
-    "use a model": ["predict", "timeline", "serve", "export", "models", "combine"],
+    "use a model": ["predict", "timeline", "serve", "export", "models", "combine", "ood"],
     "train and test on your corpus": ["prepare", "train", "cv", "evaluate", "features", "pool", "demo"],
     "research: reports, comparisons, the paper's grids": ["report", "compare", "fuse", "experiment", "classical",
                                                           "robustness", "analyse-attention", "plot-attention",

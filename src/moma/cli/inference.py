@@ -205,7 +205,8 @@ class _ResultWriter:
         self.csv = None if self.jsonl else csv.writer(self.fh, lineterminator="\n")
         if self.csv is not None:
             self.csv.writerow(["path", "label", "status", "confidence", "calibrated",
-                               *[f"p_{lab}" for lab in labels], "duration_s", "speech_s", "error"])
+                               *[f"p_{lab}" for lab in labels], "duration_s", "speech_s", "error", "ood_score",
+                               "in_domain"])
 
     def write(self, pred: Any) -> None:
         """One row for a Prediction (``label`` empty and ``status`` no-speech when there was no speech)."""
@@ -215,7 +216,9 @@ class _ResultWriter:
                                f"{pred.confidence:.6f}" if probs else "", str(pred.calibrated).lower(),
                                *[f"{probs[lab]:.6f}" if probs else "" for lab in self.labels],
                                f"{pred.duration_s:.3f}" if not pred.error else "",
-                               "" if pred.speech_s is None else f"{pred.speech_s:.3f}", pred.error])
+                               "" if pred.speech_s is None else f"{pred.speech_s:.3f}", pred.error,
+                               "" if pred.ood_score is None else f"{pred.ood_score:.4f}",
+                               "" if pred.in_domain is None else str(pred.in_domain).lower()])
         else:
             row = pred.to_dict()
             row["path"] = row.pop("source")
@@ -233,7 +236,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = _predictor(args)
     inputs = list(expand_inputs(args.paths))
     writer = _ResultWriter(args.out, predictor.labels)
-    counts = {"failed": 0, "no-speech": 0, "too-short": 0}
+    counts = {"failed": 0, "no-speech": 0, "too-short": 0, "out-of-domain": 0}
     preds = None
     try:
         # started before the bar: worker processes are forked before any thread of the bar's exists
@@ -254,16 +257,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if preds is not None:
             preds.close()  # worker processes stop here, also on Ctrl-C
         writer.close()
-    failed = counts["failed"]
+    failed, ood = counts["failed"], counts.pop("out-of-domain")
     flagged = ", ".join(f"{n} {k}" for k, n in counts.items() if k != "failed" and n)
     if failed:
         print(f"moma predict: {failed} of {len(inputs)} failed", file=sys.stderr)
     if flagged:
         print(f"moma predict: {flagged} (status column: no emotion without speech; too-short = under "
               f"{predictor.min_speech_s:g} s of speech, do not trust it)", file=sys.stderr)
+    _report_ood(predictor, ood)
     if args.out:
         print(f"wrote {args.out}: {len(inputs) - failed} predicted, {failed} failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _report_ood(predictor: Any, out_of_domain: int) -> None:
+    """One stderr line on the out-of-domain score: how many files were flagged, or that the model has no score."""
+    if predictor.ood is None:
+        print("moma predict: ood_score is empty: this model carries no out-of-domain statistics (add them with "
+              "`moma ood fit`)", file=sys.stderr)
+    elif out_of_domain:
+        print(f"moma predict: {out_of_domain} out of domain (in_domain false: ood_score above the model's threshold "
+              f"{predictor.ood.threshold:.2f}; the recording is unlike the model's training data, do not trust the "
+              "label)", file=sys.stderr)
 
 
 def _report(writer: _ResultWriter, pred: Any, counts: dict[str, int]) -> None:
@@ -276,6 +291,8 @@ def _report(writer: _ResultWriter, pred: Any, counts: dict[str, int]) -> None:
         tqdm.write(f"moma predict: {pred.source}: {pred.error}", file=sys.stderr)
     elif pred.status in counts:
         counts[pred.status] += 1
+    if pred.in_domain is False:
+        counts["out-of-domain"] += 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     from moma.cli.research import add_research_commands
 
     add_research_commands(sub)  # experiment grids, robustness, analyse-attention, classical
+    from moma.cli.ood import add_ood_commands
+
+    add_ood_commands(sub)  # ood fit: out-of-domain statistics for a checkpoint made before them
     from moma.cli.bench import add_bench_command
 
     add_bench_command(sub)  # speed and memory benchmarks

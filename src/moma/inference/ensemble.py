@@ -47,6 +47,7 @@ from moma.features.normalise import (
     normalise_functionals,
     standardise_functionals_for_checkpoint,
 )
+from moma.features.ood import OodModel, ood_description
 from moma.files import replace_atomically
 from moma.inference.predictor import MIN_SPEECH_S, SPEECH_CHECK, Prediction, Predictor
 from moma.version import __version__
@@ -79,6 +80,7 @@ class LinearModel:
     feature_set: str
     temperature: float | None  # softmax temperature of the decision values; None: uncalibrated
     info: dict[str, Any] = field(default_factory=dict)  # C, training corpus and speakers, versions
+    ood: OodModel | None = None  # density of the training utterances' raw functionals (moma.features.ood)
 
     def standardiser(self) -> Normaliser:
         """The training utterances' standardiser of the functionals, as a :class:`Normaliser` (so that ``--adapt``
@@ -96,12 +98,26 @@ class LinearModel:
         return softmax(decision / (self.temperature or 1.0), axis=1)
 
     def metadata(self) -> dict[str, Any]:
+        ood = {"ood": self._ood_state()[0]} if self.ood is not None else {}
         return {"kind": LINEAR_KIND, "feature_set": self.feature_set, "labels": list(self.labels),
-                "temperature": self.temperature, "moma_version": __version__, **self.info}
+                "temperature": self.temperature, "moma_version": __version__, **self.info, **ood}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
-                for name in LINEAR_TENSORS}
+        out = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.float32))
+               for name in LINEAR_TENSORS}
+        return {**out, **(self._ood_state()[1] if self.ood is not None else {})}
+
+    def _ood_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The density's JSON fields (arrays named ``ood.<name>``) and its arrays as tensors."""
+        assert self.ood is not None
+        fields, tensors = {}, {}
+        for key, value in self.ood.state_dict().items():
+            if isinstance(value, np.ndarray):
+                tensors[f"ood.{key}"] = torch.from_numpy(np.ascontiguousarray(value))
+                fields[key] = {"__tensor__": f"ood.{key}"}
+            else:
+                fields[key] = value
+        return fields, tensors
 
 
 def save_linear_model(path: str | Path, model: LinearModel) -> Path:
@@ -113,9 +129,13 @@ def save_linear_model(path: str | Path, model: LinearModel) -> Path:
 def linear_from_parts(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LinearModel:
     """A :class:`LinearModel` from its metadata (the ``linear`` JSON) and its four tensors."""
     arrays = {name: tensors[name].numpy() for name in LINEAR_TENSORS}
-    info = {k: v for k, v in meta.items() if k not in ("kind", "feature_set", "labels", "temperature")}
+    info = {k: v for k, v in meta.items() if k not in ("kind", "feature_set", "labels", "temperature", "ood")}
+    ood = None
+    if meta.get("ood"):  # linear models written before the out-of-domain score have none
+        ood = OodModel.from_state({k: tensors[v["__tensor__"]].numpy() if isinstance(v, dict) and "__tensor__" in v
+                                   else v for k, v in meta["ood"].items()})
     return LinearModel(**arrays, labels=list(meta["labels"]), feature_set=meta["feature_set"],
-                       temperature=meta.get("temperature"), info=info)
+                       temperature=meta.get("temperature"), info=info, ood=ood)
 
 
 def artefact_format(path: str | Path) -> str | None:
@@ -230,7 +250,7 @@ class Member:
     def speech_posteriors(self, signals: Sequence[np.ndarray], batch_size: int | None = None, adapt: str = "none"
                           ) -> tuple[np.ndarray, list[Prediction] | None]:
         """(the probabilities it serves of mono signals (n, shared labels), a MOMA member's own predictions or
-        None); ``adapt`` as :meth:`Predictor.predict_speech` (``batch``: a linear member's functionals are
+        None, or a linear member's carrying only its out-of-domain scores); ``adapt`` as :meth:`Predictor.predict_speech` (``batch``: a linear member's functionals are
         standardised with the inputs' own statistics, as a fusion model's are; ``utterance`` leaves them)."""
         if self.linear is not None:
             values = [compute_functionals(s, self.linear.feature_set, SAMPLE_RATE) for s in signals]  # (D,) each
@@ -239,7 +259,11 @@ class Member:
                 standardiser = adapt_normaliser(standardiser, [v[None, :] for v in values], "batch")
             x = np.stack([normalise_functionals(standardiser, v) for v in values]) if values else \
                 np.zeros((0, self.linear.mean.shape[0]), dtype=np.float32)  # (n, D)
-            return self.linear.posteriors(x)[:, self.columns], None
+            posteriors = self.linear.posteriors(x)[:, self.columns]
+            if self.linear.ood is None:
+                return posteriors, None
+            scores = [self.linear.ood.score(v) for v in values]  # its density reads the raw functionals
+            return posteriors, [Prediction(label="", probabilities={}, ood_score=d, in_domain=ok) for d, ok in scores]
         assert self.predictor is not None
         preds = self.predictor.predict_speech(list(signals), batch_size=batch_size, adapt=adapt)
         names = [self.entry["labels"][c] for c in self.columns]
@@ -312,6 +336,9 @@ class EnsemblePredictor(Predictor):
         self.calibrated = all(m.temperature is not None for m in self.members)
         self.speech_check = speech_check
         self.min_speech_s = min_speech_s
+        # the out-of-domain score is the first member's that has one (members listed first count first)
+        self.ood_member = next((i for i, m in enumerate(self.members) if member_ood(m) is not None), None)
+        self.ood = None if self.ood_member is None else member_ood(self.members[self.ood_member])
 
     def predict_batch(self, feats: Sequence[np.ndarray], functionals: Any = None) -> list[Prediction]:
         raise ValueError(FEATURE_ARRAYS_REFUSED)
@@ -327,7 +354,9 @@ class EnsemblePredictor(Predictor):
         if not signals:
             return []
         parts = [member.speech_posteriors(signals, batch_size, adapt) for member in self.members]
-        shown = next((preds for _, preds in parts if preds), None)  # the first MOMA member's predictions
+        # attention from the first MOMA member; the out-of-domain score from the first member that has a density
+        shown = next((preds for m, (_, preds) in zip(self.members, parts) if m.predictor is not None), None)
+        scored = parts[self.ood_member][1] if self.ood_member is not None else None
         probs = self._combine([post for post, _ in parts])  # (n, shared labels)
         shift = float(self.config.features.frame_shift_ms)
         out = []
@@ -337,7 +366,8 @@ class EnsemblePredictor(Predictor):
                                   probabilities={lab: float(p) for lab, p in zip(self.labels, row)},
                                   attention=first.attention if first else {},
                                   num_frames=first.num_frames if first else 0, frame_shift_ms=shift,
-                                  calibrated=self.calibrated))
+                                  calibrated=self.calibrated, ood_score=scored[i].ood_score if scored else None,
+                                  in_domain=scored[i].in_domain if scored else None))
         return out
 
     def labelled_posteriors(self, utterances: Sequence[Utterance], cache_dir: str | Path, adapt: str = "none"
@@ -364,13 +394,21 @@ class EnsemblePredictor(Predictor):
                 "frame_shift_ms": float(self.config.features.frame_shift_ms), "architecture": "ensemble",
                 "normalisation": "each member its own: " + "; ".join(m["normalisation"] for m in members),
                 "config": {}, "card": {"calibrated": self.calibrated}, "rule": RULE, "members": members,
+                **ood_description(self.ood),
+                **({"ood_member": self.members[self.ood_member].entry.get("source", "")} if self.ood else {}),
                 "moma_version": __version__, "source": Path(self.source).name if self.source else ""}
+
+
+def member_ood(member: Member) -> OodModel | None:
+    """A member's out-of-domain density: a MOMA checkpoint's or a linear model's (None when it has none)."""
+    return member.predictor.ood if member.predictor is not None else member.linear.ood if member.linear else None
 
 
 def describe_member(member: Member) -> dict[str, Any]:
     entry = member.entry
     out = {"kind": entry["kind"], "source": entry.get("source", ""), "labels": entry["labels"],
-           "weight": round(float(entry.get("weight", 1.0)), 6), "temperature": member.temperature}
+           "weight": round(float(entry.get("weight", 1.0)), 6), "temperature": member.temperature,
+           "ood_threshold": None if member_ood(member) is None else round(member_ood(member).threshold, 4)}
     if member.predictor is not None:
         out.update(architecture=member.predictor.config.model.arch,
                    normalisation=member.predictor.normaliser.describe())

@@ -18,6 +18,8 @@ from typing import Any
 
 from moma.corpora.base import Utterance
 from moma.evaluation.metrics import aggregate_folds, score_posteriors, shared_class_scoring, write_report
+from moma.features.cache import FeatureCache, extract_features
+from moma.features.ood import score_summary, summary_note
 from moma.inference.predictor import Predictor
 
 
@@ -58,6 +60,8 @@ def evaluate_checkpoint(checkpoint: str | Path | None, utterances: Sequence[Utte
                      f"({', '.join(labels)}). Scored over the {len(scoring['scored'])} shared classes "
                      f"({', '.join(scoring['scored'])}), each prediction the argmax over those classes only; "
                      f"chance UAR {scoring['chance_uar']:.3f}.")
+    if (ood := _ood_summary(predictor, scored_utts, cache_dir)) is not None:
+        notes.append(summary_note(ood))
     if unscorable:
         notes.append("Not scored (classes the model cannot output): "
                      + ", ".join(f"{c} {n}" for c, n in sorted(unscorable.items()))
@@ -76,12 +80,23 @@ def evaluate_checkpoint(checkpoint: str | Path | None, utterances: Sequence[Utte
         "device": device,
         "wall_time_s": time.time() - t0,
         "scoring": {**scoring, "unscored": dict(sorted(unscorable.items()))},
+        "ood": ood,
         "summary": aggregate_folds([fold], labels),
         "folds": [fold],
         "notes": notes,
     }
     write_report(report, out_dir)
     return report
+
+
+def _ood_summary(predictor: Predictor, utterances: Sequence[Utterance], cache_dir: str | Path
+                 ) -> dict[str, Any] | None:
+    """How the data's raw frames score against the model's out-of-domain density (None without one; an ensemble's
+    density may read functionals instead of frames, so its score is left to its predictions)."""
+    if predictor.ood is None or getattr(predictor, "members", None):
+        return None
+    feats = extract_features(utterances, FeatureCache(cache_dir, predictor.config.features))  # cached: just scored
+    return score_summary(predictor.ood, [feats[u.id] for u in utterances])
 
 
 __all__ = ["evaluate_checkpoint"]

@@ -44,6 +44,7 @@ from moma.capabilities import require_extra
 from moma.checkpoint import LoadedCheckpoint, load_checkpoint, resolve_checkpoint_path
 from moma.config import RunConfig, config_from_dict, config_to_dict
 from moma.features.normalise import Normaliser
+from moma.features.ood import OodModel
 from moma.files import write_bytes_atomic, write_text_atomic
 from moma.inference.backends import OnnxBackend
 from moma.inference.ensemble import is_ensemble_artefact
@@ -173,7 +174,8 @@ def _check_quantize(quantize: str) -> None:
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
 
 
-def _json_normaliser(norm: Normaliser) -> dict[str, Any]:
+def _json_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A normaliser's or out-of-domain density's state with its arrays as (nested) lists of floats."""
     def conv(value: Any) -> Any:
         if isinstance(value, np.ndarray):
             return value.astype(np.float64).tolist()
@@ -181,7 +183,11 @@ def _json_normaliser(norm: Normaliser) -> dict[str, Any]:
             return {k: conv(v) for k, v in value.items()}
         return value
 
-    return conv(norm.state_dict())
+    return conv(state)
+
+
+def _json_normaliser(norm: Normaliser) -> dict[str, Any]:
+    return _json_state(norm.state_dict())
 
 
 def export_metadata(loaded: LoadedCheckpoint, output_names: tuple[str, ...], model_sha256: str,
@@ -208,6 +214,7 @@ def export_metadata(loaded: LoadedCheckpoint, output_names: tuple[str, ...], mod
         "normaliser": _json_normaliser(loaded.normaliser),
         **({"functionals_normaliser": _json_normaliser(loaded.functionals_normaliser)}
            if loaded.functionals_normaliser is not None else {}),
+        **({"ood": _json_state(loaded.ood.state_dict())} if loaded.ood is not None else {}),
         "config": config_to_dict(loaded.config),
         "info": loaded.info,
         "source_checkpoint": Path(loaded.path).name,
@@ -262,8 +269,9 @@ def read_export(path: str | Path) -> dict[str, Any]:
 
 def load_onnx_predictor_parts(path: str | Path, *, num_threads: int = 0, quantize: str = "none"
                               ) -> tuple[OnnxBackend, RunConfig, list[str], Normaliser, dict[str, Any],
-                                         Normaliser | None]:
-    """(backend, config, labels, normaliser, info, functionals normaliser or None) for a Predictor on onnxruntime.
+                                         Normaliser | None, OodModel | None]:
+    """(backend, config, labels, normaliser, info, functionals normaliser or None, out-of-domain density or None)
+    for a Predictor on onnxruntime.
 
     ``path`` is an export folder (or its ``model.onnx``), or a checkpoint,
     which is then exported in memory. ``quantize="int8"`` quantises a float32
@@ -288,7 +296,8 @@ def load_onnx_predictor_parts(path: str | Path, *, num_threads: int = 0, quantiz
         backend = OnnxBackend(data, tuple(meta["outputs"]), num_threads, name="onnx-int8" if is_int8 else "onnx")
         func_norm = meta.get("functionals_normaliser")
         return (backend, config, list(meta["labels"]), Normaliser.from_state(meta["normaliser"]), meta.get("info", {}),
-                Normaliser.from_state(func_norm) if func_norm else None)
+                Normaliser.from_state(func_norm) if func_norm else None,
+                OodModel.from_state(meta["ood"]) if meta.get("ood") else None)
     if p.is_dir():
         try:
             resolve_checkpoint_path(p)
@@ -300,4 +309,5 @@ def load_onnx_predictor_parts(path: str | Path, *, num_threads: int = 0, quantiz
     if quantize == "int8":
         data = quantize_onnx_int8(data)
     backend = OnnxBackend(data, names, num_threads, name="onnx-int8" if quantize == "int8" else "onnx")
-    return backend, loaded.config, loaded.labels, loaded.normaliser, loaded.info, loaded.functionals_normaliser
+    return (backend, loaded.config, loaded.labels, loaded.normaliser, loaded.info, loaded.functionals_normaliser,
+            loaded.ood)

@@ -75,6 +75,7 @@ from moma.features.normalise import (
     normalise_functionals,
     standardise_functionals_for_checkpoint,
 )
+from moma.features.ood import OodModel, ood_description, utterance_statistics
 from moma.inference.backends import Backend, TorchBackend, quantize_torch_int8
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ class Prediction:
     when ``predict_files(..., on_error="record")`` could not use a file.
     ``status`` is ``ok``, ``too-short`` (less than ``MIN_SPEECH_S`` of speech: predicted, but do not trust
     it) or ``no-speech`` (no label, no probabilities); ``speech_s`` is the speech the VAD found (None when
-    the predictor runs without a speech check).
+    the predictor runs without a speech check). ``ood_score`` is the input's distance from the training recordings
+    and ``in_domain`` whether it is within the model's threshold (:mod:`moma.features.ood`); both None when the
+    model carries no such statistics or nothing was predicted.
     """
 
     label: str
@@ -150,6 +153,8 @@ class Prediction:
     status: str = "ok"  # "ok" | "too-short" | "no-speech"
     speech_s: float | None = None  # s of speech found by the VAD
     calibrated: bool = False  # True when the probabilities went through a fitted temperature
+    ood_score: float | None = None  # Mahalanobis distance from the training utterances (moma.features.ood)
+    in_domain: bool | None = None  # ood_score at most the model's threshold; False: do not trust the label
 
     @property
     def ok(self) -> bool:
@@ -173,7 +178,9 @@ class Prediction:
         out: dict[str, Any] = {"source": self.source, "label": self.label, "status": self.status,
                                "confidence": round(self.confidence, 6), "calibrated": self.calibrated,
                                "probabilities": dict(self.probabilities), "duration_s": self.duration_s,
-                               "speech_s": self.speech_s, "num_frames": self.num_frames, "error": self.error}
+                               "speech_s": self.speech_s, "num_frames": self.num_frames, "error": self.error,
+                               "ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+                               "in_domain": self.in_domain}
         if attention:
             out["frame_shift_ms"] = self.frame_shift_ms
             out["attention"] = {k: np.asarray(v, dtype=np.float64).round(6).tolist()
@@ -196,7 +203,8 @@ class Predictor:
     def __init__(self, backend: Backend, config: RunConfig, labels: Sequence[str], normaliser: Normaliser, *,
                  info: dict[str, Any] | None = None, source: str = "",
                  functionals_normaliser: Normaliser | None = None,
-                 speech_check: VadConfig | None = SPEECH_CHECK, min_speech_s: float = MIN_SPEECH_S) -> None:
+                 speech_check: VadConfig | None = SPEECH_CHECK, min_speech_s: float = MIN_SPEECH_S,
+                 ood: OodModel | None = None) -> None:
         if config.features.functionals != "none":  # a fusion model: its functionals are computed per input
             if functionals_normaliser is None:
                 raise ValueError(f"{source or 'this model'}: a fusion model without the statistics of its functionals")
@@ -216,6 +224,7 @@ class Predictor:
         self.segments = Segmenting.of(config)  # a segment-trained model's windows (moma.evaluation.posteriors)
         self.speech_check = speech_check  # None: every input is predicted, speech or not
         self.min_speech_s = min_speech_s
+        self.ood = ood  # the training utterances' density; None: predictions carry no ood_score
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: str = "cpu", backend: str = "torch",
@@ -252,10 +261,10 @@ class Predictor:
         if backend in ("onnx", "onnx-int8"):
             from moma.inference.export import load_onnx_predictor_parts
 
-            onnx_backend, config, labels, normaliser, info, func_norm = load_onnx_predictor_parts(
+            onnx_backend, config, labels, normaliser, info, func_norm, ood = load_onnx_predictor_parts(
                 path, num_threads=threads, quantize="int8" if backend == "onnx-int8" else "none")
             return cls(onnx_backend, config, labels, normaliser, info=info, source=str(path),
-                       functionals_normaliser=func_norm, speech_check=speech_check)
+                       functionals_normaliser=func_norm, speech_check=speech_check, ood=ood)
         check_cuda(str(device))
         loaded = load_checkpoint(path, device=device)
         return cls.from_loaded(loaded, device=device, backend=backend, speech_check=speech_check)
@@ -277,7 +286,7 @@ class Predictor:
             raise ValueError(f"from_loaded builds the torch backends only, not {backend!r}")
         return cls(torch_backend, loaded.config, loaded.labels, loaded.normaliser, info=loaded.info,
                    source=loaded.path, functionals_normaliser=loaded.functionals_normaliser,
-                   speech_check=speech_check)
+                   speech_check=speech_check, ood=loaded.ood)
 
     # ----------------------------------------------------------------- features
 
@@ -414,6 +423,12 @@ class Predictor:
             out.append(pred)
         return out
 
+    def score_ood(self, pred: Prediction, frames: np.ndarray) -> Prediction:
+        """``pred`` with the out-of-domain score of its input's raw front-end frames (unchanged without a density)."""
+        if self.ood is not None and frames.shape[0] > 0:
+            pred.ood_score, pred.in_domain = self.ood.score(utterance_statistics(frames))
+        return pred
+
     def predict_signal(self, signal: np.ndarray, sampling_rate: int) -> Prediction:
         """Predict an in-memory signal, shape (samples,) or (samples, channels), at any sampling rate."""
         sig = prepare_signal(signal, sampling_rate, self.sample_rate, name="<signal>",
@@ -517,7 +532,7 @@ class Predictor:
 
         def flush() -> None:
             for i, pred in zip(batch, self.predict_batch([feats[i] for i in batch], [funcs[i] for i in batch])):
-                results[i] = pred
+                results[i] = self.score_ood(pred, raw[i])  # the score reads the frames before normalisation
             batch.clear()
 
         for i in sorted(range(len(feats)), key=lambda k: feats[k].shape[0]):  # by length: little padding
@@ -599,7 +614,7 @@ class Predictor:
         return {"labels": self.labels, "backend": self.backend.name, "sample_rate": self.sample_rate,
                 "frame_shift_ms": float(self.config.features.frame_shift_ms),
                 "architecture": self.config.model.arch, "normalisation": self.normaliser.describe(),
-                "config": config_to_dict(self.config), "card": _model_card(self.info),
+                "config": config_to_dict(self.config), "card": _model_card(self.info), **ood_description(self.ood),
                 "moma_version": __version__, "source": Path(self.source).name if self.source else ""}
 
 

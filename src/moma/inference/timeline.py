@@ -60,6 +60,8 @@ class TimelineRow:
     raw_label: str = ""  # argmax of this window alone
     probabilities: dict[str, float] = field(default_factory=dict)  # smoothed
     raw_probabilities: dict[str, float] = field(default_factory=dict)
+    ood_score: float | None = None  # this window's out-of-domain score (None: unclassified, or no statistics)
+    in_domain: bool | None = None  # ood_score within the model's threshold (set on whole utterances)
 
 
 @dataclass
@@ -149,6 +151,8 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
         for (idx, _), pred in zip(pending, preds):
             rows[idx].raw_label = pred.label
             rows[idx].raw_probabilities = pred.probabilities
+            rows[idx].ood_score = None if pred.ood_score is None else round(pred.ood_score, 4)
+            rows[idx].in_domain = pred.in_domain
         pending.clear()
         if progress is not None:
             progress(rows[-1].end_s)
@@ -288,12 +292,15 @@ def _clock(seconds: float, sep: str) -> str:
 
 
 def write_timeline_csv(timeline: Timeline, out: TextIO) -> None:
-    """One row per window: times, speech fraction, smoothed label and probabilities, raw label."""
+    """One row per window: times, speech fraction, smoothed label and probabilities, raw label, out-of-domain score."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["start_s", "end_s", "speech", "label", "raw_label", *[f"p_{lab}" for lab in timeline.labels]])
+    writer.writerow(["start_s", "end_s", "speech", "label", "raw_label", *[f"p_{lab}" for lab in timeline.labels],
+                     "ood_score", "in_domain"])
     for r in timeline.rows:
         writer.writerow([f"{r.start_s:.3f}", f"{r.end_s:.3f}", f"{r.speech:.3f}", r.label, r.raw_label,
-                         *[f"{r.probabilities[lab]:.6f}" if r.probabilities else "" for lab in timeline.labels]])
+                         *[f"{r.probabilities[lab]:.6f}" if r.probabilities else "" for lab in timeline.labels],
+                         "" if r.ood_score is None else f"{r.ood_score:.4f}",
+                         "" if r.in_domain is None else str(r.in_domain).lower()])
 
 
 def plot_timeline(timeline: Timeline, path: str | Path, title: str = "") -> Path:

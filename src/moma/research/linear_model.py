@@ -5,7 +5,8 @@ manifest with ``global`` standardisation. C is chosen as in every anchor fold, b
 the training speakers (:func:`moma.research.classical.select_c`), and the softmax temperature of the decision
 values is fitted, as the anchor's, on those inner folds' held-out predictions at the chosen C: no utterance
 predicts itself. ``DIR/<feature set>.safetensors`` holds coef, intercept and the standardiser's mean and std
-(:class:`moma.inference.ensemble.LinearModel`); ``moma combine`` joins it to MOMA checkpoints.
+(:class:`moma.inference.ensemble.LinearModel`) and the out-of-domain density of the training utterances' raw
+functionals (:mod:`moma.features.ood`); ``moma combine`` joins it to MOMA checkpoints.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from moma.corpora.base import label_list, read_manifest
 from moma.evaluation.calibration import fit_temperature
 from moma.features.functionals import DEFAULT_CACHE, extract_functionals
 from moma.features.normalise import Normaliser
+from moma.features.ood import fit_ood
 from moma.inference.ensemble import LinearModel, combine_members, save_linear_model
 from moma.research.classical import DEFAULT_C_GRID, fit_linear_svm, select_c
 
@@ -41,12 +43,15 @@ def train_linear_model(x: np.ndarray, labels: Sequence[str], y: np.ndarray, spea
     full_coef = np.zeros((len(labels), x.shape[1]))
     full_intercept = np.full(len(labels), -1e9)  # a class absent from training is never predicted
     full_coef[clf.classes_], full_intercept[clf.classes_] = coef, intercept
-    log.info("%s: C=%g (inner UAR %.3f), temperature %.3f", feature_set, c, inner[c], temperature)
+    ood = fit_ood(x, speakers, representation=f"functionals:{feature_set}",
+                  fitted_on=f"{x.shape[0]} training utterances' {feature_set} functionals")
+    log.info("%s: C=%g (inner UAR %.3f), temperature %.3f, out-of-domain threshold %.3f", feature_set, c, inner[c],
+             temperature, ood.threshold)
     return LinearModel(coef=full_coef.astype(np.float32), intercept=full_intercept.astype(np.float32),
                        mean=norm.mean.astype(np.float32), std=norm.std.astype(np.float32), labels=list(labels),
                        feature_set=feature_set, temperature=float(temperature),
                        info={"C": float(c), "inner_uar": round(float(inner[c]), 4), "normalisation": "global",
-                             "seed": int(seed), "c_grid": [float(v) for v in c_grid]})
+                             "seed": int(seed), "c_grid": [float(v) for v in c_grid]}, ood=ood)
 
 
 def write_linear_models(manifest_path: str | Path, out_dir: str | Path, *, feature_sets: Sequence[str],

@@ -71,6 +71,12 @@ class PredictResponse(BaseModel):
     calibrated: bool = Field(description="true when the model's probabilities went through a softmax "
                                          "temperature fitted on validation speakers")
     speech_s: Optional[float] = Field(None, description="seconds of speech the VAD found")
+    ood_score: Optional[float] = Field(None, description="distance of the recording from the model's training "
+                                                         "utterances (Mahalanobis); null when the model has no "
+                                                         "out-of-domain statistics or there was no speech")
+    in_domain: Optional[bool] = Field(None, description="false when ood_score is above the model's threshold "
+                                                        "(GET /v1/model, ood.threshold): the recording is unlike "
+                                                        "anything the model was trained on, do not trust the label")
     probabilities: dict[str, float]
     duration_s: float
     num_frames: int
@@ -86,6 +92,8 @@ class TimelineWindow(BaseModel):
     raw_label: str
     probabilities: dict[str, float]
     raw_probabilities: dict[str, float]
+    ood_score: Optional[float] = Field(None, description="this window's out-of-domain score (as /v1/predict's)")
+    in_domain: Optional[bool] = None
 
 
 class TimelineSegment(BaseModel):
@@ -118,6 +126,10 @@ class ModelInfo(BaseModel):
     kind: str = "model"  # "ensemble" for `moma combine` files and linear functionals models
     rule: str = ""  # an ensemble's combination rule
     members: list[dict[str, Any]] = []  # an ensemble's members: kind, source, labels, weight, temperature, ...
+    ood: Optional[dict[str, Any]] = Field(None, description="the out-of-domain score's threshold and how it was "
+                                                            "set; null for a model without it (see ood_note)")
+    ood_note: str = ""  # why ood is null
+    ood_member: str = ""  # an ensemble: the member whose out-of-domain score it reports
 
 
 class Health(BaseModel):
@@ -267,6 +279,7 @@ def create_app(predictor: Predictor, settings: ServiceSettings | None = None) ->
             pred = predictor.predict_prepared([signal])[0]
             out: dict[str, Any] = {"label": pred.label, "status": pred.status, "confidence": pred.confidence,
                                    "calibrated": pred.calibrated, "speech_s": pred.speech_s,
+                                   "ood_score": pred.ood_score, "in_domain": pred.in_domain,
                                    "probabilities": pred.probabilities,
                                    "duration_s": signal.shape[0] / predictor.sample_rate,
                                    "num_frames": pred.num_frames}

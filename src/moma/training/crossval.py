@@ -41,6 +41,7 @@ from moma.features.cache import FeatureCache, pack_features
 from moma.features.encoders import use_device
 from moma.features.functionals import check_level, extract_run_functionals, functionals_dim
 from moma.features.normalise import NormalisedFeatures, Normaliser, check_normalisation, normalise_functionals
+from moma.features.ood import score_summary
 from moma.files import claim_directory, write_json_atomic
 from moma.training.distributed import (
     DistInfo,
@@ -50,6 +51,7 @@ from moma.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from moma.training.ood import fit_training_ood
 from moma.training.train import check_train_options, resolve_device, train_model
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,8 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
     feats = NormalisedFeatures(job.features, norm, speaker_of, ids)
     label_of = {k: job.labels.index(utts[k].label) for k in ids}
     func_norm, funcs = _fold_functionals(job, speaker_of)
+    ood = fit_training_ood(job.features, fold.train + fold.val, speaker_of,
+                           fitted_on=f"training and validation speakers of fold {fold.name} ({job.corpus})")
     info = {"fold": fold.name, "corpus": job.corpus, "test_speakers": fold.test_speakers,
             "val_speakers": fold.val_speakers, "normalisation": norm.describe()}
     if main:
@@ -177,7 +181,7 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
                              resume=job.resume, info={**info, "val_speakers": split.val_speakers},
                              progress=job.progress, speaker_of={k: utts[k].speaker for k in split.train},
                              corpus_of={k: utts[k].corpus for k in split.train},
-                             functionals=funcs, functionals_normaliser=func_norm)
+                             functionals=funcs, functionals_normaliser=func_norm, ood=ood)
         seed_row = {"seed": cfg.train.seed, "val_speakers": split.val_speakers, "best_epoch": member.best_epoch,
                     "epochs_run": member.epochs_run}
         trained = trained or member
@@ -204,6 +208,7 @@ def _train_and_test_fold(job: FoldJob, dist_info: DistInfo) -> dict[str, Any] | 
         "parameters": trained.parameters,
         "train_time_s": round(time.time() - t0, 1),
         "normalisation": norm.describe(),
+        "ood": score_summary(ood, [job.features[k] for k in fold.test]),  # against the training side's density
         "seeds": seeds,
         "test": test,
     }

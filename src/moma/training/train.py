@@ -31,6 +31,7 @@ from moma.evaluation.posteriors import Segmenting, aggregate
 from moma.features.encoders import frame_layers
 from moma.features.functionals import functionals_dim
 from moma.features.normalise import Normaliser
+from moma.features.ood import OodModel
 from moma.model import build_model, count_parameters, example_inputs
 from moma.training.distributed import DistInfo, all_reduce_sum, broadcast_object, gather_objects, init_distributed
 
@@ -222,11 +223,12 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
                 speaker_of: dict[str, str] | None = None,
                 corpus_of: Mapping[str, str] | None = None,
                 functionals: Mapping[str, np.ndarray] | None = None,
-                functionals_normaliser: Normaliser | None = None) -> TrainResult:
+                functionals_normaliser: Normaliser | None = None, ood: OodModel | None = None) -> TrainResult:
     """Train on ``train_ids`` and select on ``val_ids`` (training speakers only); features are normalised.
 
     A fusion model (``features.functionals`` names an openSMILE set) also reads ``functionals``: each
     utterance's functionals, already standardised by ``functionals_normaliser``, which the checkpoint keeps.
+    ``ood``, the density of the training utterances (:mod:`moma.training.ood`), goes into every checkpoint.
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``best.safetensors`` (the selected
     model, self-describing), ``last.safetensors`` (resumable) and TensorBoard
@@ -250,7 +252,7 @@ def train_model(cfg: RunConfig, features: dict[str, np.ndarray], labels: list[st
     functionals = functionals if run.cfg.model.functionals_dim else None
     sel = _resume(run) if resume else _Selection()
     _rewrite_metrics(run, sel.history)
-    ckpt = _CheckpointInputs(labels, normaliser, functionals_normaliser, info or {})
+    ckpt = _CheckpointInputs(labels, normaliser, functionals_normaliser, info or {}, ood)
     t0 = time.time()
     stopped_early = bool(sel.history and sel.history[-1].get("stop"))
     for epoch in range(sel.start_epoch, run.cfg.train.max_epochs + 1):
@@ -276,6 +278,7 @@ class _CheckpointInputs:
     normaliser: Normaliser
     functionals_normaliser: Normaliser | None
     info: dict[str, Any]
+    ood: OodModel | None = None
 
 
 def _best_path(run: _Run) -> Path:
@@ -548,7 +551,7 @@ def _select(run: _Run, sel: _Selection, row: dict[str, Any], epoch: int, value: 
         sel.best_value, sel.best_epoch, sel.bad_epochs = value, epoch, 0
         if run.dist_info.is_main:
             save_checkpoint(_best_path(run), run.model, run.cfg, ckpt.labels, ckpt.normaliser,
-                            functionals_normaliser=ckpt.functionals_normaliser,
+                            functionals_normaliser=ckpt.functionals_normaliser, ood=ckpt.ood,
                             info={**ckpt.info, "epoch": epoch, "monitor": run.monitor, "value": value,
                                   "parameters": run.n_params, "processes": run.dist_info.world_size})
     elif eligible:
@@ -580,7 +583,7 @@ def _save_epoch(run: _Run, sel: _Selection, row: dict[str, Any], epoch: int, ckp
             state["rng_cuda"] = torch.cuda.get_rng_state()
         save_checkpoint(run.out_dir / "last.safetensors", run.model, run.cfg, ckpt.labels, ckpt.normaliser,
                         info={**ckpt.info, "epoch": epoch}, training_state=state,
-                        functionals_normaliser=ckpt.functionals_normaliser)
+                        functionals_normaliser=ckpt.functionals_normaliser, ood=ckpt.ood)
         with open(run.out_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
     if run.writer is not None:
@@ -626,7 +629,8 @@ def calibrate_checkpoint(path: Path, features: dict[str, np.ndarray], val_ids: S
     summary = {**calibration_summary(probs, y_true, temperature, scaled),
                "fitted_on": f"validation speakers {', '.join(val_speakers)}" if val_speakers else "validation set"}
     save_checkpoint(path, best.model, best.config, best.labels, best.normaliser,
-                    info={**best.info, "calibration": summary}, functionals_normaliser=best.functionals_normaliser)
+                    info={**best.info, "calibration": summary}, functionals_normaliser=best.functionals_normaliser,
+                    ood=best.ood)
     log.info("%s: temperature %.3f (validation ECE %.3f -> %.3f, NLL %.3f -> %.3f)", path.parent.name,
              summary["temperature"], summary["ece_before"], summary["ece_after"], summary["nll_before"],
              summary["nll_after"])
