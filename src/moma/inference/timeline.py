@@ -151,8 +151,7 @@ def timeline_from_blocks(predictor: Predictor, blocks: Iterable[tuple[float, np.
         for (idx, _), pred in zip(pending, preds):
             rows[idx].raw_label = pred.label
             rows[idx].raw_probabilities = pred.probabilities
-            rows[idx].ood_score = None if pred.ood_score is None else round(pred.ood_score, 4)
-            rows[idx].in_domain = pred.in_domain
+            rows[idx].in_domain, rows[idx].ood_score = pred.in_domain, pred.ood_score and round(pred.ood_score, 4)
         pending.clear()
         if progress is not None:
             progress(rows[-1].end_s)
