@@ -52,6 +52,48 @@ def test_opensmile_egemaps_on_a_tone(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first["tone"], second["tone"])
 
 
+def test_a_reused_engine_gives_process_signals_values(monkeypatch):
+    """compute_functionals runs one openSMILE engine per thread, reset between signals: bit-identical to a fresh
+    ``Smile.process_signal`` per signal, for signals of any length, both openSMILE sets, from two threads at
+    once, across the engine's renewal; a signal too short for openSMILE gets process_signal's NaN."""
+    pytest.importorskip("opensmile")
+    import threading
+    import warnings
+
+    rng = np.random.default_rng(3)
+    t = np.arange(48000) / 16000.0
+    voice = (0.3 * np.sin(2 * np.pi * (150 + 40 * np.sin(2 * np.pi * 0.7 * t)) * t)).astype(np.float32)
+    signals = [voice[:n] + rng.normal(scale=0.01, size=n).astype(np.float32) for n in (48000, 7000, 20000, 31000)]
+    monkeypatch.setattr(functionals.SmileRunner, "RENEW", 3)  # a fresh engine after 3 signals
+
+    def fresh(signal, feature_set):
+        frame = functionals._smile(feature_set).process_signal(signal, 16000)
+        return np.asarray(frame.values, dtype=np.float32).reshape(-1)
+
+    for signal in signals:
+        np.testing.assert_array_equal(functionals.compute_functionals(signal), fresh(signal, "eGeMAPSv02"))
+    np.testing.assert_array_equal(functionals.compute_functionals(signals[1], "ComParE_2016"),
+                                  fresh(signals[1], "ComParE_2016"))
+    got: dict[int, list[np.ndarray]] = {}
+
+    def worker(k):
+        got[k] = [functionals.compute_functionals(s) for s in signals]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for k in range(2):
+        for signal, values in zip(signals, got[k]):
+            np.testing.assert_array_equal(values, fresh(signal, "eGeMAPSv02"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # process_signal says "Segment too short, filling with NaN."
+        short = functionals.compute_functionals(voice[:400])
+    assert np.isnan(short).all()
+    np.testing.assert_array_equal(functionals.compute_functionals(signals[0]), fresh(signals[0], "eGeMAPSv02"))
+
+
 def test_functionals_level_makes_them_independent_of_the_recording_gain(tmp_path):
     pytest.importorskip("opensmile")
     import soundfile as sf

@@ -168,3 +168,16 @@ def test_cli_no_speech_rows_and_too_short_speech(emodb_root, predictor, tmp_path
     assert snippet["status"] == "too-short" and snippet["label"] in predictor.labels
     assert 0 < float(snippet["speech_s"]) < 0.5
     assert "3 no-speech, 1 too-short" in res.stderr
+
+
+def test_worker_processes_give_the_default_models_predictions(emodb_root, predictor):
+    """The default model (a fusion model: openSMILE functionals per file) in two worker processes forked after
+    this process ran its own openSMILE engine: the same labels and probabilities in the same order (up to the
+    float rounding of batches made of other files: workers batch their own chunks)."""
+    wavs = sorted((emodb_root / "wav").glob("03a0*.wav"))[:5]
+    alone = predictor.predict_files(wavs, batch_size=2)
+    together = predictor.predict_files(wavs, batch_size=2, jobs=2)
+    assert [p.source for p in together] == [str(w) for w in wavs]
+    assert [(p.label, p.status, p.speech_s) for p in together] == [(p.label, p.status, p.speech_s) for p in alone]
+    for a, b in zip(alone, together):
+        assert b.probabilities == pytest.approx(a.probabilities, abs=1e-6)

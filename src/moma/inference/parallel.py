@@ -7,7 +7,8 @@ says why, with figures). Each worker loads the model once, the way the parent's 
 (its ``recipe``: checkpoint, backend, device; with the parent's speech check and ``min_speech_s``), then
 predicts chunks of ``batch_size`` files. The parent hands out the chunks in input order, keeps at most two per
 worker in flight, and yields the predictions in input order, so the output is that of one process (the same
-files, the same rows, an unusable file recorded or raised as ``on_error`` says).
+files, the same rows, an unusable file recorded or raised as ``on_error`` says; probabilities equal up to the
+float rounding of batches made of other files, about 1e-8: a worker batches its own chunk).
 
 Workers start with ``fork`` where the platform has it, so that they inherit the parent's imports (torch,
 openSMILE, onnxruntime: seconds of start-up each otherwise), elsewhere with ``spawn``. Files that fit in one

@@ -454,8 +454,9 @@ class Predictor:
         one source, e.g. one microphone or one corpus); it reads every file
         before the first prediction. ``adapt="utterance"`` normalises each file
         by its own statistics. ``jobs`` > 1 predicts in that many worker processes, one thread and one loaded
-        model each (:mod:`moma.inference.parallel`): the same predictions in the same order, started here
-        (a predictor from :meth:`from_checkpoint` only); ``adapt="batch"`` and a GPU run in this process.
+        model each (:mod:`moma.inference.parallel`): the same predictions (to float rounding) in the same
+        order, started here (a predictor from :meth:`from_checkpoint` only); ``adapt="batch"`` and a GPU run in
+        this process.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
