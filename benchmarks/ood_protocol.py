@@ -1,6 +1,6 @@
 """Out-of-domain score: choose the representation and threshold on one pairing of corpora, confirm on others.
 
-    python benchmarks/ood_protocol.py [--runs /work/main/runs] [--cache cache] [--out reports/ood]
+    python benchmarks/ood_protocol.py [--runs runs] [--cache cache] [--out reports/ood]
 
 No network is trained: the score (moma.features.ood) depends on the features and the training utterances only.
 
@@ -314,7 +314,7 @@ def rounded(value):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", default="/work/main/runs", help="folder of the development manifests")
+    ap.add_argument("--runs", default="runs", help="folder of the development manifests")
     ap.add_argument("--cache", default="cache", help="cache root (features/ and opensmile/ inside)")
     ap.add_argument("--out", default="reports/ood")
     args = ap.parse_args()
