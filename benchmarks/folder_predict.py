@@ -16,9 +16,10 @@ and its workers (``RUSAGE_CHILDREN``). The load average before each row is recor
 figures are only as good as the cores were free.
 
 ``--grid`` adds the measurements behind the thread and job defaults (``moma.capabilities.INFERENCE_THREADS``,
-``default_jobs``): ``moma predict`` over the first ``--grid-files`` files with ``--jobs 1`` at ``--threads 1``,
+and ``--jobs`` = ``moma.capabilities.usable_cores``): ``moma predict`` over the first ``--grid-files`` files with ``--jobs 1`` at ``--threads 1``,
 ``2`` and ``0`` (torch's own default), ``--jobs 1, 2, 3`` at one thread, and ``moma timeline`` on a 192 s
 recording of EmoDB utterances (0.4 s apart) at ``--threads 1, 2, 0``; each idle and beside a busy process.
+A run without ``--grid`` keeps the grid of the last run that made one (with its own date and command).
 
 Writes ``folder_predict.json`` and the section "Folder prediction" of ``README.md`` in ``--out`` (the rest of
 that README is ``moma bench``'s, which keeps this section when it rewrites the file).
@@ -225,7 +226,9 @@ def render(results: dict) -> str:
     lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in results["rows"]))
               + "."]
     if results.get("grid"):
-        about = (f"`moma predict` over the first {results['grid_files']} of these files and `moma timeline` over a "
+        about = (f"Made {results.get('grid_created', results['created'])} by "
+                 f"`{results.get('grid_command', results['command'])}`: "
+                 f"`moma predict` over the first {results['grid_files']} of these files and `moma timeline` over a "
                  f"{TIMELINE_S:g} s recording (every 7th EmoDB utterance, 0.4 s apart), default model. "
                  "`--threads 0` is torch's and onnxruntime's own default (one thread per core). Rows with the same "
                  "output digest wrote the same file (labels and probabilities).")
@@ -261,12 +264,17 @@ def main() -> int:
                                                                    *sys.argv[1:]]),
                    "rows": folder_rows(args, folder, work)}
         if args.grid:
-            results.update(grid_files=args.grid_files, grid=grid_rows(args, folder, work))
+            results.update(grid_files=args.grid_files, grid=grid_rows(args, folder, work),
+                           grid_created=results["created"], grid_command=results["command"])
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = out / "folder_predict.json"
+    if not args.grid and earlier.is_file():  # the grid of the last run that made one stays in the report
+        last = json.loads(earlier.read_text(encoding="utf-8"))
+        results.update({k: last[k] for k in ("grid", "grid_files", "grid_created", "grid_command") if k in last})
     (out / "folder_predict.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     readme = replace_section(out / "README.md", SECTION, render(results))
     print(f"wrote {out / 'folder_predict.json'} and the section of {readme}")

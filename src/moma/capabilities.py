@@ -137,8 +137,14 @@ def check_cuda(name: str) -> None:
 # --------------------------------------------------------------------------- inference threads
 
 # Threads per inference process (torch intra-op and onnxruntime sessions: `moma predict/timeline/serve --threads`,
-# Predictor.from_checkpoint's num_threads). One, by measurement: FIGURES (reports/bench-cpu/README.md, "Threads
-# and jobs"). More cores are used by more processes (`moma predict --jobs`), never by more threads per process.
+# Predictor.from_checkpoint's num_threads). One, by measurement (benchmarks/folder_predict.py --grid;
+# reports/bench-cpu/README.md, "Threads and jobs"; 2-core AMD EPYC VM, load average 4-6 from other jobs, the
+# default model, same output at every count): `moma predict` of 200 three-second files in one process took
+# 21.5 s with 1 thread, 59.8 s with 2 and 114.7 s with torch's and onnxruntime's defaults (43.7 / 116.7 / 167.2 s
+# beside one busy process); `moma timeline` of 192 s took 23.2 / 96.2 / 189.9 s (49.1 / 181.0 / 134.9 s busy).
+# More threads only spin: CPU time rose from 20 s to 58 and 111 s. The model is small and most of a file's time
+# is single-threaded (openSMILE's functionals), so more cores are used by more processes (`moma predict --jobs`,
+# default usable_cores(): 2 jobs took 22.1 / 33.0 s where 1 took 21.5 / 43.7 s, 3 jobs 22.1 / 31.0 s).
 INFERENCE_THREADS = 1
 _threads = INFERENCE_THREADS  # the count this process was last set to (0: the libraries' own defaults)
 
