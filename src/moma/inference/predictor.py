@@ -253,7 +253,7 @@ class Predictor:
 
     @classmethod
     def _from_path(cls, path: Path, device: str, backend: str, threads: int,
-              speech_check: VadConfig | None) -> Predictor:
+                   speech_check: VadConfig | None) -> Predictor:
         from moma.inference.ensemble import is_ensemble_artefact, load_ensemble_predictor  # it builds on this one
 
         if is_ensemble_artefact(path):  # `moma combine` or a linear functionals model: members combined
